@@ -1,0 +1,177 @@
+//! Validation and file-level scenarios: values that parse but cannot work.
+
+use super::{at, load, problem};
+use crate::*;
+#[test]
+fn providers_keys_and_urls_are_checked() {
+    let text = "\
+providers:
+  compat:
+    type: openai_compatible
+  bad_url:
+    type: ollama
+    endpoint: ftp://example.com
+  spread:
+    type: anthropic
+    api_key: sk-a
+    deployments:
+      - base_url: https://eu.example.com/
+      - api_key: sk-b
+provider_preference: [compat, bad_url, spread, compat]
+";
+    let errors = load(text, &[]).unwrap_err();
+    assert!(
+        problem(&errors, "providers.compat.base_url")
+            .message
+            .contains("needs a `base_url`")
+    );
+    assert_eq!(
+        at(problem(&errors, "providers.bad_url.endpoint")),
+        (Some(6), Some(5))
+    );
+    assert!(
+        problem(&errors, "provider_preference[3]")
+            .message
+            .contains("listed twice")
+    );
+    assert_eq!(errors.problems.len(), 3, "{errors}");
+
+    let loaded = load("providers:\n  spread:\n    type: anthropic\n    api_key: sk-a\n    deployments:\n      - base_url: https://eu.example.com/\n      - api_key: sk-b\n", &[]).unwrap();
+    let spread = &loaded.config.providers["spread"];
+    assert_eq!(
+        spread.deployments[0].base_url.as_deref(),
+        Some("https://eu.example.com")
+    );
+    assert_eq!(
+        spread.deployments[0].api_key.as_ref().map(Secret::expose),
+        Some("sk-a")
+    );
+    assert_eq!(
+        spread.deployments[1].base_url.as_deref(),
+        Some(defaults::ANTHROPIC_BASE_URL)
+    );
+    assert_eq!(
+        spread.deployments[1].api_key.as_ref().map(Secret::expose),
+        Some("sk-b")
+    );
+}
+
+#[test]
+fn values_that_cannot_work_are_all_reported() {
+    let text = "\
+server:
+  max_body_bytes: 10
+  http3:
+    enabled: true
+circuit_breaker:
+  failure_threshold: 0
+  max_requests: 0
+  failure_ratio: 1.5
+routing:
+  max_attempts: 0
+  backoff_multiplier: 0.5
+  request_timeout: 0s
+auth:
+  api_keys:
+    - name: a
+      key: k1
+      key_sha256: abc
+    - name: a
+      key_sha256: nothex
+    - name: c
+  admin_keys:
+    - name: ops
+      key: ''
+rate_limits:
+  global: { requests_per_minute: 0 }
+  endpoints:
+    v1/chat: { tokens_per_minute: 5 }
+providers:
+  m: { type: mock }
+";
+    let errors = load(text, &[]).unwrap_err();
+    for path in [
+        "server.max_body_bytes",
+        "server.http3.port",
+        "server.http3.tls_cert_file",
+        "server.http3.tls_key_file",
+        "circuit_breaker.failure_threshold",
+        "circuit_breaker.max_requests",
+        "circuit_breaker.failure_ratio",
+        "routing.max_attempts",
+        "routing.backoff_multiplier",
+        "routing.request_timeout",
+        "auth.api_keys[0]",
+        "auth.api_keys[1].name",
+        "auth.api_keys[1].key_sha256",
+        "auth.api_keys[2]",
+        "auth.admin_keys[0].key",
+        "rate_limits.global.requests_per_minute",
+        "rate_limits.endpoints.v1/chat",
+    ] {
+        problem(&errors, path);
+    }
+    assert_eq!(
+        at(problem(&errors, "auth.api_keys[1].name")),
+        (Some(18), Some(7))
+    );
+    assert_eq!(errors.problems.len(), 17, "{errors}");
+}
+
+#[test]
+fn file_level_problems_have_positions() {
+    let errors = load("server:\n  port: [1\n", &[]).unwrap_err();
+    assert_eq!(errors.problems.len(), 1);
+    assert!(
+        errors.problems[0].message.starts_with("invalid YAML"),
+        "{errors}"
+    );
+    assert!(errors.problems[0].line.is_some());
+
+    let errors = load("server:\n  port: 1\n  port: 2\n", &[]).unwrap_err();
+    assert_eq!(at(problem(&errors, "server.port")), (Some(3), Some(3)));
+
+    let errors = load("providers:\n  m: { type: mock }\nprovidres: {}\ncircuit_breaker: { timeout: 1s }\ncircuitBreaker: {}\n", &[]).unwrap_err();
+    assert_eq!(
+        problem(&errors, "providres").message,
+        "unknown key `providres`; did you mean `providers`?"
+    );
+    assert!(
+        problem(&errors, "circuitBreaker")
+            .message
+            .contains("repeats")
+    );
+
+    let errors = load("providers:\n  m: { type: mokc }\n", &[]).unwrap_err();
+    assert!(
+        problem(&errors, "providers.m.type")
+            .message
+            .contains("did you mean `mock`?"),
+        "{errors}"
+    );
+
+    let errors = load("", &[]).unwrap_err();
+    assert!(
+        problem(&errors, "providers")
+            .message
+            .contains("no providers")
+    );
+
+    let errors = load_file(std::path::Path::new("/nonexistent/hapax.yaml")).unwrap_err();
+    assert_eq!(errors.problems.len(), 1);
+    assert!(
+        errors
+            .to_string()
+            .contains("cannot read /nonexistent/hapax.yaml"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn load_file_reads_the_fixture() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hapax-style.yaml");
+    let loaded = load_file(&path).unwrap();
+    assert_eq!(loaded.source, ConfigSource::File(path));
+    assert_eq!(loaded.config.provider_preference[0], "ollama");
+}

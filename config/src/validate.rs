@@ -1,0 +1,380 @@
+//! Checks values that type-check but cannot work, and notes what is accepted but unused.
+//! Everything is collected; nothing stops at the first finding.
+
+use std::collections::HashMap;
+
+use crate::duration::ConfigDuration;
+use crate::error::Report;
+use crate::load::Facts;
+use crate::normalize::ProviderOrigin;
+use crate::positions::KeyPath;
+use crate::schema::{ApiKeyConfig, Config, HealthCheckConfig, RateLimitConfig};
+
+fn at(path: &str) -> KeyPath {
+    KeyPath::parse(path)
+}
+
+fn non_zero(report: &mut Report<'_>, path: &KeyPath, duration: ConfigDuration) {
+    if duration.is_zero() {
+        report.problem(path, "must be longer than 0s");
+    }
+}
+
+fn at_least(report: &mut Report<'_>, path: &KeyPath, value: u64, min: u64) {
+    if value < min {
+        report.problem(path, format!("must be at least {min} (got {value})"));
+    }
+}
+
+pub(crate) fn validate(config: &Config, facts: &Facts, report: &mut Report<'_>) {
+    server(config, report);
+    breaker(config, report);
+    routing(config, report);
+    providers(config, facts, report);
+    logging(config, report);
+    auth(config, facts, report);
+    rate_limits(config, report);
+    unused(config, report);
+}
+
+fn server(config: &Config, report: &mut Report<'_>) {
+    let server = &config.server;
+    if server.host.trim().is_empty() {
+        report.problem(
+            &at("server.host"),
+            "must not be empty (use 0.0.0.0 or 127.0.0.1)",
+        );
+    }
+    non_zero(report, &at("server.read_timeout"), server.read_timeout);
+    non_zero(report, &at("server.write_timeout"), server.write_timeout);
+    at_least(
+        report,
+        &at("server.max_body_bytes"),
+        server.max_body_bytes as u64,
+        1024,
+    );
+    at_least(
+        report,
+        &at("server.max_header_bytes"),
+        server.max_header_bytes as u64,
+        1024,
+    );
+    if let Some(http3) = server.http3.as_ref().filter(|h| h.enabled) {
+        if http3.port == 0 {
+            report.problem(
+                &at("server.http3.port"),
+                "HTTP/3 is enabled, so `port` must be set",
+            );
+        }
+        if http3.tls_cert_file.trim().is_empty() {
+            report.problem(
+                &at("server.http3.tls_cert_file"),
+                "HTTP/3 is enabled, so `tls_cert_file` must be set",
+            );
+        }
+        if http3.tls_key_file.trim().is_empty() {
+            report.problem(
+                &at("server.http3.tls_key_file"),
+                "HTTP/3 is enabled, so `tls_key_file` must be set",
+            );
+        }
+    }
+}
+
+fn breaker(config: &Config, report: &mut Report<'_>) {
+    let breaker = &config.circuit_breaker;
+    at_least(
+        report,
+        &at("circuit_breaker.failure_threshold"),
+        breaker.failure_threshold.into(),
+        1,
+    );
+    at_least(
+        report,
+        &at("circuit_breaker.max_requests"),
+        breaker.max_requests.into(),
+        1,
+    );
+    non_zero(report, &at("circuit_breaker.interval"), breaker.interval);
+    non_zero(report, &at("circuit_breaker.timeout"), breaker.timeout);
+    let bad_ratio = breaker.failure_ratio.filter(|r| !(*r > 0.0 && *r <= 1.0));
+    if let Some(ratio) = bad_ratio {
+        report.problem(
+            &at("circuit_breaker.failure_ratio"),
+            format!("must be in (0, 1] (got {ratio})"),
+        );
+    }
+}
+
+fn routing(config: &Config, report: &mut Report<'_>) {
+    let routing = &config.routing;
+    at_least(
+        report,
+        &at("routing.max_attempts"),
+        routing.max_attempts.into(),
+        1,
+    );
+    if !(routing.backoff_multiplier >= 1.0 && routing.backoff_multiplier.is_finite()) {
+        let got = routing.backoff_multiplier;
+        report.problem(
+            &at("routing.backoff_multiplier"),
+            format!("must be at least 1.0 (got {got})"),
+        );
+    }
+    non_zero(
+        report,
+        &at("routing.request_timeout"),
+        routing.request_timeout,
+    );
+    non_zero(
+        report,
+        &at("routing.first_token_timeout"),
+        routing.first_token_timeout,
+    );
+    non_zero(
+        report,
+        &at("routing.stream_stall_timeout"),
+        routing.stream_stall_timeout,
+    );
+    if routing.backoff_max < routing.backoff_initial {
+        let (max, initial) = (routing.backoff_max, routing.backoff_initial);
+        report.problem(
+            &at("routing.backoff_max"),
+            format!("{max} is shorter than backoff_initial ({initial})"),
+        );
+    }
+}
+
+fn health_check(report: &mut Report<'_>, path: &KeyPath, check: &HealthCheckConfig) {
+    if !check.enabled {
+        return;
+    }
+    non_zero(report, &path.key("interval"), check.interval);
+    non_zero(report, &path.key("timeout"), check.timeout);
+    at_least(
+        report,
+        &path.key("failure_threshold"),
+        check.failure_threshold.into(),
+        1,
+    );
+    at_least(
+        report,
+        &path.key("success_threshold"),
+        check.success_threshold.into(),
+        1,
+    );
+}
+
+fn providers(config: &Config, facts: &Facts, report: &mut Report<'_>) {
+    if let Some(check) = config
+        .llm
+        .as_ref()
+        .and_then(|llm| llm.health_check.as_ref())
+    {
+        health_check(report, &at("llm.health_check"), check);
+    }
+    for (name, provider) in &config.providers {
+        let origin = facts
+            .origins
+            .get(name)
+            .cloned()
+            .unwrap_or(ProviderOrigin::Declared);
+        if origin != ProviderOrigin::Declared {
+            continue; // its settings were checked where they were written (`llm`)
+        }
+        if let Some(timeout) = provider.timeout {
+            non_zero(report, &origin.field(name, "timeout"), timeout);
+        }
+        if let Some(check) = &provider.health_check {
+            health_check(report, &origin.field(name, "health_check"), check);
+        }
+        if provider.default_max_tokens == Some(0) {
+            report.problem(
+                &origin.field(name, "default_max_tokens"),
+                "must be at least 1",
+            );
+        }
+    }
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// A simple check of tracing's filter syntax: `level` or `target=level`, comma-separated.
+pub(crate) fn valid_filter(filter: &str) -> bool {
+    let level_ok = |level: &str| LEVELS.contains(&level.trim().to_ascii_lowercase().as_str());
+    !filter.trim().is_empty()
+        && filter.split(',').all(|item| match item.split_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && level_ok(level),
+            None => level_ok(item),
+        })
+}
+
+fn logging(config: &Config, report: &mut Report<'_>) {
+    let level = &config.logging.level;
+    if !valid_filter(level) {
+        report.problem(
+            &at("logging.level"),
+            format!("invalid log filter `{level}`: write e.g. `info` or `hapax=debug,warn` (levels: trace, debug, info, warn, error, off)"),
+        );
+    }
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn auth(config: &Config, facts: &Facts, report: &mut Report<'_>) {
+    let auth = &config.auth;
+    let mut names: HashMap<&str, KeyPath> = HashMap::new();
+    let lists: [(&str, &[ApiKeyConfig], &[usize]); 2] = [
+        ("api_keys", &auth.api_keys, &facts.api_key_rows),
+        ("admin_keys", &auth.admin_keys, &facts.admin_key_rows),
+    ];
+    for (list, keys, rows) in lists {
+        for (i, key) in keys.iter().enumerate() {
+            let path = at("auth")
+                .key(list)
+                .index(rows.get(i).copied().unwrap_or(i));
+            api_key(config, report, &path, key);
+            if let Some(first) = names.insert(key.name.as_str(), path.clone()) {
+                report.problem(
+                    &path.key("name"),
+                    format!("key name `{}` is already used by {first}", key.name),
+                );
+            }
+        }
+    }
+    let auth_failed = facts.failed_sections.contains("auth") || facts.auth_items_failed;
+    if auth.enabled != Some(false) && auth.api_keys.is_empty() && !auth_failed {
+        report.notice(
+            &at("auth"),
+            "auth is on but no api_keys are configured: every request will get 401",
+        );
+    }
+}
+
+fn api_key(config: &Config, report: &mut Report<'_>, path: &KeyPath, key: &ApiKeyConfig) {
+    if key.name.trim().is_empty() {
+        report.problem(&path.key("name"), "must not be empty");
+    }
+    match (&key.key, &key.key_sha256) {
+        (Some(_), Some(_)) => report.problem(path, "give either `key` or `key_sha256`, not both"),
+        (None, None) => report.problem(path, "give `key` or `key_sha256`"),
+        (Some(secret), None) if secret.expose().is_empty() => {
+            report.problem(
+                &path.key("key"),
+                "is empty (is its environment variable set?)",
+            );
+        }
+        (None, Some(hash)) if !is_sha256_hex(hash) => {
+            report.problem(
+                &path.key("key_sha256"),
+                "must be 64 hexadecimal characters (a sha256 digest)",
+            );
+        }
+        _ => {}
+    }
+    for (j, provider) in key.providers.iter().enumerate() {
+        if !config.providers.contains_key(provider) {
+            report.problem(
+                &path.key("providers").index(j),
+                format!("unknown provider `{provider}`"),
+            );
+        }
+    }
+    if let Some(limit) = &key.rate_limit {
+        rate_limit(report, &path.key("rate_limit"), limit);
+    }
+}
+
+fn rate_limit(report: &mut Report<'_>, path: &KeyPath, limit: &RateLimitConfig) {
+    if limit.requests_per_minute == Some(0) {
+        report.problem(
+            &path.key("requests_per_minute"),
+            "must be greater than 0 (leave it out for no limit)",
+        );
+    }
+    if limit.tokens_per_minute == Some(0) {
+        report.problem(
+            &path.key("tokens_per_minute"),
+            "must be greater than 0 (leave it out for no limit)",
+        );
+    }
+}
+
+fn rate_limits(config: &Config, report: &mut Report<'_>) {
+    let limits = &config.rate_limits;
+    if let Some(limit) = &limits.global {
+        rate_limit(report, &at("rate_limits.global"), limit);
+    }
+    if let Some(limit) = &limits.per_key {
+        rate_limit(report, &at("rate_limits.per_key"), limit);
+    }
+    for (endpoint, limit) in &limits.endpoints {
+        let path = at("rate_limits.endpoints").key(endpoint.as_str());
+        if !endpoint.starts_with('/') {
+            report.problem(&path, format!("endpoint `{endpoint}` must start with `/`"));
+        }
+        rate_limit(report, &path, limit);
+    }
+}
+
+fn unused(config: &Config, report: &mut Report<'_>) {
+    const UNUSED: &str = "accepted but not used yet";
+    let llm = config.llm.as_ref();
+    let present = [
+        ("routes", config.routes.is_some()),
+        ("cache", config.cache.is_some()),
+        ("queue", config.queue.is_some()),
+        ("cluster", config.cluster.is_some()),
+        ("server.http3", config.server.http3.is_some()),
+        ("llm.cache", llm.is_some_and(|l| l.cache.is_some())),
+        ("llm.options", llm.is_some_and(|l| l.options.is_some())),
+        (
+            "llm.max_context_tokens",
+            llm.is_some_and(|l| l.max_context_tokens.is_some()),
+        ),
+        (
+            "llm.retry.retryable_errors",
+            llm.and_then(|l| l.retry.as_ref())
+                .is_some_and(|r| r.retryable_errors.is_some()),
+        ),
+        (
+            "circuit_breaker.test_mode",
+            config.circuit_breaker.test_mode.is_some(),
+        ),
+    ];
+    for (path, is_present) in present {
+        if is_present {
+            report.notice(&at(path), UNUSED);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_filter;
+
+    #[test]
+    fn log_filters() {
+        for good in [
+            "info",
+            "DEBUG",
+            "hapax=debug,info",
+            "hapax_node=trace, warn",
+            "off",
+        ] {
+            assert!(valid_filter(good), "{good}");
+        }
+        for bad in [
+            "",
+            "loud",
+            "hapax=",
+            "=info",
+            "info,,debug",
+            "hapax=verbose",
+        ] {
+            assert!(!valid_filter(bad), "{bad}");
+        }
+    }
+}

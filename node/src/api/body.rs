@@ -1,0 +1,99 @@
+//! Reading and parsing request bodies with precise errors: content type, size limit,
+//! read timeout, and JSON errors that say what is wrong and where.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// Checks the content type, then reads at most `max_body_bytes` within `read_timeout`.
+pub async fn read_json_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    check_content_type(headers)?;
+    let limit = app.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match tokio::time::timeout(app.limits.read_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::BodyTimeout(app.limits.read_timeout)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge { limit }),
+        Ok(Err(error)) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {error}"
+        ))),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// `application/json`, optionally with `charset=utf-8`; anything else is a 415.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "missing Content-Type: send `Content-Type: application/json`".into(),
+        ));
+    };
+    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let mut parts = value.split(';').map(str::trim);
+    let mime = parts.next().unwrap_or("");
+    let charset_ok = parts.all(|p| match p.split_once('=') {
+        Some(("charset", cs)) => matches!(cs.trim_matches('"'), "utf-8" | "utf8"),
+        _ => true,
+    });
+    if mime == "application/json" && charset_ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Type `{value}`: send `Content-Type: application/json`"
+        )))
+    }
+}
+
+/// Parses JSON into `T`, naming the field path and position of the first problem.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest {
+            message: "the request body is empty: send a JSON object".into(),
+            code: "invalid_json",
+        });
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let value = parsed.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let code = if inner.is_data() {
+            "invalid_request"
+        } else {
+            "invalid_json"
+        };
+        let message = if inner.is_data() && path != "." {
+            format!("invalid field `{path}`: {inner}")
+        } else if inner.is_data() {
+            format!("invalid request body: {inner}")
+        } else {
+            format!("the request body is not valid JSON: {inner}")
+        };
+        ApiError::BadRequest { message, code }
+    })?;
+    deserializer.end().map_err(|e| ApiError::BadRequest {
+        message: format!("the request body is not valid JSON: {e}"),
+        code: "invalid_json",
+    })?;
+    Ok(value)
+}

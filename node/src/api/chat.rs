@@ -1,0 +1,78 @@
+//! `POST /v1/chat/completions`: OpenAI-compatible, plain or streamed.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::body::{parse_json, read_json_body};
+use super::exec::{self, Settlement};
+use super::sse::{identity, sse_body};
+use super::validate::validate_chat;
+use crate::app::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::server::observe::ServedBy;
+use crate::server::request_id::current_request_id;
+use crate::wire::openai::ChatRequest;
+
+pub const ENDPOINT: &str = "/v1/chat/completions";
+
+pub async fn chat_completions(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_json_body(&app, &headers, body).await?;
+    let mut request: ChatRequest = parse_json(&bytes)?;
+    validate_chat(&request)?;
+    caller.check_model(request.model.as_deref())?;
+    app.apply_system_prompt(&mut request);
+    let admission = exec::admit(&app, &caller, ENDPOINT, &request)?;
+    let mut settlement = Settlement::new(&app, admission);
+    if request.is_stream() {
+        let served = exec::start_stream(&app, &caller, &request).await?;
+        let limits = settlement.headers();
+        let by = ServedBy {
+            provider: Arc::from(served.provider.name.as_str()),
+            attempts: served.attempts,
+        };
+        let mut response = sse_response(sse_body(
+            served.value,
+            current_request_id(),
+            settlement,
+            identity,
+        ));
+        exec::decorate(&mut response, &by, limits, &caller, false, true);
+        return Ok(response);
+    }
+    let (served, shared) = exec::complete(&app, &caller, request, ENDPOINT, &headers).await?;
+    settlement.tokens = served.response.usage.map(|u| u.total_tokens);
+    let mut response = Json(&*served.response).into_response();
+    exec::decorate(
+        &mut response,
+        &served.served,
+        settlement.headers(),
+        &caller,
+        shared,
+        false,
+    );
+    Ok(response)
+}
+
+pub fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

@@ -1,0 +1,256 @@
+//! `POST /v1/completions`: Hapax's body (`messages`, or `input` with an optional
+//! `function_description`) answered as `{content, model, provider, usage, request_id}`, and
+//! OpenAI's legacy body (`prompt`) answered in the `text_completion` format.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::body::{parse_json, read_json_body};
+use super::chat::sse_response;
+use super::exec::{self, Settlement};
+use super::sse::sse_body;
+use super::validate::validate_chat;
+use crate::app::App;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::providers::StreamItem;
+use crate::server::observe::ServedBy;
+use crate::server::request_id::current_request_id;
+use crate::wire::openai::{
+    ChatChunk, ChatMessage, ChatRequest, Role, StopSequences, Usage, unix_now,
+};
+
+pub const ENDPOINT: &str = "/v1/completions";
+
+/// Hapax's own completion body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HapaxCompletionRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default)]
+    function_description: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+}
+
+/// OpenAI's legacy completion body.
+#[derive(Deserialize)]
+struct LegacyCompletionRequest {
+    #[serde(default)]
+    model: Option<String>,
+    prompt: Prompt,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    stop: Option<StopSequences>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(flatten)]
+    _extra: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Serialize)]
+struct HapaxCompletionResponse<'a> {
+    content: String,
+    model: &'a str,
+    provider: &'a str,
+    usage: Option<Usage>,
+    request_id: &'a str,
+}
+
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Arc<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_json_body(&app, &headers, body).await?;
+    let value: Value = parse_json(&bytes)?;
+    let legacy = value.as_object().is_some_and(|o| o.contains_key("prompt"));
+    if legacy {
+        let request: LegacyCompletionRequest = parse_json(&bytes)?;
+        return legacy_completion(app, caller, request, &headers).await;
+    }
+    let request: HapaxCompletionRequest = parse_json(&bytes)?;
+    hapax_completion(app, caller, request, &headers).await
+}
+
+async fn hapax_completion(
+    app: Arc<App>,
+    caller: Arc<Caller>,
+    body: HapaxCompletionRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let messages = match (body.messages, body.input) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "send either `messages` or `input`, not both",
+            ));
+        }
+        (Some(messages), None) => messages,
+        (None, Some(input)) => {
+            let mut messages = Vec::with_capacity(2);
+            if let Some(description) = body.function_description {
+                messages.push(ChatMessage::new(Role::System, description));
+            }
+            messages.push(ChatMessage::new(Role::User, input));
+            messages
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "the body needs `messages` (chat form), `input` (Hapax form) or `prompt` (OpenAI legacy form)",
+            ));
+        }
+    };
+    let request = ChatRequest {
+        model: body.model,
+        messages,
+        max_tokens: body.max_tokens,
+        temperature: body.temperature,
+        ..Default::default()
+    };
+    let (served, shared) = run_plain(&app, &caller, request, headers).await?;
+    let request_id = current_request_id();
+    let payload = HapaxCompletionResponse {
+        content: served.response.first_text(),
+        model: &served.response.model,
+        provider: &served.served.provider,
+        usage: served.response.usage,
+        request_id: &request_id,
+    };
+    let mut response = Json(payload).into_response();
+    exec::decorate(&mut response, &served.served, None, &caller, shared, false);
+    Ok(response)
+}
+
+async fn run_plain(
+    app: &Arc<App>,
+    caller: &Arc<Caller>,
+    mut request: ChatRequest,
+    headers: &HeaderMap,
+) -> Result<(exec::ChatServed, bool), ApiError> {
+    validate_chat(&request)?;
+    caller.check_model(request.model.as_deref())?;
+    app.apply_system_prompt(&mut request);
+    let admission = exec::admit(app, caller, ENDPOINT, &request)?;
+    let mut settlement = Settlement::new(app, admission);
+    let outcome = exec::complete(app, caller, request, ENDPOINT, headers).await?;
+    settlement.tokens = outcome.0.response.usage.map(|u| u.total_tokens);
+    Ok(outcome)
+}
+
+async fn legacy_completion(
+    app: Arc<App>,
+    caller: Arc<Caller>,
+    body: LegacyCompletionRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let prompt = match body.prompt {
+        Prompt::One(p) => p,
+        Prompt::Many(mut many) if many.len() == 1 => many.remove(0),
+        Prompt::Many(_) => {
+            return Err(ApiError::bad_request(
+                "`prompt` as an array must hold exactly one string",
+            ));
+        }
+    };
+    let stream = body.stream.unwrap_or(false);
+    let request = ChatRequest {
+        model: body.model,
+        messages: vec![ChatMessage::new(Role::User, prompt)],
+        stream: Some(stream),
+        max_tokens: body.max_tokens,
+        temperature: body.temperature,
+        top_p: body.top_p,
+        stop: body.stop,
+        seed: body.seed,
+        n: body.n,
+        ..Default::default()
+    };
+    if !stream {
+        let (served, shared) = run_plain(&app, &caller, request, headers).await?;
+        let r = &served.response;
+        let choices: Vec<Value> = r
+            .choices
+            .iter()
+            .map(|c| serde_json::json!({"text": c.message.content.clone().unwrap_or_default(), "index": c.index, "logprobs": null, "finish_reason": c.finish_reason}))
+            .collect();
+        let payload = serde_json::json!({"id": r.id.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": r.created, "model": r.model, "choices": choices, "usage": r.usage});
+        let mut response = Json(payload).into_response();
+        exec::decorate(&mut response, &served.served, None, &caller, shared, false);
+        return Ok(response);
+    }
+    let mut request = request;
+    validate_chat(&request)?;
+    caller.check_model(request.model.as_deref())?;
+    app.apply_system_prompt(&mut request);
+    let admission = exec::admit(&app, &caller, ENDPOINT, &request)?;
+    let settlement = Settlement::new(&app, admission);
+    let served = exec::start_stream(&app, &caller, &request).await?;
+    let by = ServedBy {
+        provider: Arc::from(served.provider.name.as_str()),
+        attempts: served.attempts,
+    };
+    let mut response = sse_response(sse_body(
+        served.value,
+        current_request_id(),
+        settlement,
+        to_text_completion_chunk,
+    ));
+    exec::decorate(&mut response, &by, None, &caller, false, true);
+    Ok(response)
+}
+
+/// A chat chunk as a legacy `text_completion` chunk; role-only and usage-only chunks vanish.
+fn to_text_completion_chunk(item: &StreamItem) -> Option<Bytes> {
+    let chunk: ChatChunk = serde_json::from_slice(&item.data).ok()?;
+    let choice = chunk.choices.first()?;
+    let text = choice.delta.content.clone().unwrap_or_default();
+    if text.is_empty() && choice.finish_reason.is_none() {
+        return None;
+    }
+    let created = if chunk.created == 0 {
+        unix_now()
+    } else {
+        chunk.created
+    };
+    let out = serde_json::json!({
+        "id": chunk.id.replace("chatcmpl", "cmpl"),
+        "object": "text_completion",
+        "created": created,
+        "model": chunk.model,
+        "choices": [{"text": text, "index": choice.index, "logprobs": null, "finish_reason": choice.finish_reason}],
+    });
+    serde_json::to_vec(&out).ok().map(Bytes::from)
+}

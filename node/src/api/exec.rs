@@ -1,0 +1,174 @@
+//! What both completion endpoints share: rate-limit admission, deduplication and dispatch.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::dedup::dedup_key;
+use crate::error::ApiError;
+use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
+use crate::routing::{CommittedStream, RouteScope, Served};
+use crate::server::observe::{ClientName, ServedBy, Streamed};
+use crate::wire::openai::{ChatRequest, ChatResponse};
+
+/// Tokens assumed for a completion whose request sets no `max_tokens`.
+const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+
+/// A non-streamed answer, shareable between deduplicated callers.
+#[derive(Clone)]
+pub struct ChatServed {
+    pub response: Arc<ChatResponse>,
+    pub served: ServedBy,
+}
+
+/// Reserves the request (and its estimated tokens) against every applicable limit.
+pub fn admit(
+    app: &App,
+    caller: &Caller,
+    endpoint: &'static str,
+    request: &ChatRequest,
+) -> Result<Admission, ApiError> {
+    let estimated_tokens = request.prompt_chars() as u64 / 4
+        + request
+            .completion_limit()
+            .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
+    let admission = app.limiter.admit(&AdmissionRequest {
+        client: &caller.name,
+        endpoint,
+        estimated_tokens,
+    });
+    admission.map_err(|rejection| {
+        app.metrics.rate_limit_hits.with_label_values(&[&caller.name]).inc();
+        tracing::warn!(client = %caller.name, scope = rejection.scope, unit = rejection.unit, retry_after_ms = rejection.retry_after.as_millis() as u64, "rate limit rejected a request");
+        ApiError::RateLimited {
+            message: format!("rate limit exceeded ({} {} limit); retry after {:.1}s", rejection.scope, rejection.unit, rejection.retry_after.as_secs_f64()),
+            retry_after: rejection.retry_after,
+            headers: rejection.headers,
+        }
+    })
+}
+
+/// Settles an admission when dropped: with the real usage if one was seen, else a refund.
+pub struct Settlement {
+    limiter: Arc<dyn RateLimiter>,
+    admission: Option<Admission>,
+    pub tokens: Option<u64>,
+}
+
+impl Settlement {
+    pub fn new(app: &App, admission: Admission) -> Self {
+        Self {
+            limiter: Arc::clone(&app.limiter),
+            admission: Some(admission),
+            tokens: None,
+        }
+    }
+
+    pub fn headers(&self) -> Option<RateLimitHeaders> {
+        self.admission.as_ref().and_then(|a| a.headers)
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.limiter
+                .settle(admission, Some(self.tokens.unwrap_or(0)));
+        }
+    }
+}
+
+/// A non-streamed completion, shared with identical concurrent requests unless opted out.
+pub async fn complete(
+    app: &Arc<App>,
+    caller: &Arc<Caller>,
+    request: ChatRequest,
+    endpoint: &'static str,
+    headers: &HeaderMap,
+) -> Result<(ChatServed, bool), ApiError> {
+    let opted_out = headers
+        .get("x-hapax-dedup")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("off"));
+    if !app.dedup_enabled || opted_out {
+        return Ok((
+            dispatch(Arc::clone(app), Arc::clone(caller), request).await?,
+            false,
+        ));
+    }
+    let body = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let model = request.model.clone().unwrap_or_default();
+    let key = dedup_key(&[
+        caller.name.as_bytes(),
+        endpoint.as_bytes(),
+        model.as_bytes(),
+        &body,
+    ]);
+    let (outcome, shared) = app
+        .dedup
+        .run(key, dispatch(Arc::clone(app), Arc::clone(caller), request))
+        .await;
+    outcome
+        .map(|served| (served, shared))
+        .map_err(|e| (*e).clone())
+}
+
+async fn dispatch(
+    app: Arc<App>,
+    caller: Arc<Caller>,
+    request: ChatRequest,
+) -> Result<ChatServed, ApiError> {
+    let scope = RouteScope {
+        allowed_providers: caller.providers.as_deref(),
+    };
+    let served = app.dispatcher.complete(&request, scope).await?;
+    Ok(ChatServed {
+        response: Arc::new(served.value),
+        served: ServedBy {
+            provider: Arc::from(served.provider.name.as_str()),
+            attempts: served.attempts,
+        },
+    })
+}
+
+pub async fn start_stream(
+    app: &App,
+    caller: &Caller,
+    request: &ChatRequest,
+) -> Result<Served<CommittedStream>, ApiError> {
+    let scope = RouteScope {
+        allowed_providers: caller.providers.as_deref(),
+    };
+    Ok(app.dispatcher.stream(request, scope).await?)
+}
+
+/// Adds who-served-it, rate-limit and caller details to a successful response.
+pub fn decorate(
+    response: &mut Response,
+    served: &ServedBy,
+    limits: Option<RateLimitHeaders>,
+    caller: &Caller,
+    shared: bool,
+    streamed: bool,
+) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&served.provider) {
+        headers.insert("x-hapax-provider", value);
+    }
+    headers.insert("x-hapax-attempts", HeaderValue::from(served.attempts));
+    if shared {
+        headers.insert("x-hapax-deduplicated", HeaderValue::from_static("true"));
+    }
+    if let Some(limits) = limits {
+        limits.apply(headers);
+    }
+    let extensions = response.extensions_mut();
+    extensions.insert(served.clone());
+    extensions.insert(ClientName(Arc::clone(&caller.name)));
+    if streamed {
+        extensions.insert(Streamed);
+    }
+}

@@ -1,0 +1,82 @@
+//! Server-sent-event bodies: each upstream chunk is framed and sent as it arrives; a broken
+//! stream ends with a clear error event instead of a hang or a silent truncation.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use super::exec::Settlement;
+use crate::error::ApiError;
+use crate::providers::StreamItem;
+use crate::routing::CommittedStream;
+
+/// Turns one translated chunk into the payload the client sees (`None` skips it).
+pub type Reframe = fn(&StreamItem) -> Option<Bytes>;
+
+pub fn identity(item: &StreamItem) -> Option<Bytes> {
+    (!item.data.is_empty()).then(|| item.data.clone())
+}
+
+fn frame(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 8);
+    out.put_slice(b"data: ");
+    out.put_slice(payload);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+pub fn sse_body(
+    stream: CommittedStream,
+    request_id: Arc<str>,
+    settlement: Settlement,
+    reframe: Reframe,
+) -> Body {
+    let state = (stream, settlement, false);
+    let frames = futures_util::stream::unfold(
+        state,
+        move |(mut stream, mut settlement, finished)| {
+            let request_id = Arc::clone(&request_id);
+            async move {
+                if finished {
+                    return None;
+                }
+                loop {
+                    match stream.next().await {
+                        Some(Ok(item)) => {
+                            if let Some(usage) = item.usage {
+                                settlement.tokens = Some(usage.total_tokens);
+                            }
+                            if let Some(payload) = reframe(&item) {
+                                return Some((
+                                    Ok::<_, std::convert::Infallible>(frame(&payload)),
+                                    (stream, settlement, false),
+                                ));
+                            }
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(error = %error, "stream broke after it started; ending it with an error event");
+                            let api_error = ApiError::Upstream {
+                                status: axum::http::StatusCode::BAD_GATEWAY,
+                                message: format!(
+                                    "the stream was interrupted after it started: {error}"
+                                ),
+                                retry_after: None,
+                            };
+                            let event = frame(api_error.body_json(&request_id).as_bytes());
+                            return Some((Ok(event), (stream, settlement, true)));
+                        }
+                        None => {
+                            return Some((
+                                Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+                                (stream, settlement, true),
+                            ));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Body::from_stream(frames)
+}

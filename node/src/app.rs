@@ -1,0 +1,191 @@
+//! The node's shared state, built once from the configuration.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hapax_config::{Config, HealthCheckConfig, defaults};
+use prometheus::IntCounterVec;
+
+use crate::api::exec::ChatServed;
+use crate::auth::Authenticator;
+use crate::dedup::Deduplicator;
+use crate::metrics::Metrics;
+use crate::providers::{build_http_client, build_provider, endpoints_of};
+use crate::ratelimit::{LocalRateLimiter, RateLimiter};
+use crate::routing::breaker::{Breaker, BreakerPhase, BreakerSettings, TransitionObserver};
+use crate::routing::checks::{CheckSchedule, spawn_health_check};
+use crate::routing::entry::ProviderEntry;
+use crate::routing::health::{HealthSettings, ProviderHealth};
+use crate::routing::{Dispatcher, RoutingSettings};
+use crate::wire::openai::{ChatMessage, ChatRequest, Role};
+
+/// Request-size and timing limits of the HTTP front.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+pub struct App {
+    pub metrics: Arc<Metrics>,
+    pub dispatcher: Dispatcher,
+    pub auth: Authenticator,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub dedup: Deduplicator<ChatServed>,
+    pub dedup_enabled: bool,
+    pub limits: Limits,
+    pub started: Instant,
+    system_prompt: Option<String>,
+    health_checks: Vec<(Arc<ProviderEntry>, CheckSchedule)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// Logs and counts every breaker transition.
+struct BreakerEvents {
+    transitions: IntCounterVec,
+}
+
+impl TransitionObserver for BreakerEvents {
+    fn on_transition(&self, provider: &str, from: BreakerPhase, to: BreakerPhase, reason: &str) {
+        self.transitions
+            .with_label_values(&[provider, to.as_str()])
+            .inc();
+        match to {
+            BreakerPhase::Open => tracing::warn!(
+                provider,
+                from = from.as_str(),
+                to = to.as_str(),
+                reason,
+                "circuit breaker opened"
+            ),
+            _ => tracing::info!(
+                provider,
+                from = from.as_str(),
+                to = to.as_str(),
+                reason,
+                "circuit breaker transition"
+            ),
+        }
+    }
+}
+
+impl App {
+    pub fn build(config: &Config) -> Result<Arc<Self>, BuildError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let http = build_http_client()?;
+        let breaker_settings = BreakerSettings::from(&config.circuit_breaker);
+        let observer: Arc<dyn TransitionObserver> = Arc::new(BreakerEvents {
+            transitions: metrics.breaker_transitions.clone(),
+        });
+        let legacy_health = config.llm.as_ref().and_then(|l| l.health_check.clone());
+        let mut providers = Vec::new();
+        let mut health_checks = Vec::new();
+        for name in &config.provider_preference {
+            let Some(provider) = config.providers.get(name) else {
+                continue;
+            };
+            let check = provider
+                .health_check
+                .clone()
+                .or_else(|| legacy_health.clone())
+                .unwrap_or_default();
+            let breaker = Breaker::new(
+                name,
+                breaker_settings,
+                metrics.breaker_state.with_label_values(&[name]),
+                Arc::clone(&observer),
+            );
+            let health = ProviderHealth::new(health_settings(&check));
+            let entry = Arc::new(ProviderEntry::new(
+                name.clone(),
+                provider.kind,
+                build_provider(provider, &http),
+                provider.model.clone(),
+                provider.models.clone(),
+                endpoints_of(provider),
+                breaker,
+                health,
+                provider
+                    .timeout
+                    .map(|t| t.get())
+                    .unwrap_or(defaults::PROVIDER_TIMEOUT.get()),
+                &metrics,
+            ));
+            if check.enabled {
+                health_checks.push((
+                    Arc::clone(&entry),
+                    CheckSchedule {
+                        interval: check.interval.get(),
+                        timeout: check.timeout.get(),
+                    },
+                ));
+            }
+            providers.push(entry);
+        }
+        let limiter: Arc<dyn RateLimiter> = Arc::new(LocalRateLimiter::new(
+            &config.rate_limits,
+            &Authenticator::client_limits(&config.auth),
+        ));
+        Ok(Arc::new(Self {
+            dispatcher: Dispatcher::new(
+                providers,
+                RoutingSettings::from(&config.routing),
+                Arc::clone(&metrics),
+            ),
+            auth: Authenticator::new(&config.auth),
+            limiter,
+            dedup: Deduplicator::new(metrics.deduplicated.clone()),
+            dedup_enabled: config.dedup.enabled,
+            limits: Limits {
+                max_body_bytes: config.server.max_body_bytes,
+                read_timeout: config.server.read_timeout.get(),
+            },
+            started: Instant::now(),
+            system_prompt: config
+                .llm
+                .as_ref()
+                .and_then(|l| l.system_prompt.clone())
+                .filter(|p| !p.is_empty()),
+            health_checks,
+            metrics,
+        }))
+    }
+
+    /// Starts the background health checks; they stop when the handles are aborted.
+    pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.health_checks
+            .iter()
+            .map(|(entry, schedule)| {
+                spawn_health_check(Arc::clone(entry), *schedule, Arc::clone(&self.metrics))
+            })
+            .collect()
+    }
+
+    /// Hapax's `llm.system_prompt`: added when the request brings no system message.
+    pub fn apply_system_prompt(&self, request: &mut ChatRequest) {
+        if let Some(prompt) = &self.system_prompt
+            && !request
+                .messages
+                .iter()
+                .any(|m| matches!(m.role, Role::System | Role::Developer))
+        {
+            request
+                .messages
+                .insert(0, ChatMessage::new(Role::System, prompt.clone()));
+        }
+    }
+}
+
+fn health_settings(check: &HealthCheckConfig) -> HealthSettings {
+    HealthSettings {
+        failure_threshold: check.failure_threshold.max(1),
+        success_threshold: check.success_threshold.max(1),
+    }
+}

@@ -1,0 +1,218 @@
+//! API-key authentication: client keys (with allowed models, providers and limits) and
+//! separate admin keys. Keys are kept only as sha256 digests and compared in constant time.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use hapax_config::{ApiKeyConfig, AuthConfig, RateLimitConfig};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// Who is calling and what they may use.
+#[derive(Debug)]
+pub struct Caller {
+    /// The key's configured name: safe for logs and metric labels.
+    pub name: Arc<str>,
+    pub models: Vec<String>,
+    pub providers: Option<Vec<String>>,
+}
+
+impl Caller {
+    pub fn anonymous() -> Arc<Self> {
+        Arc::new(Self {
+            name: Arc::from(ANONYMOUS),
+            models: Vec::new(),
+            providers: None,
+        })
+    }
+
+    /// 403 unless this key may use `model`.
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        if self.models.is_empty() {
+            return Ok(());
+        }
+        match model {
+            Some(m) if self.models.iter().any(|allowed| allowed == m) => Ok(()),
+            Some(m) => Err(ApiError::Forbidden(format!(
+                "API key '{}' may not use model '{m}'",
+                self.name
+            ))),
+            None => Err(ApiError::Forbidden(format!(
+                "API key '{}' must name one of its allowed models",
+                self.name
+            ))),
+        }
+    }
+}
+
+pub const ANONYMOUS: &str = "anonymous";
+
+struct KeyEntry {
+    digest: [u8; 32],
+    caller: Arc<Caller>,
+}
+
+pub struct Authenticator {
+    enabled: bool,
+    clients: Vec<KeyEntry>,
+    admins: Vec<KeyEntry>,
+    anonymous: Arc<Caller>,
+    pub protect_metrics: bool,
+    pub protect_health: bool,
+}
+
+fn entry(config: &ApiKeyConfig) -> Option<KeyEntry> {
+    let digest = match (&config.key, &config.key_sha256) {
+        (Some(key), _) => Sha256::digest(key.expose().as_bytes()).into(),
+        (None, Some(hex_digest)) => {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(hex_digest.trim(), &mut out).ok()?;
+            out
+        }
+        (None, None) => return None,
+    };
+    let providers = (!config.providers.is_empty()).then(|| config.providers.clone());
+    Some(KeyEntry {
+        digest,
+        caller: Arc::new(Caller {
+            name: Arc::from(config.name.as_str()),
+            models: config.models.clone(),
+            providers,
+        }),
+    })
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Self {
+        Self {
+            enabled: config.enabled.unwrap_or(true),
+            clients: config.api_keys.iter().filter_map(entry).collect(),
+            admins: config.admin_keys.iter().filter_map(entry).collect(),
+            anonymous: Caller::anonymous(),
+            protect_metrics: config.protect_metrics,
+            protect_health: config.protect_health,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Client names with their own rate limits, for the rate limiter.
+    pub fn client_limits(config: &AuthConfig) -> Vec<(String, Option<RateLimitConfig>)> {
+        let mut out: Vec<_> = config
+            .api_keys
+            .iter()
+            .map(|k| (k.name.clone(), k.rate_limit))
+            .collect();
+        out.push((ANONYMOUS.to_owned(), None));
+        out
+    }
+
+    pub fn client(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+        if !self.enabled {
+            return Ok(Arc::clone(&self.anonymous));
+        }
+        let key = presented_key(headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`".into(),
+            )
+        })?;
+        find(&self.clients, key).ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))
+    }
+
+    /// Admin endpoints: an admin key, or open only when auth is off and no admin key exists.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+        if self.admins.is_empty() {
+            if !self.enabled {
+                return Ok(Arc::clone(&self.anonymous));
+            }
+            return Err(ApiError::Unauthorized(
+                "admin endpoints are disabled: configure auth.admin_keys".into(),
+            ));
+        }
+        let key = presented_key(headers)
+            .ok_or_else(|| ApiError::Unauthorized("missing admin key".into()))?;
+        find(&self.admins, key).ok_or_else(|| ApiError::Unauthorized("invalid admin key".into()))
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let value = value.trim();
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .unwrap_or(value);
+        return Some(token.trim()).filter(|t| !t.is_empty());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Compares against every key without stopping early, so timing says nothing about which.
+fn find(entries: &[KeyEntry], key: &str) -> Option<Arc<Caller>> {
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let mut found = None;
+    for entry in entries {
+        if bool::from(entry.digest.ct_eq(&digest)) {
+            found = Some(&entry.caller);
+        }
+    }
+    found.cloned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use hapax_config::Secret;
+
+    fn key(name: &str, secret: &str) -> ApiKeyConfig {
+        ApiKeyConfig {
+            name: name.into(),
+            key: Some(Secret(secret.into())),
+            key_sha256: None,
+            models: vec![],
+            providers: vec![],
+            rate_limit: None,
+        }
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_and_digests_work() {
+        let digest = hex::encode(Sha256::digest(b"s3cret-b"));
+        let config = AuthConfig {
+            enabled: None,
+            api_keys: vec![
+                key("a", "s3cret-a"),
+                ApiKeyConfig {
+                    key: None,
+                    key_sha256: Some(digest),
+                    ..key("b", "")
+                },
+            ],
+            admin_keys: vec![key("root", "admin-key")],
+            ..Default::default()
+        };
+        let auth = Authenticator::new(&config);
+        let mut h = HeaderMap::new();
+        assert!(auth.client(&h).is_err());
+        h.insert("authorization", "Bearer s3cret-a".parse().unwrap());
+        assert_eq!(&*auth.client(&h).unwrap().name, "a");
+        assert!(auth.admin(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "s3cret-b".parse().unwrap());
+        assert_eq!(&*auth.client(&h).unwrap().name, "b");
+        h.insert("x-api-key", "wrong".parse().unwrap());
+        assert!(auth.client(&h).is_err());
+    }
+}

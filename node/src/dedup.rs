@@ -1,0 +1,121 @@
+//! Request deduplication (singleflight): identical concurrent requests share one upstream
+//! call; every caller gets the full answer or the same error. The shared call runs in its
+//! own task, so one caller hanging up does not fail the others.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+
+pub type DedupKey = [u8; 32];
+
+type Slot<T> = watch::Receiver<Option<Result<T, Arc<ApiError>>>>;
+
+pub struct Deduplicator<T> {
+    inflight: Arc<Mutex<HashMap<DedupKey, Slot<T>>>>,
+    saved: IntCounter,
+}
+
+/// Hashes the parts that make two requests the same (scope, endpoint, whole body).
+pub fn dedup_key(parts: &[&[u8]]) -> DedupKey {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
+    pub fn new(saved: IntCounter) -> Self {
+        Self {
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            saved,
+        }
+    }
+
+    /// Runs `work` once per key among concurrent callers; returns the outcome and whether
+    /// this caller shared another's call.
+    pub async fn run<F>(&self, key: DedupKey, work: F) -> (Result<T, Arc<ApiError>>, bool)
+    where
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let (mut slot, shared) = {
+            let mut map = self.inflight.lock();
+            match map.get(&key) {
+                Some(slot) => (slot.clone(), true),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(key, rx.clone());
+                    let inflight = Arc::clone(&self.inflight);
+                    tokio::spawn(
+                        async move {
+                            let outcome = work.await.map_err(Arc::new);
+                            inflight.lock().remove(&key);
+                            let _ = tx.send(Some(outcome));
+                        }
+                        .in_current_span(),
+                    );
+                    (rx, false)
+                }
+            }
+        };
+        if shared {
+            self.saved.inc();
+        }
+        let outcome = match slot.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            Err(_) => None,
+        };
+        (
+            outcome.unwrap_or_else(|| {
+                Err(Arc::new(ApiError::Internal(
+                    "the shared upstream call was abandoned".into(),
+                )))
+            }),
+            shared,
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_identical_calls_share_one_execution() {
+        let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
+        let runs = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (dedup, runs) = (Arc::clone(&dedup), Arc::clone(&runs));
+            tasks.push(tokio::spawn(async move {
+                dedup
+                    .run(dedup_key(&[b"same"]), async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Ok(7)
+                    })
+                    .await
+            }));
+        }
+        let mut shared = 0;
+        for t in tasks {
+            let (value, was_shared) = t.await.unwrap();
+            assert_eq!(value.unwrap(), 7);
+            shared += u32::from(was_shared);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(shared, 9);
+        assert_eq!(dedup.saved.get(), 9);
+    }
+}

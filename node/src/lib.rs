@@ -1,0 +1,15 @@
+//! Hapax node: the HTTP front, providers, routing and failover, circuit breakers, health
+//! checks, deduplication, rate limits, auth and metrics of one gateway node.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod dedup;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod providers;
+pub mod ratelimit;
+pub mod routing;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,169 @@
+//! Every metric the node exports, defined in one place. Names and meanings of the seed's
+//! metrics are kept (`hapax_http_requests_total`, ..., `circuit_breaker_state`).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Request latencies from a millisecond to five minutes (LLM calls are long).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub http_active: IntGaugeVec,
+    pub errors: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub health_check_duration: HistogramVec,
+    pub provider_healthy: IntGaugeVec,
+    pub deduplicated: IntCounter,
+    pub rate_limit_hits: IntCounterVec,
+    pub provider_requests: IntCounterVec,
+    pub provider_duration: HistogramVec,
+    pub provider_ttft: HistogramVec,
+    pub provider_tokens: IntCounterVec,
+    pub failovers: IntCounterVec,
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let metric = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let deduplicated = IntCounter::new(
+            "hapax_deduplicated_requests_total",
+            "Upstream calls saved by request deduplication",
+        )?;
+        r.register(Box::new(deduplicated.clone()))?;
+        Ok(Self {
+            http_requests: counter(
+                &r,
+                "hapax_http_requests_total",
+                "HTTP requests by endpoint and status",
+                &["endpoint", "status"],
+            )?,
+            http_duration: histogram(
+                &r,
+                "hapax_http_request_duration_seconds",
+                "HTTP request latency, to the end of the body",
+                &["endpoint"],
+            )?,
+            http_active: gauge(
+                &r,
+                "hapax_http_active_requests",
+                "Requests in flight, streams included",
+                &["endpoint"],
+            )?,
+            errors: counter(&r, "hapax_errors_total", "Errors by type", &["type"])?,
+            breaker_state: gauge(
+                &r,
+                "circuit_breaker_state",
+                "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+                &["provider"],
+            )?,
+            breaker_transitions: counter(
+                &r,
+                "hapax_circuit_breaker_transitions_total",
+                "Circuit breaker transitions by target state",
+                &["provider", "state"],
+            )?,
+            health_check_duration: histogram(
+                &r,
+                "hapax_health_check_duration_seconds",
+                "Duration of active provider health checks",
+                &["provider"],
+            )?,
+            provider_healthy: gauge(
+                &r,
+                "hapax_provider_healthy",
+                "1 when the provider is considered healthy",
+                &["provider"],
+            )?,
+            deduplicated,
+            rate_limit_hits: counter(
+                &r,
+                "hapax_rate_limit_hits_total",
+                "Requests rejected by a rate limit, by client key name",
+                &["client"],
+            )?,
+            provider_requests: counter(
+                &r,
+                "hapax_provider_requests_total",
+                "Upstream attempts by provider and outcome",
+                &["provider", "outcome"],
+            )?,
+            provider_duration: histogram(
+                &r,
+                "hapax_provider_request_duration_seconds",
+                "Upstream attempt latency (to the full answer or the first chunk)",
+                &["provider"],
+            )?,
+            provider_ttft: histogram(
+                &r,
+                "hapax_provider_time_to_first_token_seconds",
+                "Time to the first streamed chunk",
+                &["provider"],
+            )?,
+            provider_tokens: counter(
+                &r,
+                "hapax_provider_tokens_total",
+                "Tokens reported by providers",
+                &["provider", "direction"],
+            )?,
+            failovers: counter(
+                &r,
+                "hapax_failovers_total",
+                "Failovers from one provider to the next",
+                &["from", "to"],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

@@ -1,0 +1,185 @@
+//! Upstream providers: one trait, one file per wire format.
+
+mod anthropic;
+mod http;
+mod mock;
+mod ollama;
+mod openai;
+pub mod redact;
+pub mod sse;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use hapax_config::{ProviderConfig, ProviderKind};
+
+use crate::wire::openai::{ChatRequest, ChatResponse, Usage};
+
+pub use self::http::build_http_client;
+
+/// One item of a translated stream: the JSON text of an OpenAI `chat.completion.chunk`,
+/// plus the usage it reports (if any) so the gateway can account for tokens without
+/// parsing the chunk again.
+#[derive(Debug, Clone)]
+pub struct StreamItem {
+    pub data: Bytes,
+    pub usage: Option<Usage>,
+}
+
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<StreamItem, ProviderError>> + Send>>;
+
+/// Where and with which key one call goes: a provider may have several deployments.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+/// Everything a provider needs for one upstream call.
+pub struct UpstreamCall<'a> {
+    pub request: &'a ChatRequest,
+    /// The model name to send upstream.
+    pub model: &'a str,
+    pub endpoint: &'a Endpoint,
+    /// For streams: ask upstream for usage even if the client did not.
+    pub want_stream_usage: bool,
+}
+
+/// Why an upstream call failed; decides retry, failover and breaker accounting.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider answered {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("the provider sent a response the gateway could not read: {0}")]
+    InvalidResponse(String),
+    #[error("the provider's stream broke: {0}")]
+    StreamBroken(String),
+    /// The request uses a feature this provider's translation does not support; try another.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ProviderError {
+    /// Failures worth another candidate: the provider, not the request, is at fault.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(_)
+            | Self::Timeout
+            | Self::InvalidResponse(_)
+            | Self::StreamBroken(_)
+            | Self::Unsupported(_) => true,
+            Self::Status { status, .. } => {
+                matches!(status, 401 | 403 | 408 | 409 | 429) || *status >= 500
+            }
+        }
+    }
+
+    /// Failures that count against the provider's health and breaker.
+    pub fn counts_as_provider_failure(&self) -> bool {
+        !matches!(self, Self::Unsupported(_)) && self.is_retryable()
+    }
+
+    /// A short, bounded label for metrics and logs.
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Timeout => "timeout",
+            Self::Status { status: 429, .. } => "rate_limited",
+            Self::Status { status, .. } if *status >= 500 => "server_error",
+            Self::Status { .. } => "client_error",
+            Self::InvalidResponse(_) => "invalid_response",
+            Self::StreamBroken(_) => "stream_broken",
+            Self::Unsupported(_) => "unsupported",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The one interface every upstream implements.
+pub trait Provider: Send + Sync + 'static {
+    fn chat<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+
+    /// Starts a stream; resolves once upstream accepted the request (status 200).
+    fn chat_stream<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+
+    /// A check that spends no tokens (listing models, or the like).
+    fn health_check<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+}
+
+/// Builds the client for one configured provider.
+pub fn build_provider(config: &ProviderConfig, http: &reqwest::Client) -> Arc<dyn Provider> {
+    match config.kind {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => Arc::new(
+            openai::OpenAiProvider::new(http.clone(), config.kind == ProviderKind::Openai),
+        ),
+        ProviderKind::Anthropic => Arc::new(anthropic::AnthropicProvider::new(
+            http.clone(),
+            config
+                .default_max_tokens
+                .unwrap_or(hapax_config::defaults::ANTHROPIC_DEFAULT_MAX_TOKENS),
+        )),
+        ProviderKind::Ollama => Arc::new(ollama::OllamaProvider::new(http.clone())),
+        ProviderKind::Mock => Arc::new(mock::MockProvider),
+    }
+}
+
+/// The endpoints (deployments) of a provider entry: its own base URL and key, or each
+/// deployment's, inheriting what a deployment leaves out.
+pub fn endpoints_of(config: &ProviderConfig) -> Vec<Endpoint> {
+    let base = config.base_url.clone().unwrap_or_default();
+    let key = config
+        .api_key
+        .as_ref()
+        .map(|k| k.expose().to_owned())
+        .filter(|k| !k.is_empty());
+    if config.deployments.is_empty() {
+        return vec![Endpoint {
+            base_url: base,
+            api_key: key,
+        }];
+    }
+    config
+        .deployments
+        .iter()
+        .map(|d| Endpoint {
+            base_url: d
+                .base_url
+                .clone()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .unwrap_or_else(|| base.clone()),
+            api_key: d
+                .api_key
+                .as_ref()
+                .map(|k| k.expose().to_owned())
+                .filter(|k| !k.is_empty())
+                .or_else(|| key.clone()),
+        })
+        .collect()
+}

@@ -1,0 +1,215 @@
+//! OpenAI and any OpenAI-compatible server (vLLM, llama.cpp, Groq, OpenRouter, ...).
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use serde::Serialize;
+
+use super::http::{join, read_json, send, transport_error};
+use super::sse::SseDecoder;
+use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
+use crate::wire::openai::{ChatRequest, ChatResponse, StreamOptions, Usage};
+
+pub struct OpenAiProvider {
+    http: reqwest::Client,
+    /// Real OpenAI always supports `stream_options`; unknown compatible servers may not.
+    inject_stream_usage: bool,
+}
+
+/// The upstream body: the client's request with the resolved model and stream flags.
+#[derive(Serialize)]
+struct UpstreamBody<'a> {
+    model: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<&'a StreamOptions>,
+    #[serde(flatten)]
+    request: &'a ChatRequest,
+}
+
+const WITH_USAGE: StreamOptions = StreamOptions {
+    include_usage: true,
+};
+
+impl OpenAiProvider {
+    pub fn new(http: reqwest::Client, inject_stream_usage: bool) -> Self {
+        Self {
+            http,
+            inject_stream_usage,
+        }
+    }
+
+    fn post(
+        &self,
+        call: &UpstreamCall<'_>,
+        stream: bool,
+        stream_options: Option<&StreamOptions>,
+    ) -> reqwest::RequestBuilder {
+        let body = UpstreamBody {
+            model: call.model,
+            stream,
+            stream_options,
+            request: call.request,
+        };
+        let mut builder = self
+            .http
+            .post(join(&call.endpoint.base_url, "/chat/completions"))
+            .json(&body);
+        if let Some(key) = &call.endpoint.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        builder
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn chat<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        async move {
+            let response = send(
+                self.post(&call, false, None),
+                call.endpoint.api_key.as_deref(),
+            )
+            .await?;
+            read_json(response).await
+        }
+        .boxed()
+    }
+
+    fn chat_stream<'a>(
+        &'a self,
+        call: UpstreamCall<'a>,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        async move {
+            let client_wants_usage = call.request.wants_stream_usage();
+            let inject = self.inject_stream_usage && call.want_stream_usage && !client_wants_usage;
+            let options = if inject {
+                Some(&WITH_USAGE)
+            } else {
+                call.request.stream_options.as_ref()
+            };
+            let response = send(
+                self.post(&call, true, options),
+                call.endpoint.api_key.as_deref(),
+            )
+            .await?;
+            Ok(passthrough_stream(response, inject))
+        }
+        .boxed()
+    }
+
+    fn health_check<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        async move {
+            let mut builder = self.http.get(join(&endpoint.base_url, "/models"));
+            if let Some(key) = &endpoint.api_key {
+                builder = builder.bearer_auth(key);
+            }
+            send(builder, endpoint.api_key.as_deref()).await.map(drop)
+        }
+        .boxed()
+    }
+}
+
+/// Forwards each upstream `data:` payload as is (no re-serialisation), noting usage, and
+/// dropping the usage-only chunk when the gateway asked for it on its own behalf.
+fn passthrough_stream(response: reqwest::Response, hide_usage_chunk: bool) -> ChunkStream {
+    let state = (response.bytes_stream(), SseDecoder::default(), false);
+    futures_util::stream::unfold(state, move |(mut body, mut decoder, mut done)| async move {
+        loop {
+            if done {
+                return None;
+            }
+            if let Some(event) = decoder.next_event() {
+                if event.data == "[DONE]" {
+                    return None;
+                }
+                let usage = extract_usage(&event.data);
+                if hide_usage_chunk && usage.is_some() && is_usage_only(&event.data) {
+                    // Keep the usage for accounting, without showing the chunk to the client.
+                    let item = StreamItem {
+                        data: Bytes::new(),
+                        usage,
+                    };
+                    return Some((Ok(item), (body, decoder, done)));
+                }
+                if let Some(message) = upstream_stream_error(&event.data) {
+                    done = true;
+                    return Some((
+                        Err(ProviderError::StreamBroken(message)),
+                        (body, decoder, done),
+                    ));
+                }
+                let item = StreamItem {
+                    data: Bytes::from(event.data),
+                    usage,
+                };
+                return Some((Ok(item), (body, decoder, done)));
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => decoder.push(&chunk),
+                Some(Err(e)) => {
+                    done = true;
+                    return Some((Err(transport_error(&e)), (body, decoder, done)));
+                }
+                None => {
+                    done = true;
+                    if let Some(event) = decoder.finish().filter(|e| e.data != "[DONE]") {
+                        let usage = extract_usage(&event.data);
+                        return Some((
+                            Ok(StreamItem {
+                                data: Bytes::from(event.data),
+                                usage,
+                            }),
+                            (body, decoder, done),
+                        ));
+                    }
+                    return None;
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn extract_usage(data: &str) -> Option<Usage> {
+    if !data.contains("\"usage\"") {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Usage>,
+    }
+    serde_json::from_str::<WithUsage>(data)
+        .ok()
+        .and_then(|w| w.usage)
+}
+
+fn is_usage_only(data: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Choices {
+        #[serde(default)]
+        choices: Vec<serde_json::Value>,
+    }
+    serde_json::from_str::<Choices>(data)
+        .map(|c| c.choices.is_empty())
+        .unwrap_or(false)
+}
+
+/// OpenAI-compatible servers report mid-stream failures as `data: {"error": ...}`.
+fn upstream_stream_error(data: &str) -> Option<String> {
+    if !data.starts_with("{\"error\"") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
+    let message = value
+        .pointer("/error/message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("upstream stream error");
+    Some(super::redact::redact(message, &[]))
+}

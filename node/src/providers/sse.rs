@@ -1,0 +1,156 @@
+//! Incremental decoders for upstream streams: server-sent events and NDJSON.
+
+use bytes::{Bytes, BytesMut};
+
+/// One server-sent event: its `event:` name (if any) and its joined `data:` lines.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Feeds bytes in, takes complete events out; handles `\n`, `\r\n` and split chunks.
+#[derive(Default)]
+pub struct SseDecoder {
+    buffer: BytesMut,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+impl SseDecoder {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// The next complete event, if the buffer holds one.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        while let Some(line) = take_line(&mut self.buffer) {
+            let line = String::from_utf8_lossy(&line);
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    return Some(SseEvent {
+                        event: self.event.take(),
+                        data,
+                    });
+                }
+                self.event = None;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_ref(), ""),
+            };
+            match field {
+                "event" => self.event = Some(value.to_owned()),
+                "data" => match &mut self.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => self.data = Some(value.to_owned()),
+                },
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// At end of input: an event whose blank line never came.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        if !self.buffer.is_empty() {
+            self.buffer.extend_from_slice(b"\n\n");
+            return self.next_event();
+        }
+        self.data.take().map(|data| SseEvent {
+            event: self.event.take(),
+            data,
+        })
+    }
+}
+
+/// Splits newline-delimited JSON (Ollama's stream format).
+#[derive(Default)]
+pub struct NdjsonDecoder {
+    buffer: BytesMut,
+}
+
+impl NdjsonDecoder {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    pub fn next_line(&mut self) -> Option<Bytes> {
+        while let Some(line) = take_line(&mut self.buffer) {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let rest = self.buffer.split().freeze();
+        (!rest.iter().all(u8::is_ascii_whitespace)).then_some(rest)
+    }
+}
+
+fn take_line(buffer: &mut BytesMut) -> Option<Bytes> {
+    let pos = buffer.iter().position(|b| *b == b'\n')?;
+    let mut line = buffer.split_to(pos + 1);
+    line.truncate(pos);
+    if line.last() == Some(&b'\r') {
+        line.truncate(pos - 1);
+    }
+    Some(line.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_across_chunks_and_crlf() {
+        let mut d = SseDecoder::default();
+        d.push(b"event: message_start\r\ndata: {\"a\"");
+        assert_eq!(d.next_event(), None);
+        d.push(b":1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\n");
+        assert_eq!(
+            d.next_event(),
+            Some(SseEvent {
+                event: Some("message_start".into()),
+                data: "{\"a\":1}".into()
+            })
+        );
+        assert_eq!(
+            d.next_event(),
+            Some(SseEvent {
+                event: None,
+                data: "x\ny".into()
+            })
+        );
+        assert_eq!(d.next_event(), None);
+        d.push(b"data: [DONE]");
+        assert_eq!(
+            d.finish(),
+            Some(SseEvent {
+                event: None,
+                data: "[DONE]".into()
+            })
+        );
+    }
+
+    #[test]
+    fn ndjson_lines_split_across_chunks() {
+        let mut d = NdjsonDecoder::default();
+        d.push(b"{\"a\":1}\n{\"b\"");
+        assert_eq!(d.next_line().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(d.next_line(), None);
+        d.push(b":2}\n\n{\"c\":3}");
+        assert_eq!(d.next_line().as_deref(), Some(&b"{\"b\":2}"[..]));
+        assert_eq!(d.next_line(), None);
+        assert_eq!(d.finish().as_deref(), Some(&b"{\"c\":3}"[..]));
+    }
+}

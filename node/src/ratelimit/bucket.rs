@@ -1,0 +1,92 @@
+//! A token bucket that may go into debt (tokens charged after the fact).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub struct Bucket {
+    /// Per-minute budget: the bucket's capacity.
+    pub limit: u64,
+    refill_per_sec: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+/// An amount taken from a bucket, to give back or to correct later.
+pub struct Reservation {
+    pub bucket: Arc<Bucket>,
+    pub amount: f64,
+    pub is_tokens: bool,
+}
+
+impl Bucket {
+    pub fn per_minute(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            refill_per_sec: limit as f64 / 60.0,
+            state: Mutex::new((limit as f64, Instant::now())),
+        })
+    }
+
+    fn refill(&self, state: &mut (f64, Instant), now: Instant) {
+        let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
+        state.0 = (state.0 + elapsed * self.refill_per_sec).min(self.limit as f64);
+        state.1 = now;
+    }
+
+    /// Takes `amount` (capped at the capacity so a large request is not starved forever),
+    /// or says how long until it could.
+    pub fn try_take(&self, amount: f64) -> Result<f64, Duration> {
+        let amount = amount.min(self.limit as f64);
+        let mut state = self.state.lock();
+        self.refill(&mut state, Instant::now());
+        if state.0 >= amount {
+            state.0 -= amount;
+            Ok(amount)
+        } else {
+            let missing = amount - state.0;
+            Err(Duration::from_secs_f64(
+                missing / self.refill_per_sec.max(f64::MIN_POSITIVE),
+            ))
+        }
+    }
+
+    /// Adds (positive) or charges (negative) an adjustment; charges may leave a debt.
+    pub fn adjust(&self, delta: f64) {
+        let mut state = self.state.lock();
+        self.refill(&mut state, Instant::now());
+        state.0 = (state.0 + delta).min(self.limit as f64);
+    }
+
+    /// Remaining whole units and seconds until full.
+    pub fn remaining(&self) -> (u64, u64) {
+        let mut state = self.state.lock();
+        self.refill(&mut state, Instant::now());
+        let missing = self.limit as f64 - state.0;
+        (
+            state.0.max(0.0).floor() as u64,
+            (missing / self.refill_per_sec.max(f64::MIN_POSITIVE)).ceil() as u64,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_until_empty_then_reports_wait_and_debt_is_kept() {
+        let b = Bucket::per_minute(60);
+        for _ in 0..60 {
+            assert!(b.try_take(1.0).is_ok());
+        }
+        let wait = b.try_take(1.0).err().unwrap_or_default();
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_millis(1000),
+            "{wait:?}"
+        );
+        b.adjust(-10.0);
+        assert!(b.try_take(1.0).is_err());
+        assert_eq!(b.remaining().0, 0);
+    }
+}

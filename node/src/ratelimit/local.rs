@@ -1,0 +1,203 @@
+//! The single-node rate limiter: every bucket lives in this process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hapax_config::{RateLimitConfig, RateLimitsConfig};
+
+use super::bucket::{Bucket, Reservation};
+use super::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter, Rejection};
+
+#[derive(Default, Clone)]
+struct LimitPair {
+    requests: Option<Arc<Bucket>>,
+    tokens: Option<Arc<Bucket>>,
+}
+
+impl LimitPair {
+    fn from_config(config: Option<&RateLimitConfig>) -> Self {
+        let config = config.copied().unwrap_or_default();
+        Self {
+            requests: config.requests_per_minute.map(Bucket::per_minute),
+            tokens: config.tokens_per_minute.map(Bucket::per_minute),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
+    }
+}
+
+pub struct LocalRateLimiter {
+    global: LimitPair,
+    endpoints: HashMap<String, LimitPair>,
+    keys: HashMap<String, LimitPair>,
+}
+
+impl LocalRateLimiter {
+    /// `keys`: every client name with its own limit, if it has one.
+    pub fn new(config: &RateLimitsConfig, keys: &[(String, Option<RateLimitConfig>)]) -> Self {
+        let keys = keys
+            .iter()
+            .map(|(name, own)| {
+                (
+                    name.clone(),
+                    LimitPair::from_config(own.as_ref().or(config.per_key.as_ref())),
+                )
+            })
+            .filter(|(_, pair)| !pair.is_empty())
+            .collect();
+        Self {
+            global: LimitPair::from_config(config.global.as_ref()),
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|(path, limit)| (path.clone(), LimitPair::from_config(Some(limit))))
+                .collect(),
+            keys,
+        }
+    }
+
+    fn scopes<'a>(
+        &'a self,
+        request: &AdmissionRequest<'_>,
+    ) -> [(&'static str, Option<&'a LimitPair>); 3] {
+        [
+            ("global", Some(&self.global)),
+            ("endpoint", self.endpoints.get(request.endpoint)),
+            ("key", self.keys.get(request.client)),
+        ]
+    }
+
+    fn headers(&self, request: &AdmissionRequest<'_>) -> Option<RateLimitHeaders> {
+        let scopes = self.scopes(request);
+        let tightest = |pick: fn(&LimitPair) -> Option<&Arc<Bucket>>| {
+            scopes
+                .iter()
+                .filter_map(|(_, pair)| pair.and_then(pick))
+                .map(|b| (b.limit, b.remaining()))
+                .min_by_key(|(_, (remaining, _))| *remaining)
+        };
+        let requests = tightest(|p| p.requests.as_ref());
+        let tokens = tightest(|p| p.tokens.as_ref());
+        let (limit, (remaining, reset)) = requests.or(tokens)?;
+        Some(RateLimitHeaders {
+            limit,
+            remaining,
+            reset_secs: reset,
+            token_limit: tokens.map(|t| t.0),
+            token_remaining: tokens.map(|t| t.1.0),
+        })
+    }
+}
+
+impl RateLimiter for LocalRateLimiter {
+    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection> {
+        let mut reservations = Vec::new();
+        for (scope, pair) in self.scopes(request) {
+            let Some(pair) = pair else { continue };
+            let wanted = [
+                (pair.requests.as_ref(), 1.0, false),
+                (pair.tokens.as_ref(), request.estimated_tokens as f64, true),
+            ];
+            for (bucket, amount, is_tokens) in wanted {
+                let Some(bucket) = bucket else { continue };
+                match bucket.try_take(amount) {
+                    Ok(taken) => reservations.push(Reservation {
+                        bucket: Arc::clone(bucket),
+                        amount: taken,
+                        is_tokens,
+                    }),
+                    Err(wait) => {
+                        for r in &reservations {
+                            r.bucket.adjust(r.amount);
+                        }
+                        let unit = if is_tokens { "tokens" } else { "requests" };
+                        return Err(Rejection {
+                            retry_after: wait.max(Duration::from_millis(1)),
+                            scope,
+                            unit,
+                            headers: self.headers(request),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Admission {
+            reservations,
+            headers: self.headers(request),
+        })
+    }
+
+    fn settle(&self, admission: Admission, actual_tokens: Option<u64>) {
+        let Some(actual) = actual_tokens else { return };
+        for r in admission.reservations.iter().filter(|r| r.is_tokens) {
+            r.bucket.adjust(r.amount - actual as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn limiter(key_rpm: u64, global_tpm: u64) -> LocalRateLimiter {
+        let config = RateLimitsConfig {
+            global: Some(RateLimitConfig {
+                requests_per_minute: None,
+                tokens_per_minute: Some(global_tpm),
+            }),
+            ..Default::default()
+        };
+        LocalRateLimiter::new(
+            &config,
+            &[(
+                "alice".into(),
+                Some(RateLimitConfig {
+                    requests_per_minute: Some(key_rpm),
+                    tokens_per_minute: None,
+                }),
+            )],
+        )
+    }
+
+    #[test]
+    fn per_key_requests_are_limited_and_headers_count_down() {
+        let l = limiter(2, 1_000_000);
+        let req = AdmissionRequest {
+            client: "alice",
+            endpoint: "/v1/chat/completions",
+            estimated_tokens: 10,
+        };
+        let a = l.admit(&req).unwrap();
+        assert_eq!(a.headers.unwrap().remaining, 1);
+        l.admit(&req).unwrap();
+        let rejected = l.admit(&req).err().unwrap();
+        assert_eq!((rejected.scope, rejected.unit), ("key", "requests"));
+        assert!(rejected.retry_after > Duration::from_secs(20));
+        let other = AdmissionRequest {
+            client: "bob",
+            ..req
+        };
+        assert!(l.admit(&other).is_ok(), "bob has no key limit");
+    }
+
+    #[test]
+    fn token_reservations_settle_with_real_usage() {
+        let l = limiter(1000, 100);
+        let req = AdmissionRequest {
+            client: "alice",
+            endpoint: "/x",
+            estimated_tokens: 60,
+        };
+        let a = l.admit(&req).unwrap();
+        assert!(
+            l.admit(&req).is_err(),
+            "60 + 60 > 100: the reservation prevents overshoot"
+        );
+        l.settle(a, Some(10));
+        assert!(l.admit(&req).is_ok(), "settling returned 50 tokens");
+    }
+}

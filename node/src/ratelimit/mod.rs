@@ -1,0 +1,67 @@
+//! Rate limits: token buckets for requests and tokens per minute, per API key, per endpoint
+//! and global. Token budgets reserve an estimate at admission and settle against the real
+//! `usage` afterwards. Behind a trait so a cluster-wide backend can replace the local one.
+
+mod bucket;
+mod local;
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+
+pub use self::local::LocalRateLimiter;
+
+/// What admission needs to know about a request.
+pub struct AdmissionRequest<'a> {
+    /// The caller's key name (never the key itself).
+    pub client: &'a str,
+    pub endpoint: &'static str,
+    pub estimated_tokens: u64,
+}
+
+/// A granted admission; hand it back to `settle` with the real token count.
+pub struct Admission {
+    pub(crate) reservations: Vec<bucket::Reservation>,
+    pub headers: Option<RateLimitHeaders>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub retry_after: Duration,
+    /// Which limit said no: `global`, `endpoint` or `key`; and whether requests or tokens.
+    pub scope: &'static str,
+    pub unit: &'static str,
+    pub headers: Option<RateLimitHeaders>,
+}
+
+/// The `X-RateLimit-*` figures of the tightest request limit (and token limit, if any).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the limit is fully replenished.
+    pub reset_secs: u64,
+    pub token_limit: Option<u64>,
+    pub token_remaining: Option<u64>,
+}
+
+impl RateLimitHeaders {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_secs));
+        if let Some(limit) = self.token_limit {
+            headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(limit));
+        }
+        if let Some(remaining) = self.token_remaining {
+            headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(remaining));
+        }
+    }
+}
+
+pub trait RateLimiter: Send + Sync {
+    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection>;
+
+    /// Corrects token reservations with the tokens really used.
+    fn settle(&self, admission: Admission, actual_tokens: Option<u64>);
+}

@@ -1,0 +1,348 @@
+//! Routing and failover: ordered candidates from breaker state, health and preference;
+//! retryable failures move on to the next candidate with backoff, inside an attempt budget
+//! and an overall deadline, and only before the first byte reaches the client.
+
+pub mod breaker;
+pub mod checks;
+pub mod entry;
+pub mod health;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hapax_config::{RoutingConfig, RoutingStrategy};
+use rand::Rng;
+
+use self::entry::ProviderEntry;
+pub use self::stream::CommittedStream;
+use crate::metrics::Metrics;
+use crate::providers::{ProviderError, UpstreamCall};
+use crate::wire::openai::{ChatRequest, ChatResponse};
+
+/// Routing knobs, resolved from config once.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutingSettings {
+    pub strategy: RoutingStrategy,
+    pub max_attempts: u32,
+    pub request_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    pub first_token_timeout: Duration,
+    pub stall_timeout: Duration,
+}
+
+impl From<&RoutingConfig> for RoutingSettings {
+    fn from(c: &RoutingConfig) -> Self {
+        Self {
+            strategy: c.strategy,
+            max_attempts: c.max_attempts.max(1),
+            request_timeout: c.request_timeout.get(),
+            backoff_initial: c.backoff_initial.get(),
+            backoff_max: c.backoff_max.get(),
+            backoff_multiplier: c.backoff_multiplier.max(1.0),
+            first_token_timeout: c.first_token_timeout.get(),
+            stall_timeout: c.stream_stall_timeout.get(),
+        }
+    }
+}
+
+/// A successful dispatch: the value and who served it after how many attempts.
+pub struct Served<T> {
+    pub value: T,
+    pub provider: Arc<ProviderEntry>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(
+        "no provider is available for this request (all are down, open-circuited or not allowed)"
+    )]
+    NoProvider,
+    #[error("the request's deadline passed after {attempts} attempt(s)")]
+    Deadline { attempts: u32 },
+    #[error("provider {provider} failed: {error}")]
+    Upstream {
+        provider: String,
+        error: ProviderError,
+        attempts: u32,
+    },
+}
+
+/// Which providers a caller may use (from its API key).
+#[derive(Clone, Copy, Default)]
+pub struct RouteScope<'a> {
+    pub allowed_providers: Option<&'a [String]>,
+}
+
+pub struct Dispatcher {
+    providers: Vec<Arc<ProviderEntry>>,
+    settings: RoutingSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    /// `providers` must already be in preference order.
+    pub fn new(
+        providers: Vec<Arc<ProviderEntry>>,
+        settings: RoutingSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            providers,
+            settings,
+            metrics,
+        }
+    }
+
+    pub fn providers(&self) -> &[Arc<ProviderEntry>] {
+        &self.providers
+    }
+
+    pub fn settings(&self) -> &RoutingSettings {
+        &self.settings
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<ProviderEntry>> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// Providers for this request in the order they will be tried: those serving the
+    /// requested model (else all), in preference order, minus the unusable and the disallowed.
+    pub fn candidates(
+        &self,
+        model: Option<&str>,
+        scope: RouteScope<'_>,
+    ) -> Vec<Arc<ProviderEntry>> {
+        let allowed = |p: &ProviderEntry| {
+            scope
+                .allowed_providers
+                .is_none_or(|list| list.iter().any(|n| *n == p.name))
+        };
+        let matching =
+            model.is_some_and(|m| self.providers.iter().any(|p| p.serves(m) && allowed(p)));
+        self.providers
+            .iter()
+            .filter(|p| {
+                allowed(p) && (!matching || model.is_some_and(|m| p.serves(m))) && p.usable()
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// A non-streamed completion with failover.
+    pub async fn complete(
+        &self,
+        request: &ChatRequest,
+        scope: RouteScope<'_>,
+    ) -> Result<Served<ChatResponse>, DispatchError> {
+        let mut attempts = Attempts::new(self, request, scope);
+        while let Some((entry, retry, permit)) = attempts.next().await? {
+            let (deployment, _inflight) = entry.pick(self.settings.strategy, retry);
+            let call = UpstreamCall {
+                request,
+                model: entry.upstream_model(request.model.as_deref()),
+                endpoint: &deployment.endpoint,
+                want_stream_usage: false,
+            };
+            let started = Instant::now();
+            let budget = entry.timeout.min(attempts.remaining());
+            let result = match tokio::time::timeout(budget, entry.client.chat(call)).await {
+                Ok(result) => result,
+                Err(_) => Err(ProviderError::Timeout),
+            };
+            match result {
+                Ok(response) => {
+                    entry.record_success(permit, deployment, started.elapsed());
+                    if let Some(usage) = &response.usage {
+                        entry.record_usage(usage);
+                    }
+                    return Ok(Served {
+                        value: response,
+                        provider: Arc::clone(&entry),
+                        attempts: attempts.count,
+                    });
+                }
+                Err(error) => {
+                    entry.record_failure(permit, &error, &self.metrics);
+                    attempts.failed(&entry, error)?;
+                }
+            }
+        }
+        Err(attempts.exhausted())
+    }
+
+    /// A streamed completion: failover is possible until the first chunk arrives; the
+    /// returned stream already holds that chunk.
+    pub async fn stream(
+        &self,
+        request: &ChatRequest,
+        scope: RouteScope<'_>,
+    ) -> Result<Served<CommittedStream>, DispatchError> {
+        let mut attempts = Attempts::new(self, request, scope);
+        while let Some((entry, retry, permit)) = attempts.next().await? {
+            let (deployment, inflight) = entry.pick(self.settings.strategy, retry);
+            let call = UpstreamCall {
+                request,
+                model: entry.upstream_model(request.model.as_deref()),
+                endpoint: &deployment.endpoint,
+                want_stream_usage: true,
+            };
+            let started = Instant::now();
+            let budget = entry.timeout.min(attempts.remaining());
+            let first_budget = self.settings.first_token_timeout.min(attempts.remaining());
+            let opened = async {
+                let mut upstream =
+                    match tokio::time::timeout(budget, entry.client.chat_stream(call)).await {
+                        Ok(result) => result?,
+                        Err(_) => return Err(ProviderError::Timeout),
+                    };
+                match tokio::time::timeout(first_budget, upstream.next()).await {
+                    Ok(Some(Ok(first))) => Ok((first, upstream)),
+                    Ok(Some(Err(error))) => Err(error),
+                    Ok(None) => Err(ProviderError::StreamBroken(
+                        "the stream ended before its first chunk".into(),
+                    )),
+                    Err(_) => Err(ProviderError::Timeout),
+                }
+            };
+            match opened.await {
+                Ok((first, rest)) => {
+                    let ttft = started.elapsed();
+                    entry.metrics.ttft.observe(ttft.as_secs_f64());
+                    entry.metrics.duration.observe(ttft.as_secs_f64());
+                    drop(inflight);
+                    let stream = CommittedStream::new(
+                        Arc::clone(&entry),
+                        permit,
+                        first,
+                        rest,
+                        self.settings.stall_timeout,
+                        Arc::clone(&self.metrics),
+                    );
+                    return Ok(Served {
+                        value: stream,
+                        provider: Arc::clone(&entry),
+                        attempts: attempts.count,
+                    });
+                }
+                Err(error) => {
+                    entry.record_failure(permit, &error, &self.metrics);
+                    attempts.failed(&entry, error)?;
+                }
+            }
+        }
+        Err(attempts.exhausted())
+    }
+}
+
+/// The attempt plan of one request: cycles through the candidates within the attempt
+/// budget and deadline, backing off between attempts.
+struct Attempts<'a> {
+    dispatcher: &'a Dispatcher,
+    candidates: Vec<Arc<ProviderEntry>>,
+    deadline: Instant,
+    cursor: usize,
+    count: u32,
+    last: Option<(String, ProviderError)>,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(dispatcher: &'a Dispatcher, request: &ChatRequest, scope: RouteScope<'_>) -> Self {
+        Self {
+            dispatcher,
+            candidates: dispatcher.candidates(request.model.as_deref(), scope),
+            deadline: Instant::now() + dispatcher.settings.request_timeout,
+            cursor: 0,
+            count: 0,
+            last: None,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The next provider to try (with how many times it was tried before, and its breaker
+    /// permit), `None` when the plan is exhausted.
+    async fn next(
+        &mut self,
+    ) -> Result<Option<(Arc<ProviderEntry>, usize, breaker::BreakerPermit)>, DispatchError> {
+        let settings = &self.dispatcher.settings;
+        let n = self.candidates.len();
+        let limit = n * settings.max_attempts as usize;
+        while self.count < settings.max_attempts && self.cursor < limit {
+            let entry = Arc::clone(&self.candidates[self.cursor % n]);
+            let retry = self.cursor / n;
+            self.cursor += 1;
+            if entry.cooling_down() || !entry.health.is_healthy() {
+                continue;
+            }
+            let Some(permit) = entry.breaker.try_acquire() else {
+                continue;
+            };
+            if self.count > 0 {
+                let pause = self.backoff().min(self.remaining());
+                tokio::time::sleep(pause).await;
+                if let Some((from, _)) = &self.last {
+                    self.dispatcher
+                        .metrics
+                        .failovers
+                        .with_label_values(&[from, &entry.name])
+                        .inc();
+                    tracing::warn!(from = %from, to = %entry.name, attempt = self.count + 1, "failing over to the next provider");
+                }
+            }
+            if self.remaining().is_zero() {
+                return Err(DispatchError::Deadline {
+                    attempts: self.count,
+                });
+            }
+            self.count += 1;
+            return Ok(Some((entry, retry, permit)));
+        }
+        Ok(None)
+    }
+
+    /// Records a failed attempt; a failure that is the request's own fault ends the plan.
+    fn failed(&mut self, entry: &ProviderEntry, error: ProviderError) -> Result<(), DispatchError> {
+        tracing::warn!(provider = %entry.name, error = %error, kind = error.kind_label(), attempt = self.count, "upstream attempt failed");
+        if !error.is_retryable() {
+            return Err(DispatchError::Upstream {
+                provider: entry.name.clone(),
+                error,
+                attempts: self.count,
+            });
+        }
+        self.last = Some((entry.name.clone(), error));
+        Ok(())
+    }
+
+    fn exhausted(self) -> DispatchError {
+        match self.last {
+            Some((provider, error)) => DispatchError::Upstream {
+                provider,
+                error,
+                attempts: self.count,
+            },
+            None if self.count > 0 || self.remaining().is_zero() => DispatchError::Deadline {
+                attempts: self.count,
+            },
+            None => DispatchError::NoProvider,
+        }
+    }
+
+    /// Exponential backoff with jitter in [d/2, d].
+    fn backoff(&self) -> Duration {
+        let s = &self.dispatcher.settings;
+        let exp = s
+            .backoff_multiplier
+            .powi(self.count.saturating_sub(1) as i32);
+        let full = s.backoff_initial.mul_f64(exp).min(s.backoff_max);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        full.mul_f64(jitter)
+    }
+}

@@ -1,0 +1,210 @@
+//! The observing layer: request id, active-request gauge, per-endpoint count and latency,
+//! and one structured log line per request (never bodies or keys). For streams the figures
+//! are taken when the body ends, not when the headers leave.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tracing::Instrument;
+
+use super::request_id;
+use crate::app::App;
+use crate::error::ErrorMarker;
+
+/// Endpoint labels are a fixed set, so metric cardinality stays bounded.
+pub fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/models" => "/v1/models",
+        "/health" => "/health",
+        "/v1/health" => "/v1/health",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/admin/") => "/admin",
+        _ => "other",
+    }
+}
+
+/// Who served a response, set by handlers for the log line.
+#[derive(Clone)]
+pub struct ServedBy {
+    pub provider: Arc<str>,
+    pub attempts: u32,
+}
+
+/// The caller's key name, set by the auth layer for the log line.
+#[derive(Clone)]
+pub struct ClientName(pub Arc<str>);
+
+/// Marks a streamed response so its figures are recorded when the body ends.
+#[derive(Clone, Copy)]
+pub struct Streamed;
+
+pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id::from_headers(request.headers());
+    let endpoint = endpoint_label(request.uri().path());
+    let method = request.method().clone();
+    let active = app.metrics.http_active.with_label_values(&[endpoint]);
+    active.inc();
+    let span = tracing::info_span!("request", request_id = %id, endpoint, method = %method);
+    let mut response =
+        request_id::scope(Arc::clone(&id), next.run(request).instrument(span.clone())).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    let record = Record {
+        app,
+        endpoint,
+        status: response.status().as_u16(),
+        started,
+        active,
+        span,
+        error: response.extensions().get::<ErrorMarker>().map(|m| m.0),
+        served: response.extensions().get::<ServedBy>().cloned(),
+        client: response.extensions().get::<ClientName>().cloned(),
+    };
+    if response.extensions().get::<Streamed>().is_some() {
+        let (parts, body) = response.into_parts();
+        return Response::from_parts(
+            parts,
+            Body::new(ObservedBody {
+                inner: body,
+                record: Some(record),
+            }),
+        );
+    }
+    record.finish(false);
+    response
+}
+
+struct Record {
+    app: Arc<App>,
+    endpoint: &'static str,
+    status: u16,
+    started: Instant,
+    active: prometheus::IntGauge,
+    span: tracing::Span,
+    error: Option<&'static str>,
+    served: Option<ServedBy>,
+    client: Option<ClientName>,
+}
+
+impl Record {
+    fn finish(self, streamed: bool) {
+        let elapsed = self.started.elapsed();
+        self.active.dec();
+        let metrics = &self.app.metrics;
+        metrics
+            .http_requests
+            .with_label_values(&[self.endpoint, status_label(self.status)])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[self.endpoint])
+            .observe(elapsed.as_secs_f64());
+        if let Some(kind) = self.error {
+            metrics.errors.with_label_values(&[kind]).inc();
+        }
+        let _entered = self.span.enter();
+        let provider = self.served.as_ref().map(|s| &*s.provider).unwrap_or("");
+        let attempts = self.served.as_ref().map(|s| s.attempts).unwrap_or(0);
+        let client = self.client.as_ref().map(|c| &*c.0).unwrap_or("");
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if self.status >= 500 {
+            tracing::warn!(
+                status = self.status,
+                latency_ms,
+                provider,
+                attempts,
+                client,
+                streamed,
+                error = self.error.unwrap_or(""),
+                "request finished"
+            );
+        } else {
+            tracing::info!(
+                status = self.status,
+                latency_ms,
+                provider,
+                attempts,
+                client,
+                streamed,
+                error = self.error.unwrap_or(""),
+                "request finished"
+            );
+        }
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A response body that records the request's figures when it ends or is dropped.
+struct ObservedBody {
+    inner: Body,
+    record: Option<Record>,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled
+            && let Some(record) = self.record.take()
+        {
+            record.finish(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish(true);
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Wire formats shared by the API and the providers.
+
+pub mod openai;
