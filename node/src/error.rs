@@ -103,6 +103,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::NoProvider(_) => ("service_unavailable", "no_provider_available"),
+            Self::Upstream { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                ("rate_limit_error", "upstream_rate_limited")
+            }
             Self::Upstream { status, .. } if status.is_client_error() => {
                 ("invalid_request_error", "upstream_rejected_request")
             }

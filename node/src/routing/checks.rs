@@ -44,7 +44,7 @@ pub fn spawn_health_check(
             let elapsed = started.elapsed();
             duration.observe(elapsed.as_secs_f64());
             let error = result.as_ref().err().map(ToString::to_string);
-            match entry.health.record(result.is_ok(), error.as_deref(), true) {
+            match entry.health.record(result.is_ok(), error.as_deref()) {
                 HealthChange::WentDown => {
                     entry.metrics.healthy.set(0);
                     tracing::warn!(provider = %entry.name, error = error.as_deref().unwrap_or(""), "health check failed: provider marked down");

@@ -8,7 +8,7 @@ use hapax_config::{ProviderKind, RoutingStrategy};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use super::breaker::{Breaker, BreakerPermit};
-use super::health::{HealthChange, ProviderHealth};
+use super::health::ProviderHealth;
 use crate::metrics::Metrics;
 use crate::providers::{Endpoint, Provider, ProviderError};
 use crate::wire::openai::Usage;
@@ -198,10 +198,7 @@ impl ProviderEntry {
         self.health.observe_latency(latency);
         self.metrics.success.inc();
         self.metrics.duration.observe(latency.as_secs_f64());
-        if self.health.record(true, None, false) == HealthChange::CameUp {
-            self.metrics.healthy.set(1);
-            tracing::info!(provider = %self.name, "provider healthy again after live traffic succeeded");
-        }
+        self.health.record_passive(true, None);
     }
 
     pub fn record_failure(&self, permit: BreakerPermit, error: &ProviderError, metrics: &Metrics) {
@@ -211,11 +208,7 @@ impl ProviderEntry {
             .inc();
         if error.counts_as_provider_failure() {
             permit.failure(error.kind_label());
-            if self.health.record(false, Some(&error.to_string()), false) == HealthChange::WentDown
-            {
-                self.metrics.healthy.set(0);
-                tracing::warn!(provider = %self.name, error = %error, "provider marked down by failures of live traffic");
-            }
+            self.health.record_passive(false, Some(&error.to_string()));
         } else {
             drop(permit);
         }

@@ -1,5 +1,7 @@
-//! Provider health: active checks that spend no tokens, plus passive results from live
-//! traffic. Health feeds routing: a provider marked down gets no new traffic.
+//! Provider health: active checks that spend no tokens mark a provider up or down; live
+//! traffic is the passive side (its failures feed the circuit breaker, which ejects the
+//! provider like an outlier detector) and is kept here as a recent error rate and latency.
+//! Health feeds routing: a provider marked down gets no new traffic.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -19,6 +21,8 @@ struct Counters {
     consecutive_successes: u32,
     last_check_unix: Option<u64>,
     last_error: Option<String>,
+    /// EWMA of live-traffic failures (alpha 0.1): 0 = all good, 1 = all failing.
+    error_rate: f64,
 }
 
 /// One provider's health as this node sees it.
@@ -37,6 +41,7 @@ pub struct HealthSnapshot {
     pub last_check_unix: Option<u64>,
     pub last_error: Option<String>,
     pub latency_ewma_ms: Option<f64>,
+    pub recent_error_rate: f64,
 }
 
 /// What a health change was, so the caller can log and export it.
@@ -61,15 +66,22 @@ impl ProviderHealth {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// Records an active check or a live request's outcome.
-    pub fn record(&self, ok: bool, error: Option<&str>, active_check: bool) -> HealthChange {
+    /// Records a live request's outcome: error rate and last error, not the up/down mark.
+    pub fn record_passive(&self, ok: bool, error: Option<&str>) {
         let mut c = self.counters.lock();
-        if active_check {
-            c.last_check_unix = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs());
+        c.error_rate = c.error_rate * 0.9 + if ok { 0.0 } else { 0.1 };
+        if !ok {
+            c.last_error = error.map(|e| e.chars().take(200).collect());
         }
+    }
+
+    /// Records an active check's outcome; thresholds decide the up/down mark.
+    pub fn record(&self, ok: bool, error: Option<&str>) -> HealthChange {
+        let mut c = self.counters.lock();
+        c.last_check_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
         if ok {
             c.consecutive_failures = 0;
             c.consecutive_successes = c.consecutive_successes.saturating_add(1);
@@ -117,6 +129,7 @@ impl ProviderHealth {
             last_check_unix: c.last_check_unix,
             last_error: c.last_error.clone(),
             latency_ewma_ms: (ewma > 0).then(|| ewma as f64 / 1000.0),
+            recent_error_rate: (c.error_rate * 1000.0).round() / 1000.0,
         }
     }
 }
@@ -131,11 +144,13 @@ mod tests {
             failure_threshold: 2,
             success_threshold: 2,
         });
-        assert_eq!(h.record(false, Some("x"), true), HealthChange::None);
-        assert_eq!(h.record(false, Some("x"), true), HealthChange::WentDown);
+        assert_eq!(h.record(false, Some("x")), HealthChange::None);
+        assert_eq!(h.record(false, Some("x")), HealthChange::WentDown);
         assert!(!h.is_healthy());
-        assert_eq!(h.record(true, None, true), HealthChange::None);
-        assert_eq!(h.record(true, None, false), HealthChange::CameUp);
+        h.record_passive(true, None);
+        assert!(!h.is_healthy(), "live traffic does not flip the mark");
+        assert_eq!(h.record(true, None), HealthChange::None);
+        assert_eq!(h.record(true, None), HealthChange::CameUp);
         assert!(h.is_healthy());
     }
 }
