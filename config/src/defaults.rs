@@ -35,6 +35,19 @@ pub const ROUTING_MAX_RETRY_AFTER: ConfigDuration = ConfigDuration::from_secs(5)
 
 pub const LOG_LEVEL: &str = "info";
 
+pub const CACHE_TTL: ConfigDuration = ConfigDuration::from_secs(3600);
+pub const CACHE_MAX_ENTRIES: u64 = 10_000;
+pub const CACHE_REDIS_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(50);
+
+pub const CLUSTER_ID: &str = "hapax";
+pub const CLUSTER_GOSSIP_LISTEN: &str = "0.0.0.0:7946";
+pub const CLUSTER_GRPC_LISTEN: &str = "0.0.0.0:7947";
+pub const CLUSTER_GOSSIP_INTERVAL: ConfigDuration = ConfigDuration::from_millis(500);
+pub const CLUSTER_PHI_THRESHOLD: f64 = 8.0;
+pub const CLUSTER_FD_MAX_INTERVAL: ConfigDuration = ConfigDuration::from_secs(10);
+pub const CLUSTER_DEAD_NODE_GRACE: ConfigDuration = ConfigDuration::from_secs(3600);
+pub const CLUSTER_DEAD_NODE_REMOVAL_AFTER: ConfigDuration = ConfigDuration::from_secs(300);
+
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 pub const OLLAMA_BASE_URL: &str = "http://localhost:11434";

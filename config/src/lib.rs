@@ -15,6 +15,8 @@ mod load;
 mod normalize;
 mod summary;
 mod validate;
+mod validate_cache;
+mod validate_cluster;
 
 #[cfg(test)]
 mod tests;

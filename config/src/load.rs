@@ -401,9 +401,9 @@ impl Reader<'_, '_> {
                 "rate_limits" => config.rate_limits = self.section(name, value, &at),
                 "dedup" => config.dedup = self.section(name, value, &at),
                 "routes" => config.routes = Some(value),
-                "cache" => config.cache = Some(value),
+                "cache" => config.cache = Some(self.section(name, value, &at)),
                 "queue" => config.queue = Some(value),
-                _ => config.cluster = Some(value),
+                _ => config.cluster = Some(self.section(name, value, &at)),
             }
         }
         config

@@ -47,6 +47,7 @@ pub(crate) fn normalize(
     report: &mut Report<'_>,
 ) {
     let created = legacy(config, facts, report);
+    legacy_cache(config, report);
     implicit_providers(config, facts, report);
     if config.provider_preference.is_empty() {
         let mut order = created.clone();
@@ -171,6 +172,21 @@ fn legacy(config: &mut Config, facts: &mut Facts, report: &mut Report<'_>) -> Ve
         );
     }
     created
+}
+
+/// Hapax's `llm.cache` is off unless `enable: true`; a top-level `cache` wins over it.
+fn legacy_cache(config: &mut Config, report: &mut Report<'_>) {
+    let top_level = config.cache.is_some();
+    let Some(cache) = config.llm.as_mut().and_then(|l| l.cache.as_mut()) else {
+        return;
+    };
+    cache.enabled.get_or_insert(false);
+    if top_level {
+        report.notice(
+            &KeyPath::root().key("llm").key("cache"),
+            "`cache` is also set and wins over `llm.cache`",
+        );
+    }
 }
 
 fn retry_setting<T>(

@@ -30,12 +30,12 @@ pub struct Config {
     pub dedup: DedupConfig,
     /// Hapax's `routes` list: accepted for compatibility, reported by `validate` as not used.
     pub routes: Option<serde_yaml::Value>,
-    /// Accepted, not used yet (response cache arrives with its own issue).
-    pub cache: Option<serde_yaml::Value>,
+    /// The response cache (Hapax's `llm.cache` is read too; this block wins over it).
+    pub cache: Option<CacheConfig>,
     /// Accepted, not used yet (load shedding arrives with its own issue).
     pub queue: Option<serde_yaml::Value>,
-    /// Accepted, not used yet (clustering arrives with its own issue).
-    pub cluster: Option<serde_yaml::Value>,
+    /// Present = this node joins a cluster; absent = a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +56,8 @@ pub struct ServerConfig {
     #[serde(alias = "shutdownTimeout")]
     pub shutdown_timeout: ConfigDuration,
     pub http3: Option<Http3Config>,
+    /// TLS on the TCP listener (HTTP/1.1 and HTTP/2 by ALPN); absent = plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -69,16 +71,19 @@ impl Default for ServerConfig {
             max_body_bytes: d::SERVER_MAX_BODY_BYTES,
             shutdown_timeout: d::SERVER_SHUTDOWN_TIMEOUT,
             http3: None,
+            tls: None,
         }
     }
 }
 
-/// Hapax's `server.http3` block. Accepted now; served once HTTP/3 lands.
+/// Hapax's `server.http3` block: HTTP/3 (QUIC) on a UDP port, same routes as TCP.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http3Config {
     pub enabled: bool,
-    pub port: u16,
+    /// UDP port; required when enabled (`0` picks a free port, for tests).
+    pub port: Option<u16>,
+    /// PEM files; when empty, `server.tls`'s files are used.
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub idle_timeout: Option<ConfigDuration>,
@@ -86,7 +91,30 @@ pub struct Http3Config {
     pub max_uni_streams_concurrent: Option<u64>,
     pub max_stream_receive_window: Option<u64>,
     pub max_connection_receive_window: Option<u64>,
+    /// Accept 0-RTT early data; unsafe methods in it are refused with 425 Too Early.
     pub enable_0rtt: bool,
+}
+
+impl Http3Config {
+    /// The certificate and key files HTTP/3 serves: its own, else `server.tls`'s.
+    pub fn cert_and_key<'a>(&'a self, tls: Option<&'a TlsConfig>) -> (&'a str, &'a str) {
+        let pick = |own: &'a str, shared: Option<&'a str>| match (own.trim().is_empty(), shared) {
+            (true, Some(shared)) => shared,
+            _ => own,
+        };
+        (
+            pick(&self.tls_cert_file, tls.map(|t| t.cert_file.as_str())),
+            pick(&self.tls_key_file, tls.map(|t| t.key_file.as_str())),
+        )
+    }
+}
+
+/// `server.tls`: the certificate chain and private key (PEM) for the TCP listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,7 +343,8 @@ pub struct LegacyLlmConfig {
     pub system_prompt: Option<String>,
     pub max_context_tokens: Option<u64>,
     pub retry: Option<RetryConfig>,
-    pub cache: Option<serde_yaml::Value>,
+    /// Hapax's response cache block; off unless `enable: true` (Hapax's default).
+    pub cache: Option<CacheConfig>,
     pub options: Option<serde_yaml::Value>,
     pub backup_providers: Vec<LegacyBackupProvider>,
     pub health_check: Option<HealthCheckConfig>,
@@ -451,5 +480,220 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// How routing treats a provider that *other* nodes report down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteHealthPolicy {
+    /// Ignore other nodes' views.
+    LocalOnly,
+    /// Try a provider last as soon as any other live node reports it down.
+    #[default]
+    Any,
+    /// Try it last once a majority of the live nodes (this one included) report it down.
+    Majority,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureDetectorSettings {
+    /// Phi-accrual threshold above which a peer is considered dead.
+    pub phi_threshold: f64,
+    /// Assumed heartbeat interval before samples exist (defaults to `gossip_interval`).
+    pub initial_interval: Option<ConfigDuration>,
+    /// Heartbeat intervals longer than this are ignored as outliers.
+    pub max_interval: ConfigDuration,
+    /// How long a dead node stays listed before it is forgotten.
+    pub dead_node_grace_period: ConfigDuration,
+}
+
+impl Default for FailureDetectorSettings {
+    fn default() -> Self {
+        Self {
+            phi_threshold: d::CLUSTER_PHI_THRESHOLD,
+            initial_interval: None,
+            max_interval: d::CLUSTER_FD_MAX_INTERVAL,
+            dead_node_grace_period: d::CLUSTER_DEAD_NODE_GRACE,
+        }
+    }
+}
+
+/// The `cluster:` section: gossip membership (chitchat) and the Raft group (openraft).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Unique, stable name of this node (default: the host name).
+    pub node_id: Option<String>,
+    /// Nodes with another cluster id are not admitted.
+    pub cluster_id: String,
+    /// UDP address gossip binds (not the HTTP/3 port).
+    pub gossip_listen: String,
+    /// `host:port` peers use to reach this node's gossip (default: the bound address;
+    /// required when binding all interfaces). Host names are resolved at start-up.
+    pub gossip_advertise: Option<String>,
+    /// `host:port` of other nodes; DNS names are re-resolved (docker-compose friendly).
+    pub seeds: Vec<String>,
+    pub gossip_interval: ConfigDuration,
+    pub failure_detector: FailureDetectorSettings,
+    /// TCP address of the cluster gRPC service (Raft).
+    pub grpc_listen: String,
+    pub grpc_advertise: Option<String>,
+    /// How other nodes' provider health changes routing here.
+    pub remote_health: RemoteHealthPolicy,
+    /// Shared secret: gossip datagrams and gRPC calls without it are dropped.
+    pub secret: Option<Secret>,
+    /// Directory of this node's Raft log and snapshots (default: `./data/<node_id>`).
+    /// Keep it across restarts: a node that loses it must be removed and re-added.
+    pub data_dir: Option<String>,
+    /// How many nodes form the Raft group the first time the cluster starts. When gossip
+    /// shows that many live nodes and none of them holds Raft data yet, the one with the
+    /// smallest node id initializes the group with all of them as voters. Left out: `1` when
+    /// `seeds` is empty (a lone node forms its own group), otherwise this node never forms a
+    /// group itself and waits to be added by an existing one. Set the same value (e.g. 3) on
+    /// every node of a fresh cluster.
+    pub bootstrap_expect: Option<u32>,
+    /// A voter that gossip reports dead (or gone) this long is removed from the Raft group,
+    /// but only while the remaining voters keep a live majority and at least 3 voters.
+    pub dead_node_removal_after: ConfigDuration,
+}
+
+impl ClusterConfig {
+    /// The `bootstrap_expect` in force: the configured one, else 1 for a node without seeds;
+    /// `None` means this node never initializes a Raft group itself.
+    pub fn effective_bootstrap_expect(&self) -> Option<u32> {
+        self.bootstrap_expect
+            .or(if self.seeds.is_empty() { Some(1) } else { None })
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            cluster_id: d::CLUSTER_ID.to_owned(),
+            gossip_listen: d::CLUSTER_GOSSIP_LISTEN.to_owned(),
+            gossip_advertise: None,
+            seeds: Vec::new(),
+            gossip_interval: d::CLUSTER_GOSSIP_INTERVAL,
+            failure_detector: FailureDetectorSettings::default(),
+            grpc_listen: d::CLUSTER_GRPC_LISTEN.to_owned(),
+            grpc_advertise: None,
+            remote_health: RemoteHealthPolicy::Any,
+            secret: None,
+            data_dir: None,
+            bootstrap_expect: None,
+            dead_node_removal_after: d::CLUSTER_DEAD_NODE_REMOVAL_AFTER,
+        }
+    }
+}
+
+impl Config {
+    /// The response cache to run, if any: `cache`, else `llm.cache`, when enabled.
+    pub fn response_cache(&self) -> Option<&CacheConfig> {
+        self.cache
+            .as_ref()
+            .or_else(|| self.llm.as_ref().and_then(|l| l.cache.as_ref()))
+            .filter(|c| c.is_enabled())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheKind {
+    /// In-process, one node.
+    Memory,
+    /// Shared by every node that points at the same Redis.
+    Redis,
+    /// Hapax's file cache: accepted, served by the in-memory cache.
+    File,
+}
+
+/// Whose requests may share an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Entries belong to the caller's API key (by its name).
+    #[default]
+    Key,
+    /// One entry serves every key that sends the same request.
+    Shared,
+}
+
+/// `cache:` (or Hapax's `llm.cache`): the response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// On when the block is written, unless `false`; `enable` is Hapax's spelling.
+    #[serde(alias = "enable")]
+    pub enabled: Option<bool>,
+    /// `memory` or `redis`; when left out, `redis` if a `redis` block is given, else `memory`.
+    #[serde(rename = "type")]
+    pub kind: Option<CacheKind>,
+    /// How long an entry is served.
+    pub ttl: ConfigDuration,
+    /// Memory cache: the most entries kept (least recently used go first).
+    #[serde(alias = "maxSize")]
+    pub max_size: u64,
+    pub scope: CacheScope,
+    pub redis: Option<RedisCacheConfig>,
+    /// Hapax's file-cache directory: accepted, not used.
+    pub dir: Option<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            kind: None,
+            ttl: d::CACHE_TTL,
+            max_size: d::CACHE_MAX_ENTRIES,
+            scope: CacheScope::Key,
+            redis: None,
+            dir: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    /// The backend in use: `type`, else `redis` when a `redis` block is given, else `memory`.
+    pub fn kind(&self) -> CacheKind {
+        self.kind.unwrap_or(if self.redis.is_some() {
+            CacheKind::Redis
+        } else {
+            CacheKind::Memory
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisCacheConfig {
+    /// `host:port`, or a `redis://` / `rediss://` URL.
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub db: i64,
+    /// Connect with TLS (as a `rediss://` address does).
+    pub tls: bool,
+    /// Bound on every Redis operation; past it the request goes on without the cache.
+    pub timeout: ConfigDuration,
+}
+
+impl Default for RedisCacheConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            username: None,
+            password: None,
+            db: 0,
+            tls: false,
+            timeout: d::CACHE_REDIS_TIMEOUT,
+        }
     }
 }

@@ -17,6 +17,19 @@ impl LoadedConfig {
         };
         let _ = writeln!(out, "config: {source}");
         let _ = writeln!(out, "listen: {}:{}", config.server.host, config.server.port);
+        let server = &config.server;
+        if let Some(tls) = &server.tls {
+            let _ = writeln!(out, "tls (HTTP/2, HTTP/1.1): {}", tls.cert_file);
+        }
+        if let Some(http3) = server.http3.as_ref().filter(|h| h.enabled) {
+            let port = http3.port.unwrap_or(0);
+            let (cert, _) = http3.cert_and_key(server.tls.as_ref());
+            let zero_rtt = if http3.enable_0rtt { "on" } else { "off" };
+            let _ = writeln!(
+                out,
+                "http3: udp port {port}, certificate {cert}, 0-rtt {zero_rtt}"
+            );
+        }
         let _ = writeln!(out, "providers, in preference order:");
         for (i, name) in config.provider_preference.iter().enumerate() {
             let Some(provider) = config.providers.get(name) else {
@@ -82,6 +95,35 @@ impl LoadedConfig {
             "circuit breaker: failure_threshold={} timeout={} interval={} max_requests={}",
             breaker.failure_threshold, breaker.timeout, breaker.interval, breaker.max_requests
         );
+        let _ = writeln!(out, "response cache: {}", cache_summary(config));
         out
     }
+}
+
+/// `off`, or the backend with its settings; a Redis URL is shown without its credentials.
+fn cache_summary(config: &crate::schema::Config) -> String {
+    let Some(cache) = config.response_cache() else {
+        return "off".to_owned();
+    };
+    let scope = match cache.scope {
+        crate::schema::CacheScope::Key => "key",
+        crate::schema::CacheScope::Shared => "shared",
+    };
+    let backend = match (cache.kind(), &cache.redis) {
+        (crate::schema::CacheKind::Redis, Some(redis)) => {
+            let address = match redis.address.split_once("://") {
+                Some((scheme, rest)) => {
+                    format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or_default())
+                }
+                None => redis.address.clone(),
+            };
+            let tls = if redis.tls { " tls" } else { "" };
+            format!(
+                "redis {address} db={}{tls} timeout={}",
+                redis.db, redis.timeout
+            )
+        }
+        _ => format!("memory max_size={}", cache.max_size),
+    };
+    format!("{backend} ttl={} scope={scope}", cache.ttl)
 }

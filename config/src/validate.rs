@@ -8,7 +8,7 @@ use crate::error::Report;
 use crate::load::Facts;
 use crate::normalize::ProviderOrigin;
 use crate::positions::KeyPath;
-use crate::schema::{ApiKeyConfig, Config, HealthCheckConfig, RateLimitConfig};
+use crate::schema::{ApiKeyConfig, Config, HealthCheckConfig, Http3Config, RateLimitConfig};
 
 fn at(path: &str) -> KeyPath {
     KeyPath::parse(path)
@@ -34,6 +34,10 @@ pub(crate) fn validate(config: &Config, facts: &Facts, report: &mut Report<'_>) 
     logging(config, report);
     auth(config, facts, report);
     rate_limits(config, report);
+    crate::validate_cache::caches(config, report);
+    if let Some(cluster) = &config.cluster {
+        crate::validate_cluster::cluster(cluster, report);
+    }
     unused(config, report);
 }
 
@@ -59,25 +63,77 @@ fn server(config: &Config, report: &mut Report<'_>) {
         server.max_header_bytes as u64,
         1024,
     );
+    if let Some(tls) = &server.tls {
+        for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+            if file.trim().is_empty() {
+                report.problem(&at("server.tls").key(key), "must name a PEM file");
+            }
+        }
+    }
     if let Some(http3) = server.http3.as_ref().filter(|h| h.enabled) {
-        if http3.port == 0 {
+        http3_checks(config, http3, report);
+    }
+}
+
+/// HTTP/3 needs a port, a certificate and a UDP port of its own (not gossip's). The files
+/// themselves are read and checked by the node (`hapax validate` and start-up).
+fn http3_checks(config: &Config, http3: &Http3Config, report: &mut Report<'_>) {
+    if http3.port.is_none() {
+        report.problem(
+            &at("server.http3.port"),
+            "HTTP/3 is enabled, so `port` must be set (a UDP port)",
+        );
+    }
+    let (cert, key) = http3.cert_and_key(config.server.tls.as_ref());
+    for (name, file) in [("tls_cert_file", cert), ("tls_key_file", key)] {
+        if file.trim().is_empty() {
             report.problem(
-                &at("server.http3.port"),
-                "HTTP/3 is enabled, so `port` must be set",
+                &at("server.http3").key(name),
+                format!("HTTP/3 is enabled, so `{name}` (or `server.tls`) must be set"),
             );
         }
-        if http3.tls_cert_file.trim().is_empty() {
-            report.problem(
-                &at("server.http3.tls_cert_file"),
-                "HTTP/3 is enabled, so `tls_cert_file` must be set",
-            );
+    }
+    let limits = [
+        // HTTP/3 needs three unidirectional streams per side (control, QPACK encoder, decoder).
+        (
+            "max_uni_streams_concurrent",
+            http3.max_uni_streams_concurrent,
+            3,
+        ),
+        (
+            "max_bi_streams_concurrent",
+            http3.max_bi_streams_concurrent,
+            1,
+        ),
+        (
+            "max_stream_receive_window",
+            http3.max_stream_receive_window,
+            1024,
+        ),
+        (
+            "max_connection_receive_window",
+            http3.max_connection_receive_window,
+            1024,
+        ),
+    ];
+    for (name, value, min) in limits {
+        if let Some(value) = value {
+            at_least(report, &at("server.http3").key(name), value, min);
         }
-        if http3.tls_key_file.trim().is_empty() {
-            report.problem(
-                &at("server.http3.tls_key_file"),
-                "HTTP/3 is enabled, so `tls_key_file` must be set",
-            );
-        }
+    }
+    if let Some(idle) = http3.idle_timeout {
+        non_zero(report, &at("server.http3.idle_timeout"), idle);
+    }
+    let gossip_port = config
+        .cluster
+        .as_ref()
+        .and_then(|c| c.gossip_listen.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    if let Some(port) = http3.port.filter(|p| *p != 0 && Some(*p) == gossip_port) {
+        report.problem(
+            &at("server.http3.port"),
+            format!("UDP port {port} is also cluster.gossip_listen's port: HTTP/3 and gossip need a UDP port each"),
+        );
     }
 }
 
@@ -324,11 +380,7 @@ fn unused(config: &Config, report: &mut Report<'_>) {
     let llm = config.llm.as_ref();
     let present = [
         ("routes", config.routes.is_some()),
-        ("cache", config.cache.is_some()),
         ("queue", config.queue.is_some()),
-        ("cluster", config.cluster.is_some()),
-        ("server.http3", config.server.http3.is_some()),
-        ("llm.cache", llm.is_some_and(|l| l.cache.is_some())),
         ("llm.options", llm.is_some_and(|l| l.options.is_some())),
         (
             "llm.max_context_tokens",

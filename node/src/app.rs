@@ -8,6 +8,7 @@ use prometheus::IntCounterVec;
 
 use crate::api::exec::ChatServed;
 use crate::auth::Authenticator;
+use crate::cache::{Cache, CacheBuildError};
 use crate::dedup::Deduplicator;
 use crate::metrics::Metrics;
 use crate::providers::{build_http_client, build_provider, endpoints_of};
@@ -16,6 +17,7 @@ use crate::routing::breaker::{Breaker, BreakerPhase, BreakerSettings, Transition
 use crate::routing::checks::{CheckSchedule, spawn_health_check};
 use crate::routing::entry::ProviderEntry;
 use crate::routing::health::{HealthSettings, ProviderHealth};
+use crate::routing::shared::SharedBreakersSlot;
 use crate::routing::{Dispatcher, RoutingSettings};
 use crate::wire::openai::{ChatMessage, ChatRequest, Role};
 
@@ -33,6 +35,7 @@ pub struct App {
     pub limiter: Arc<dyn RateLimiter>,
     pub dedup: Deduplicator<ChatServed>,
     pub dedup_enabled: bool,
+    pub cache: Cache,
     pub limits: Limits,
     pub started: Instant,
     system_prompt: Option<String>,
@@ -45,15 +48,28 @@ pub enum BuildError {
     Metrics(#[from] prometheus::Error),
     #[error("HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
+    #[error("{0}")]
+    Cache(#[from] CacheBuildError),
 }
 
 /// Logs and counts every breaker transition.
 struct BreakerEvents {
     transitions: IntCounterVec,
+    /// Where a local trip is proposed cluster-wide, once this node is in a cluster.
+    shared: SharedBreakersSlot,
 }
 
 impl TransitionObserver for BreakerEvents {
     fn on_transition(&self, provider: &str, from: BreakerPhase, to: BreakerPhase, reason: &str) {
+        if to == BreakerPhase::Open
+            && let Some(shared) = self.shared.get()
+        {
+            shared.propose_trip(provider, reason);
+        }
+        self.on_local_sync(provider, from, to, reason);
+    }
+
+    fn on_local_sync(&self, provider: &str, from: BreakerPhase, to: BreakerPhase, reason: &str) {
         self.transitions
             .with_label_values(&[provider, to.as_str()])
             .inc();
@@ -81,8 +97,10 @@ impl App {
         let metrics = Arc::new(Metrics::new()?);
         let http = build_http_client()?;
         let breaker_settings = BreakerSettings::from(&config.circuit_breaker);
+        let shared_breakers = SharedBreakersSlot::default();
         let observer: Arc<dyn TransitionObserver> = Arc::new(BreakerEvents {
             transitions: metrics.breaker_transitions.clone(),
+            shared: Arc::clone(&shared_breakers),
         });
         let legacy_health = config.llm.as_ref().and_then(|l| l.health_check.clone());
         let mut providers = Vec::new();
@@ -138,11 +156,13 @@ impl App {
                 providers,
                 RoutingSettings::from(&config.routing),
                 Arc::clone(&metrics),
+                shared_breakers,
             ),
             auth: Authenticator::new(&config.auth),
             limiter,
             dedup: Deduplicator::new(metrics.deduplicated.clone()),
             dedup_enabled: config.dedup.enabled,
+            cache: Cache::build(config.response_cache(), &metrics)?,
             limits: Limits {
                 max_body_bytes: config.server.max_body_bytes,
                 read_timeout: config.server.read_timeout.get(),

@@ -30,6 +30,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0} sent in TLS early data (0-RTT) could be a replay: retry after the handshake")]
+    TooEarly(String),
     #[error("{message}")]
     RateLimited {
         message: String,
@@ -82,6 +84,7 @@ impl ApiError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooEarly(_) => StatusCode::TOO_EARLY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoProvider(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { status, .. } => *status,
@@ -101,6 +104,7 @@ impl ApiError {
             Self::BodyTimeout(_) => ("invalid_request_error", "body_timeout"),
             Self::PayloadTooLarge { .. } => ("invalid_request_error", "payload_too_large"),
             Self::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
+            Self::TooEarly(_) => ("invalid_request_error", "too_early"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::NoProvider(_) => ("service_unavailable", "no_provider_available"),
             Self::Upstream { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {

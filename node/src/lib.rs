@@ -4,6 +4,8 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cache;
+pub mod cluster_link;
 pub mod dedup;
 pub mod error;
 pub mod logging;

@@ -4,12 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hapax_cluster::NodeAddresses;
 use hapax_config::{ConfigSource, LoadedConfig};
 use hapax_node::app::App;
-use hapax_node::server::{self, ListenerSettings};
+use hapax_node::cluster_link::ClusterLink;
+use hapax_node::server::front::Front;
+use hapax_node::server::{self, tls};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +43,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Write a self-signed development certificate: DIR/cert.pem and DIR/key.pem.
+    GenCert {
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name or IP address the certificate is for (repeatable; default localhost, 127.0.0.1, ::1).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +63,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Serve { config } => run(serve(config)),
         Command::MockProvider { listen } => run(mock_provider(listen)),
+        Command::GenCert { out, hosts, force } => gen_cert(&out, &hosts, force),
     }
 }
 
@@ -75,6 +91,13 @@ fn run(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
 fn validate(path: &std::path::Path) -> ExitCode {
     match hapax_config::load_file(path) {
         Ok(loaded) => {
+            let problems = tls::check(&loaded.config);
+            if !problems.is_empty() {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let origin = path.display().to_string();
+                eprintln!("{}", tls::as_config_errors(&origin, &text, &problems));
+                return ExitCode::from(2);
+            }
             println!("{}: valid", path.display());
             for notice in &loaded.notices {
                 println!("{notice}");
@@ -126,23 +149,65 @@ async fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let app = App::build(config).context("building the gateway")?;
     let background = app.start_background();
-    let address = format!("{}:{}", config.server.host, config.server.port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("binding the HTTP listener on {address}"))?;
-    let bound = listener.local_addr()?;
-    let settings = ListenerSettings {
-        header_read_timeout: config.server.read_timeout.get(),
-        max_header_bytes: config.server.max_header_bytes,
-        shutdown_timeout: config.server.shutdown_timeout.get(),
+    let front = Front::bind(config).await?;
+    let bound = front.http_addr()?;
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            let addresses = NodeAddresses {
+                http: bound.to_string(),
+                h3: front.h3_addr().map(|a| a.to_string()),
+                grpc: None,
+            };
+            let link = ClusterLink::join(&app, cluster_config, &addresses)
+                .await
+                .context("joining the cluster")?;
+            if cluster_config.secret.is_none() {
+                tracing::warn!("cluster runs without cluster.secret: gossip is not authenticated");
+            }
+            Some(link)
+        }
+        None => None,
     };
-    tracing::info!(http = %bound, providers = app.dispatcher.providers().len(), "hapax listening");
-    println!("hapax listening http={bound}");
-    server::serve(listener, server::router(app), settings, shutdown_signal()).await?;
+    let gossip = cluster
+        .as_ref()
+        .map(|c| format!(" gossip={}", c.cluster().gossip_addr()))
+        .unwrap_or_default();
+    tracing::info!(
+        http = %bound,
+        tls = front.is_tls(),
+        h3 = front.h3_addr().map(|a| a.to_string()).unwrap_or_default(),
+        providers = app.dispatcher.providers().len(),
+        "hapax listening"
+    );
+    println!("{}{gossip}", front.ready_line()?);
+    front.serve(server::router(app), shutdown_signal()).await?;
+    if let Some(link) = cluster {
+        link.leave(Duration::from_secs(2)).await;
+    }
     for task in background {
         task.abort();
     }
     Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn gen_cert(out: &std::path::Path, hosts: &[String], force: bool) -> ExitCode {
+    let written = tls::DevCertificate::generate(hosts)
+        .map_err(anyhow::Error::from)
+        .and_then(|cert| cert.write(out, force));
+    match written {
+        Ok((cert, key)) => {
+            println!("wrote {} and {}", cert.display(), key.display());
+            println!(
+                "self-signed, for development only: clients must trust cert.pem or skip verification"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hapax gen-cert: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)]

@@ -12,6 +12,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     120.0, 300.0,
 ];
 
+/// Cache operations are sub-millisecond when healthy; the top buckets show a slow Redis.
+const CACHE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -29,6 +34,9 @@ pub struct Metrics {
     pub provider_ttft: HistogramVec,
     pub provider_tokens: IntCounterVec,
     pub failovers: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_errors: IntCounterVec,
+    pub cache_duration: HistogramVec,
 }
 
 fn counter(
@@ -79,8 +87,8 @@ impl Metrics {
             http_requests: counter(
                 &r,
                 "hapax_http_requests_total",
-                "HTTP requests by endpoint and status",
-                &["endpoint", "status"],
+                "HTTP requests by endpoint, status and protocol (h1, h2, h3)",
+                &["endpoint", "status", "protocol"],
             )?,
             http_duration: histogram(
                 &r,
@@ -156,8 +164,37 @@ impl Metrics {
                 "Failovers from one provider to the next",
                 &["from", "to"],
             )?,
+            cache_requests: counter(
+                &r,
+                "hapax_cache_requests_total",
+                "Completion requests by response-cache result (hit, miss, bypass)",
+                &["result"],
+            )?,
+            cache_errors: counter(
+                &r,
+                "hapax_cache_errors_total",
+                "Response-cache operations that failed or timed out",
+                &["op"],
+            )?,
+            cache_duration: {
+                let metric = HistogramVec::new(
+                    HistogramOpts::new(
+                        "hapax_cache_operation_duration_seconds",
+                        "Response-cache operation latency",
+                    )
+                    .buckets(CACHE_BUCKETS.to_vec()),
+                    &["op"],
+                )?;
+                r.register(Box::new(metric.clone()))?;
+                metric
+            },
             registry: r,
         })
+    }
+
+    /// The registry, for other crates' metrics (the cluster's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Prometheus text exposition of everything registered.

@@ -4,6 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
+pub mod h3_client;
+pub mod redis_server;
+
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -47,10 +52,12 @@ pub struct Process {
     child: Child,
     output: Arc<Mutex<String>>,
     pub addr: String,
+    /// Every `key=value` of the ready line (`http`, `gossip`, `h3`, ...).
+    pub ready: HashMap<String, String>,
 }
 
 impl Process {
-    /// Spawns `hapax ARGS` and waits for a stdout line containing `listening http=ADDR`.
+    /// Spawns `hapax ARGS` and waits for its ready line, `... listening http=ADDR [key=value ...]`.
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(hapax_bin());
         command
@@ -69,8 +76,17 @@ impl Process {
         let out = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening http=").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                if let Some(rest) = line
+                    .split("listening ")
+                    .nth(1)
+                    .filter(|r| r.starts_with("http="))
+                {
+                    let fields: HashMap<String, String> = rest
+                        .split_whitespace()
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect();
+                    let _ = tx.send(fields);
                 }
                 out.lock().unwrap().push_str(&format!("[stdout] {line}\n"));
             }
@@ -92,9 +108,13 @@ impl Process {
             child,
             output,
             addr: String::new(),
+            ready: HashMap::new(),
         };
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => process.addr = addr,
+            Ok(fields) => {
+                process.addr = fields.get("http").cloned().unwrap_or_default();
+                process.ready = fields;
+            }
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(200));
                 panic!("{name} did not report ready; output:\n{}", process.logs());
@@ -113,6 +133,19 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The HTTP/3 (UDP) address of the ready line's `h3=`, when HTTP/3 is on.
+    pub fn h3_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ready
+            .get("h3")
+            .map(|a| a.parse().expect("h3= address"))
+    }
+
+    /// SIGKILL: the process gets no chance to say goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status (bounded).

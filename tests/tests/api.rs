@@ -51,7 +51,9 @@ async fn post_json(url: &str, body: &Value) -> reqwest::Response {
 }
 
 async fn body_text(response: reqwest::Response) -> String {
-    with_patience("reading a body", response.text()).await.unwrap()
+    with_patience("reading a body", response.text())
+        .await
+        .unwrap()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -103,7 +105,11 @@ fn concat_deltas(payloads: &[String]) -> String {
         .iter()
         .filter(|p| *p != "[DONE]")
         .map(|p| serde_json::from_str::<Value>(p).unwrap())
-        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -128,7 +134,10 @@ async fn chat_completion_returns_openai_shape_and_routing_headers() {
     assert_eq!(header(&headers, "x-hapax-provider"), "primary");
     assert_eq!(header(&headers, "x-hapax-attempts"), "1");
     let body: Value = response.json().await.unwrap();
-    assert!(body["id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    assert!(
+        body["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{body}"
+    );
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "mock-1");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
@@ -150,7 +159,11 @@ async fn chat_completion_streams_as_sse_ending_with_done() {
     let gateway = Gateway::start(&primary_only(&mock, ""));
     let prompt = "stream me please words:12";
 
-    let plain: Value = chat(&gateway, &chat_body(prompt)).await.json().await.unwrap();
+    let plain: Value = chat(&gateway, &chat_body(prompt))
+        .await
+        .json()
+        .await
+        .unwrap();
     let expected = plain["choices"][0]["message"]["content"]
         .as_str()
         .unwrap()
@@ -166,7 +179,11 @@ async fn chat_completion_streams_as_sse_ending_with_done() {
     let text = body_text(response).await;
     let payloads = sse_data(&text);
     assert!(payloads.len() > 3, "several chunks expected: {text}");
-    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{text}"
+    );
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert_eq!(payloads.iter().filter(|p| *p == "[DONE]").count(), 1);
     for payload in &payloads[..payloads.len() - 1] {
@@ -255,7 +272,12 @@ async fn hapax_completion_with_messages_answers_content_model_provider_usage_req
     assert_eq!(response.status(), 200);
     let request_id = header(response.headers(), "x-request-id").to_owned();
     let body: Value = response.json().await.unwrap();
-    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(
         keys,
@@ -457,7 +479,10 @@ async fn metrics_count_requests_per_endpoint_in_prometheus_text() {
     assert_eq!(response.status(), 200);
     assert!(header(response.headers(), "content-type").starts_with("text/plain"));
     let text = body_text(response).await;
-    assert!(text.contains("# TYPE hapax_http_requests_total counter"), "{text}");
+    assert!(
+        text.contains("# TYPE hapax_http_requests_total counter"),
+        "{text}"
+    );
     let count = |endpoint: &str, status: &str| {
         metric(
             &text,
@@ -647,7 +672,12 @@ async fn unknown_path_is_a_404_and_get_on_chat_is_a_405() {
     let gateway = Gateway::start(&primary_only(&mock, ""));
     let (error, _) = expect_error(get(&gateway.url("/v1/nothing-here")).await, 404).await;
     assert_eq!(error["type"], "not_found_error");
-    assert!(error["message"].as_str().unwrap().contains("/v1/nothing-here"));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/nothing-here")
+    );
     let (error, headers) = expect_error(get(&gateway.url("/v1/chat/completions")).await, 405).await;
     assert_eq!(error["code"], "method_not_allowed");
     assert_eq!(header(&headers, "allow"), "POST");
@@ -674,7 +704,9 @@ async fn body_over_max_body_bytes_is_a_413_declared_or_chunked() {
         client()
             .post(&url)
             .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                pieces,
+            )))
             .send(),
     )
     .await
@@ -718,6 +750,7 @@ async fn upstream_429_is_answered_429_with_retry_after() {
         .await;
     let (error, headers) = expect_error(chat(&gateway, &chat_body("hi")).await, 429).await;
     assert_eq!(header(&headers, "retry-after"), "1");
+    assert_eq!(error["type"], "rate_limit_error");
     assert!(
         error["message"].as_str().unwrap().contains("rate limit"),
         "{error}"
@@ -737,7 +770,10 @@ async fn upstream_500_on_every_provider_is_a_502() {
     let (error, _) = expect_error(chat(&gateway, &body).await, 502).await;
     assert_eq!(error["type"], "upstream_error");
     assert!(mock.count("/v1/chat/completions").await >= 1);
-    assert!(mock.count("/v1/messages").await >= 1, "failed over to claude");
+    assert!(
+        mock.count("/v1/messages").await >= 1,
+        "failed over to claude"
+    );
 }
 
 #[tokio::test]
@@ -793,10 +829,7 @@ async fn upstream_slower_than_the_provider_timeout_is_a_504() {
 #[tokio::test]
 async fn upstream_error_bodies_do_not_leak_the_provider_key() {
     let mock = MockUpstream::start();
-    let gateway = Gateway::start(&primary_only(
-        &mock,
-        ", api_key: sk-test-SECRET123456789",
-    ));
+    let gateway = Gateway::start(&primary_only(&mock, ", api_key: sk-test-SECRET123456789"));
     mock.set_fault(json!({"route": "/v1/chat/completions", "status": 500}))
         .await;
     let response = chat(&gateway, &chat_body("hi")).await;
@@ -845,23 +878,37 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_exits_zero() {
         .status()
         .unwrap();
     assert!(sent.success());
-    eventually(Duration::from_secs(30), "the gateway starts draining", || {
-        let draining = gateway.logs().contains("shutting down");
-        async move { draining.then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the gateway starts draining",
+        || {
+            let draining = gateway.logs().contains("shutting down");
+            async move { draining.then_some(()) }
+        },
+    )
     .await;
     // Draining: no new connections are accepted, the open stream goes on.
     let refused = client().get(gateway.url("/health")).send().await;
-    assert!(refused.is_err(), "new connections are refused while draining");
+    assert!(
+        refused.is_err(),
+        "new connections are refused while draining"
+    );
 
     while let Some(chunk) = with_patience("next chunk", response.chunk()).await.unwrap() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     let payloads = sse_data(&text);
-    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{text}"
+    );
     assert_eq!(
         concat_deltas(&payloads),
-        (1..=20).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
+        (1..=20)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let terminating = tokio::task::spawn_blocking(move || {
@@ -871,5 +918,9 @@ async fn sigterm_lets_an_in_flight_stream_finish_and_exits_zero() {
     });
     let (gateway, status) = terminating.await.unwrap();
     let status = status.unwrap_or_else(|| panic!("gateway did not exit:\n{}", gateway.logs()));
-    assert!(status.success(), "exit status {status:?}:\n{}", gateway.logs());
+    assert!(
+        status.success(),
+        "exit status {status:?}:\n{}",
+        gateway.logs()
+    );
 }

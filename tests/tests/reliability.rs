@@ -32,80 +32,192 @@ routing: {{backoff_initial: 5ms, backoff_max: 20ms, first_token_timeout: 700ms, 
 }
 
 async fn post_chat(gateway: &Gateway, body: &Value) -> reqwest::Response {
-    client().post(gateway.url(CHAT)).json(body).send().await.unwrap()
+    client()
+        .post(gateway.url(CHAT))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn header(response: &reqwest::Response, name: &str) -> String {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[tokio::test]
 async fn primary_outage_fails_over_and_the_breaker_opens_half_opens_and_closes() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
-    let config = two_providers(&primary, &backup, "circuit_breaker: {failure_threshold: 3, timeout: 1s, max_requests: 1}");
+    let config = two_providers(
+        &primary,
+        &backup,
+        "circuit_breaker: {failure_threshold: 3, timeout: 1s, max_requests: 1}",
+    );
     let gateway = Gateway::start(&config);
-    primary.set_fault(json!({"route": CHAT, "status": 500})).await;
+    primary
+        .set_fault(json!({"route": CHAT, "status": 500}))
+        .await;
 
     for i in 0..8 {
         let response = post_chat(&gateway, &chat_body(&format!("outage {i}"))).await;
-        assert_eq!(response.status(), 200, "every client request succeeds through the backup");
+        assert_eq!(
+            response.status(),
+            200,
+            "every client request succeeds through the backup"
+        );
         assert_eq!(header(&response, "x-hapax-provider"), "backup");
     }
-    assert_eq!(primary.count(CHAT).await, 3, "after 3 failures the open breaker keeps traffic off the primary");
+    assert_eq!(
+        primary.count(CHAT).await,
+        3,
+        "after 3 failures the open breaker keeps traffic off the primary"
+    );
     let metrics = gateway.metrics().await;
-    assert_eq!(metric(&metrics, "circuit_breaker_state", &[("provider", "primary")]), Some(2.0));
-    assert_eq!(metric(&metrics, "hapax_failovers_total", &[("from", "primary"), ("to", "backup")]), Some(3.0));
-    assert_eq!(metric(&metrics, "hapax_provider_requests_total", &[("provider", "primary"), ("outcome", "server_error")]), Some(3.0));
-    assert_eq!(metric(&metrics, "hapax_http_requests_total", &[("endpoint", CHAT), ("status", "200")]), Some(8.0));
-    let health: Value = client().get(gateway.url("/v1/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "circuit_breaker_state",
+            &[("provider", "primary")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_failovers_total",
+            &[("from", "primary"), ("to", "backup")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_provider_requests_total",
+            &[("provider", "primary"), ("outcome", "server_error")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_http_requests_total",
+            &[("endpoint", CHAT), ("status", "200")]
+        ),
+        Some(8.0)
+    );
+    let health: Value = client()
+        .get(gateway.url("/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["providers"][0]["circuit_breaker"]["state"], "open");
 
-    eventually(Duration::from_secs(5), "breaker half-open after its timeout", || async {
-        (metric(&gateway.metrics().await, "circuit_breaker_state", &[("provider", "primary")]) == Some(1.0)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "breaker half-open after its timeout",
+        || async {
+            (metric(
+                &gateway.metrics().await,
+                "circuit_breaker_state",
+                &[("provider", "primary")],
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
     .await;
 
     primary.clear_faults().await;
     let response = post_chat(&gateway, &chat_body("probe")).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "x-hapax-provider"), "primary", "the half-open probe goes to the primary");
+    assert_eq!(
+        header(&response, "x-hapax-provider"),
+        "primary",
+        "the half-open probe goes to the primary"
+    );
     let metrics = gateway.metrics().await;
-    assert_eq!(metric(&metrics, "circuit_breaker_state", &[("provider", "primary")]), Some(0.0));
-    assert_eq!(metric(&metrics, "hapax_circuit_breaker_transitions_total", &[("provider", "primary"), ("state", "closed")]), Some(1.0));
-    assert!(gateway.logs().contains("circuit breaker opened"), "the trip is logged");
+    assert_eq!(
+        metric(
+            &metrics,
+            "circuit_breaker_state",
+            &[("provider", "primary")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_circuit_breaker_transitions_total",
+            &[("provider", "primary"), ("state", "closed")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        gateway.logs().contains("circuit breaker opened"),
+        "the trip is logged"
+    );
 }
 
 #[tokio::test]
 async fn a_hanging_primary_fails_over_within_the_deadline() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
-    let config = two_providers(&primary, &backup, "").replace("timeout: 2s}\n  backup", "timeout: 400ms}\n  backup");
+    let config = two_providers(&primary, &backup, "")
+        .replace("timeout: 2s}\n  backup", "timeout: 400ms}\n  backup");
     assert!(config.contains("timeout: 400ms"));
     let gateway = Gateway::start(&config);
-    primary.set_fault(json!({"route": CHAT, "hang": true})).await;
+    primary
+        .set_fault(json!({"route": CHAT, "hang": true}))
+        .await;
     let response = post_chat(&gateway, &chat_body("hang")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-hapax-provider"), "backup");
     assert_eq!(header(&response, "x-hapax-attempts"), "2");
     let metrics = gateway.metrics().await;
-    assert_eq!(metric(&metrics, "hapax_provider_requests_total", &[("provider", "primary"), ("outcome", "timeout")]), Some(1.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_provider_requests_total",
+            &[("provider", "primary"), ("outcome", "timeout")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
 async fn a_429_with_retry_after_keeps_traffic_off_the_provider_until_it_passes() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
     let gateway = Gateway::start(&two_providers(&primary, &backup, ""));
-    primary.set_fault(json!({"route": CHAT, "status": 429, "retry_after": 2, "times": 1})).await;
+    primary
+        .set_fault(json!({"route": CHAT, "status": 429, "retry_after": 2, "times": 1}))
+        .await;
     let first = post_chat(&gateway, &chat_body("a")).await;
-    assert_eq!((first.status().as_u16(), header(&first, "x-hapax-provider")), (200, "backup".to_owned()));
+    assert_eq!(
+        (first.status().as_u16(), header(&first, "x-hapax-provider")),
+        (200, "backup".to_owned())
+    );
     for i in 0..3 {
         let response = post_chat(&gateway, &chat_body(&format!("b{i}"))).await;
-        assert_eq!(header(&response, "x-hapax-provider"), "backup", "Retry-After is honoured");
+        assert_eq!(
+            header(&response, "x-hapax-provider"),
+            "backup",
+            "Retry-After is honoured"
+        );
     }
     assert_eq!(primary.count(CHAT).await, 1);
-    eventually(Duration::from_secs(6), "primary used again once Retry-After passed", || async {
-        let response = post_chat(&gateway, &chat_body("c")).await;
-        (header(&response, "x-hapax-provider") == "primary").then_some(())
-    })
+    eventually(
+        Duration::from_secs(6),
+        "primary used again once Retry-After passed",
+        || async {
+            let response = post_chat(&gateway, &chat_body("c")).await;
+            (header(&response, "x-hapax-provider") == "primary").then_some(())
+        },
+    )
     .await;
 }
 
@@ -117,7 +229,8 @@ async fn a_single_provider_429_reaches_the_client_with_retry_after() {
         mock.openai_base()
     );
     let gateway = Gateway::start(&config);
-    mock.set_fault(json!({"route": CHAT, "status": 429, "retry_after": 3})).await;
+    mock.set_fault(json!({"route": CHAT, "status": 429, "retry_after": 3}))
+        .await;
     let response = post_chat(&gateway, &chat_body("x")).await;
     assert_eq!(response.status(), 429);
     assert_eq!(header(&response, "retry-after"), "3");
@@ -129,7 +242,9 @@ async fn a_single_provider_429_reaches_the_client_with_retry_after() {
 async fn a_stream_that_stalls_before_its_first_chunk_fails_over() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
     let gateway = Gateway::start(&two_providers(&primary, &backup, ""));
-    primary.set_fault(json!({"route": CHAT, "stall_after_chunks": 0})).await;
+    primary
+        .set_fault(json!({"route": CHAT, "stall_after_chunks": 0}))
+        .await;
     let mut body = chat_body("stream please");
     body["stream"] = json!(true);
     let response = post_chat(&gateway, &body).await;
@@ -144,16 +259,31 @@ async fn a_stream_that_stalls_before_its_first_chunk_fails_over() {
 async fn a_stream_that_stalls_after_its_first_chunk_ends_with_an_error_event() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
     let gateway = Gateway::start(&two_providers(&primary, &backup, ""));
-    primary.set_fault(json!({"route": CHAT, "stall_after_chunks": 2})).await;
+    primary
+        .set_fault(json!({"route": CHAT, "stall_after_chunks": 2}))
+        .await;
     let mut body = chat_body("stream please");
     body["stream"] = json!(true);
     let response = post_chat(&gateway, &body).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "x-hapax-provider"), "primary", "no failover after the first byte");
-    let text = tokio::time::timeout(Duration::from_secs(10), response.text()).await.expect("the stream ends instead of hanging").unwrap();
+    assert_eq!(
+        header(&response, "x-hapax-provider"),
+        "primary",
+        "no failover after the first byte"
+    );
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text())
+        .await
+        .expect("the stream ends instead of hanging")
+        .unwrap();
     let events = sse_data(&text);
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert!(last["error"]["message"].as_str().unwrap().contains("interrupted"), "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{last}"
+    );
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert_eq!(backup.count(CHAT).await, 0);
 }
@@ -162,18 +292,55 @@ async fn a_stream_that_stalls_after_its_first_chunk_ends_with_an_error_event() {
 async fn twenty_concurrent_identical_requests_make_one_upstream_call() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
     let gateway = Gateway::start(&two_providers(&primary, &backup, ""));
-    primary.set_fault(json!({"route": CHAT, "latency_ms": 400})).await;
+    primary
+        .set_fault(json!({"route": CHAT, "latency_ms": 400}))
+        .await;
     let body = chat_body("the same question");
-    let responses = join_all((0..20).map(|_| async { post_chat(&gateway, &body).await.json::<Value>().await.unwrap() })).await;
-    assert_eq!(primary.count(CHAT).await, 1, "one upstream call for 20 identical requests");
+    let responses = join_all((0..20).map(|_| async {
+        post_chat(&gateway, &body)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+    }))
+    .await;
+    assert_eq!(
+        primary.count(CHAT).await,
+        1,
+        "one upstream call for 20 identical requests"
+    );
     for response in &responses {
-        assert_eq!(response["choices"][0]["message"]["content"], "Hello from the Hapax mock provider. You said: the same question");
+        assert_eq!(
+            response["choices"][0]["message"]["content"],
+            "Hello from the Hapax mock provider. You said: the same question"
+        );
     }
-    assert_eq!(metric(&gateway.metrics().await, "hapax_deduplicated_requests_total", &[]), Some(19.0));
+    assert_eq!(
+        metric(
+            &gateway.metrics().await,
+            "hapax_deduplicated_requests_total",
+            &[]
+        ),
+        Some(19.0)
+    );
 
-    let opted_out = join_all((0..3).map(|_| async { client().post(gateway.url(CHAT)).header("x-hapax-dedup", "off").json(&body).send().await.unwrap().status() })).await;
+    let opted_out = join_all((0..3).map(|_| async {
+        client()
+            .post(gateway.url(CHAT))
+            .header("x-hapax-dedup", "off")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }))
+    .await;
     assert!(opted_out.iter().all(|s| *s == 200));
-    assert_eq!(primary.count(CHAT).await, 4, "the opt-out header bypasses deduplication");
+    assert_eq!(
+        primary.count(CHAT).await,
+        4,
+        "the opt-out header bypasses deduplication"
+    );
 }
 
 #[tokio::test]
@@ -186,15 +353,38 @@ async fn an_active_health_check_takes_a_down_provider_out_of_rotation() {
     );
     assert!(config.contains("interval: 150ms"));
     let gateway = Gateway::start(&config);
-    primary.set_fault(json!({"route": "/v1/models", "status": 503})).await;
-    eventually(Duration::from_secs(5), "primary marked unhealthy", || async {
-        (metric(&gateway.metrics().await, "hapax_provider_healthy", &[("provider", "primary")]) == Some(0.0)).then_some(())
-    })
+    primary
+        .set_fault(json!({"route": "/v1/models", "status": 503}))
+        .await;
+    eventually(
+        Duration::from_secs(5),
+        "primary marked unhealthy",
+        || async {
+            (metric(
+                &gateway.metrics().await,
+                "hapax_provider_healthy",
+                &[("provider", "primary")],
+            ) == Some(0.0))
+            .then_some(())
+        },
+    )
     .await;
     let response = post_chat(&gateway, &chat_body("x")).await;
     assert_eq!(header(&response, "x-hapax-provider"), "backup");
-    assert_eq!(primary.count(CHAT).await, 0, "a provider marked down gets no traffic");
-    assert!(metric(&gateway.metrics().await, "hapax_health_check_duration_seconds_count", &[("provider", "primary")]).unwrap_or(0.0) >= 2.0);
+    assert_eq!(
+        primary.count(CHAT).await,
+        0,
+        "a provider marked down gets no traffic"
+    );
+    assert!(
+        metric(
+            &gateway.metrics().await,
+            "hapax_health_check_duration_seconds_count",
+            &[("provider", "primary")]
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    );
     primary.clear_faults().await;
     eventually(Duration::from_secs(5), "primary healthy again", || async {
         let response = post_chat(&gateway, &chat_body("y")).await;
@@ -225,7 +415,12 @@ providers:
     );
     let gateway = Gateway::start(&config);
     for i in 0..10 {
-        assert_eq!(post_chat(&gateway, &chat_body(&format!("rr {i}"))).await.status(), 200);
+        assert_eq!(
+            post_chat(&gateway, &chat_body(&format!("rr {i}")))
+                .await
+                .status(),
+            200
+        );
     }
     assert_eq!((a.count(CHAT).await, b.count(CHAT).await), (5, 5));
 }
@@ -252,7 +447,16 @@ auth:
 async fn rate_limits_set_headers_reject_with_429_and_recover() {
     let mock = MockUpstream::start();
     let gateway = Gateway::start(&auth_config(&mock, ""));
-    let send = || async { client().post(gateway.url(CHAT)).bearer_auth("alice-key-123").header("x-hapax-dedup", "off").json(&chat_body("limit")).send().await.unwrap() };
+    let send = || async {
+        client()
+            .post(gateway.url(CHAT))
+            .bearer_auth("alice-key-123")
+            .header("x-hapax-dedup", "off")
+            .json(&chat_body("limit"))
+            .send()
+            .await
+            .unwrap()
+    };
     let first = send().await;
     assert_eq!(first.status(), 200);
     assert_eq!(header(&first, "x-ratelimit-limit"), "60");
@@ -268,31 +472,72 @@ async fn rate_limits_set_headers_reject_with_429_and_recover() {
     assert!(!header(&rejected, "x-ratelimit-reset").is_empty());
     let body: Value = rejected.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
-    assert_eq!(metric(&gateway.metrics().await, "hapax_rate_limit_hits_total", &[("client", "alice")]), Some(1.0));
+    assert_eq!(
+        metric(
+            &gateway.metrics().await,
+            "hapax_rate_limit_hits_total",
+            &[("client", "alice")]
+        ),
+        Some(1.0)
+    );
     let upstream_calls = mock.count(CHAT).await;
-    assert_eq!(upstream_calls, 60, "a rejected request never reaches the provider");
+    assert_eq!(
+        upstream_calls, 60,
+        "a rejected request never reaches the provider"
+    );
 
-    eventually(Duration::from_secs(5), "the bucket refills", || async { (send().await.status() == 200).then_some(()) }).await;
-    let bob = client().post(gateway.url(CHAT)).bearer_auth("bob-key-456").json(&json!({"model": "mock-2", "messages": [{"role": "user", "content": "hi"}]})).send().await.unwrap();
-    assert_eq!(bob.status(), 200, "another client is not limited by alice's budget");
+    eventually(Duration::from_secs(5), "the bucket refills", || async {
+        (send().await.status() == 200).then_some(())
+    })
+    .await;
+    let bob = client()
+        .post(gateway.url(CHAT))
+        .bearer_auth("bob-key-456")
+        .json(&json!({"model": "mock-2", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.status(),
+        200,
+        "another client is not limited by alice's budget"
+    );
 }
 
 #[tokio::test]
 async fn a_global_token_budget_is_reserved_at_admission() {
     let mock = MockUpstream::start();
-    let gateway = Gateway::start(&auth_config(&mock, "rate_limits: {global: {tokens_per_minute: 1000}}"));
+    let gateway = Gateway::start(&auth_config(
+        &mock,
+        "rate_limits: {global: {tokens_per_minute: 1000}}",
+    ));
     let body = json!({"model": "mock-1", "max_tokens": 600, "messages": [{"role": "user", "content": "tokens"}]});
-    mock.set_fault(json!({"route": CHAT, "latency_ms": 300})).await;
+    mock.set_fault(json!({"route": CHAT, "latency_ms": 300}))
+        .await;
     let statuses = join_all((0..2).map(|i| {
         let mut body = body.clone();
         body["messages"][0]["content"] = json!(format!("tokens {i}"));
         let url = gateway.url(CHAT);
-        async move { client().post(url).bearer_auth("alice-key-123").json(&body).send().await.unwrap().status().as_u16() }
+        async move {
+            client()
+                .post(url)
+                .bearer_auth("alice-key-123")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     }))
     .await;
     let mut sorted = statuses.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, vec![200, 429], "two concurrent 600-token reservations cannot both fit in 1000");
+    assert_eq!(
+        sorted,
+        vec![200, 429],
+        "two concurrent 600-token reservations cannot both fit in 1000"
+    );
 }
 
 #[tokio::test]
@@ -300,32 +545,122 @@ async fn auth_rejects_missing_wrong_and_unauthorised_keys_and_guards_admin_endpo
     let mock = MockUpstream::start();
     let gateway = Gateway::start(&auth_config(&mock, ""));
     let c = client();
-    let missing = c.post(gateway.url(CHAT)).json(&chat_body("x")).send().await.unwrap();
+    let missing = c
+        .post(gateway.url(CHAT))
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 401);
-    let wrong = c.post(gateway.url(CHAT)).header("x-api-key", "nope").json(&chat_body("x")).send().await.unwrap();
+    let wrong = c
+        .post(gateway.url(CHAT))
+        .header("x-api-key", "nope")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let via_header = c.post(gateway.url(CHAT)).header("x-api-key", "alice-key-123").json(&chat_body("x")).send().await.unwrap();
+    let via_header = c
+        .post(gateway.url(CHAT))
+        .header("x-api-key", "alice-key-123")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(via_header.status(), 200);
-    let forbidden = c.post(gateway.url(CHAT)).bearer_auth("bob-key-456").json(&chat_body("x")).send().await.unwrap();
+    let forbidden = c
+        .post(gateway.url(CHAT))
+        .bearer_auth("bob-key-456")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forbidden.status(), 403, "bob may only use mock-2");
     let body: Value = forbidden.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("mock-1"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock-1")
+    );
 
     let admin = gateway.url("/admin/breakers");
     assert_eq!(c.get(&admin).send().await.unwrap().status(), 401);
-    assert_eq!(c.get(&admin).bearer_auth("alice-key-123").send().await.unwrap().status(), 401, "a client key is not an admin key");
-    let listed: Value = c.get(&admin).bearer_auth("admin-key-789").send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        c.get(&admin)
+            .bearer_auth("alice-key-123")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "a client key is not an admin key"
+    );
+    let listed: Value = c
+        .get(&admin)
+        .bearer_auth("admin-key-789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["breakers"][0]["breaker"]["state"], "closed");
-    let forced = c.post(gateway.url("/admin/breakers/primary/open")).bearer_auth("admin-key-789").send().await.unwrap();
+    let forced = c
+        .post(gateway.url("/admin/breakers/primary/open"))
+        .bearer_auth("admin-key-789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forced.status(), 200);
-    let unavailable = c.post(gateway.url(CHAT)).bearer_auth("alice-key-123").json(&chat_body("x")).send().await.unwrap();
+    let unavailable = c
+        .post(gateway.url(CHAT))
+        .bearer_auth("alice-key-123")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unavailable.status(), 503);
-    assert_eq!(metric(&gateway.metrics().await, "circuit_breaker_state", &[("provider", "primary")]), Some(2.0));
-    c.post(gateway.url("/admin/breakers/primary/close")).bearer_auth("admin-key-789").send().await.unwrap();
-    let ok = c.post(gateway.url(CHAT)).bearer_auth("alice-key-123").json(&chat_body("x")).send().await.unwrap();
+    assert_eq!(
+        metric(
+            &gateway.metrics().await,
+            "circuit_breaker_state",
+            &[("provider", "primary")]
+        ),
+        Some(2.0)
+    );
+    c.post(gateway.url("/admin/breakers/primary/close"))
+        .bearer_auth("admin-key-789")
+        .send()
+        .await
+        .unwrap();
+    let ok = c
+        .post(gateway.url(CHAT))
+        .bearer_auth("alice-key-123")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     let metrics = gateway.metrics().await;
-    assert_eq!(metric(&metrics, "hapax_http_requests_total", &[("endpoint", CHAT), ("status", "401")]), Some(2.0));
-    assert_eq!(metric(&metrics, "hapax_http_requests_total", &[("endpoint", CHAT), ("status", "403")]), Some(1.0));
-    assert!(!gateway.logs().contains("alice-key-123"), "keys never reach the logs");
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_http_requests_total",
+            &[("endpoint", CHAT), ("status", "401")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_http_requests_total",
+            &[("endpoint", CHAT), ("status", "403")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !gateway.logs().contains("alice-key-123"),
+        "keys never reach the logs"
+    );
 }

@@ -130,7 +130,10 @@ async fn anthropic_reply_translates_to_an_openai_completion() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "claude-mock");
-    assert!(body["id"].as_str().unwrap().starts_with("msg_mock_"), "{body}");
+    assert!(
+        body["id"].as_str().unwrap().starts_with("msg_mock_"),
+        "{body}"
+    );
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
     assert_eq!(body["choices"][0]["message"]["content"], ANSWER);
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
@@ -149,7 +152,10 @@ async fn anthropic_request_carries_system_default_max_tokens_and_auth_headers() 
     let body = &seen["body"];
     assert_eq!(body["model"], "claude-mock");
     assert_eq!(body["system"], "Answer briefly.");
-    assert_eq!(body["max_tokens"], 4096, "default when the client sends none");
+    assert_eq!(
+        body["max_tokens"], 4096,
+        "default when the client sends none"
+    );
     assert_eq!(
         body["messages"],
         json!([
@@ -314,7 +320,10 @@ async fn mid_stream_reset_ends_the_sse_stream_with_an_error_event_and_no_done() 
         );
         let last: Value = serde_json::from_str(payloads.last().unwrap()).unwrap();
         let error = &last["error"];
-        assert!(error.is_object(), "{model}: last event is an error: {payloads:?}");
+        assert!(
+            error.is_object(),
+            "{model}: last event is an error: {payloads:?}"
+        );
         assert!(
             error["message"].as_str().is_some_and(|m| !m.is_empty()),
             "{last}"
@@ -322,11 +331,12 @@ async fn mid_stream_reset_ends_the_sse_stream_with_an_error_event_and_no_done() 
         assert_eq!(error["type"], "upstream_error", "{last}");
         assert_eq!(error["request_id"], request_id.as_str(), "{last}");
         let text = concat_deltas(&chunks(&payloads[..payloads.len() - 1]));
+        let full: Vec<String> = (1..=50).map(|i| format!("w{i}")).collect();
+        let full = full.join(" ");
         assert!(
-            "w1 w2 w3 w4 w5".starts_with(&text) || text.starts_with("w1"),
+            full.starts_with(&text) && text.len() < full.len(),
             "{model}: only a prefix of the answer arrived: {text:?}"
         );
-        assert!(!text.contains("w50"), "{model}: {text}");
         mock.clear_faults().await;
     }
 }

@@ -175,3 +175,59 @@ fn load_file_reads_the_fixture() {
     assert_eq!(loaded.source, ConfigSource::File(path));
     assert_eq!(loaded.config.provider_preference[0], "ollama");
 }
+
+#[test]
+fn http3_checks_its_port_streams_and_the_certificate_it_shares_with_tls() {
+    let shared = "\
+server:
+  tls: {cert_file: c.pem, key_file: k.pem}
+  http3: {enabled: true, port: 8443}
+providers: {m: {type: mock}}
+";
+    let loaded = load(shared, &[]).unwrap();
+    let http3 = loaded.config.server.http3.as_ref().unwrap();
+    let tls = loaded.config.server.tls.as_ref();
+    assert_eq!(http3.cert_and_key(tls), ("c.pem", "k.pem"));
+    assert!(
+        loaded
+            .notices
+            .iter()
+            .all(|n| !n.path.starts_with("server.http3"))
+    );
+
+    let text = "\
+server:
+  tls: {cert_file: '', key_file: k.pem}
+  http3:
+    enabled: true
+    port: 7946
+    max_uni_streams_concurrent: 2
+    idle_timeout: 0s
+cluster: {gossip_listen: '0.0.0.0:7946'}
+providers: {m: {type: mock}}
+";
+    let errors = load(text, &[]).unwrap_err();
+    assert!(
+        problem(&errors, "server.tls.cert_file")
+            .message
+            .contains("PEM")
+    );
+    assert!(
+        problem(&errors, "server.http3.tls_cert_file")
+            .message
+            .contains("server.tls")
+    );
+    assert!(
+        problem(&errors, "server.http3.max_uni_streams_concurrent")
+            .message
+            .contains("at least 3")
+    );
+    assert!(
+        problem(&errors, "server.http3.idle_timeout")
+            .message
+            .contains("0s")
+    );
+    let clash = problem(&errors, "server.http3.port");
+    assert!(clash.message.contains("gossip_listen"), "{clash}");
+    assert_eq!(at(clash), (Some(5), Some(5)));
+}

@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::body::{parse_json, read_json_body};
 use super::exec::{self, Settlement};
-use super::sse::{identity, sse_body};
+use super::sse::{identity, replay_body, sse_body};
 use super::validate::validate_chat;
 use crate::app::App;
 use crate::auth::Caller;
+use crate::cache::CachedAnswer;
 use crate::error::ApiError;
 use crate::server::observe::ServedBy;
 use crate::server::request_id::current_request_id;
@@ -33,26 +34,53 @@ pub async fn chat_completions(
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
     app.apply_system_prompt(&mut request);
-    let admission = exec::admit(&app, &caller, ENDPOINT, &request)?;
+    let admission = exec::admit(&app, &caller, ENDPOINT, &request).await?;
     let mut settlement = Settlement::new(&app, admission);
+    // A hit still counted as a request above; it settles with 0 tokens (no provider spent any).
+    let mut cache = app.cache.plan(&caller, ENDPOINT, &request, &headers);
+    let hit = cache.lookup().await;
     if request.is_stream() {
-        let served = exec::start_stream(&app, &caller, &request).await?;
         let limits = settlement.headers();
-        let by = ServedBy {
-            provider: Arc::from(served.provider.name.as_str()),
-            attempts: served.attempts,
+        let mut response = if let Some(CachedAnswer::Stream(stored)) = hit {
+            let by = ServedBy {
+                provider: Arc::clone(&stored.provider),
+                attempts: 0,
+            };
+            let mut response = sse_response(replay_body(&stored));
+            exec::decorate(&mut response, &by, limits, &caller, false, true);
+            response
+        } else {
+            let served = exec::start_stream(&app, &caller, &request).await?;
+            let by = ServedBy {
+                provider: Arc::from(served.provider.name.as_str()),
+                attempts: served.attempts,
+            };
+            let recorder = cache.recorder(&by.provider);
+            let mut response = sse_response(sse_body(
+                served.value,
+                current_request_id(),
+                settlement,
+                identity,
+                recorder,
+            ));
+            exec::decorate(&mut response, &by, limits, &caller, false, true);
+            response
         };
-        let mut response = sse_response(sse_body(
-            served.value,
-            current_request_id(),
-            settlement,
-            identity,
-        ));
-        exec::decorate(&mut response, &by, limits, &caller, false, true);
+        cache.mark(&mut response);
         return Ok(response);
     }
-    let (served, shared) = exec::complete(&app, &caller, request, ENDPOINT, &headers).await?;
-    settlement.tokens = served.response.usage.map(|u| u.total_tokens);
+    let (served, shared) = match hit {
+        Some(CachedAnswer::Complete(served)) => (served, false),
+        _ => {
+            let (served, shared) =
+                exec::complete(&app, &caller, request, ENDPOINT, &headers).await?;
+            settlement.tokens = served.response.usage.map(|u| u.total_tokens);
+            if !shared {
+                cache.store(&served).await;
+            }
+            (served, shared)
+        }
+    };
     let mut response = Json(&*served.response).into_response();
     exec::decorate(
         &mut response,
@@ -62,6 +90,7 @@ pub async fn chat_completions(
         shared,
         false,
     );
+    cache.mark(&mut response);
     Ok(response)
 }
 

@@ -17,10 +17,11 @@ use serde_json::{Map, Value};
 use super::body::{parse_json, read_json_body};
 use super::chat::sse_response;
 use super::exec::{self, Settlement};
-use super::sse::sse_body;
+use super::sse::{replay_body, sse_body};
 use super::validate::validate_chat;
 use crate::app::App;
 use crate::auth::Caller;
+use crate::cache::{CachePlan, CachedAnswer};
 use crate::error::ApiError;
 use crate::providers::StreamItem;
 use crate::server::observe::ServedBy;
@@ -140,7 +141,7 @@ async fn hapax_completion(
         temperature: body.temperature,
         ..Default::default()
     };
-    let (served, shared) = run_plain(&app, &caller, request, headers).await?;
+    let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
     let request_id = current_request_id();
     let payload = HapaxCompletionResponse {
         content: served.response.first_text(),
@@ -151,6 +152,7 @@ async fn hapax_completion(
     };
     let mut response = Json(payload).into_response();
     exec::decorate(&mut response, &served.served, None, &caller, shared, false);
+    cache.mark(&mut response);
     Ok(response)
 }
 
@@ -159,15 +161,22 @@ async fn run_plain(
     caller: &Arc<Caller>,
     mut request: ChatRequest,
     headers: &HeaderMap,
-) -> Result<(exec::ChatServed, bool), ApiError> {
+) -> Result<(exec::ChatServed, bool, CachePlan), ApiError> {
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
     app.apply_system_prompt(&mut request);
-    let admission = exec::admit(app, caller, ENDPOINT, &request)?;
+    let admission = exec::admit(app, caller, ENDPOINT, &request).await?;
     let mut settlement = Settlement::new(app, admission);
-    let outcome = exec::complete(app, caller, request, ENDPOINT, headers).await?;
-    settlement.tokens = outcome.0.response.usage.map(|u| u.total_tokens);
-    Ok(outcome)
+    let mut cache = app.cache.plan(caller, ENDPOINT, &request, headers);
+    if let Some(CachedAnswer::Complete(served)) = cache.lookup().await {
+        return Ok((served, false, cache));
+    }
+    let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
+    settlement.tokens = served.response.usage.map(|u| u.total_tokens);
+    if !shared {
+        cache.store(&served).await;
+    }
+    Ok((served, shared, cache))
 }
 
 async fn legacy_completion(
@@ -199,7 +208,7 @@ async fn legacy_completion(
         ..Default::default()
     };
     if !stream {
-        let (served, shared) = run_plain(&app, &caller, request, headers).await?;
+        let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
         let r = &served.response;
         let choices: Vec<Value> = r
             .choices
@@ -209,26 +218,41 @@ async fn legacy_completion(
         let payload = serde_json::json!({"id": r.id.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": r.created, "model": r.model, "choices": choices, "usage": r.usage});
         let mut response = Json(payload).into_response();
         exec::decorate(&mut response, &served.served, None, &caller, shared, false);
+        cache.mark(&mut response);
         return Ok(response);
     }
     let mut request = request;
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
     app.apply_system_prompt(&mut request);
-    let admission = exec::admit(&app, &caller, ENDPOINT, &request)?;
+    let admission = exec::admit(&app, &caller, ENDPOINT, &request).await?;
     let settlement = Settlement::new(&app, admission);
+    let mut cache = app.cache.plan(&caller, ENDPOINT, &request, headers);
+    if let Some(CachedAnswer::Stream(stored)) = cache.lookup().await {
+        let by = ServedBy {
+            provider: Arc::clone(&stored.provider),
+            attempts: 0,
+        };
+        let mut response = sse_response(replay_body(&stored));
+        exec::decorate(&mut response, &by, None, &caller, false, true);
+        cache.mark(&mut response);
+        return Ok(response);
+    }
     let served = exec::start_stream(&app, &caller, &request).await?;
     let by = ServedBy {
         provider: Arc::from(served.provider.name.as_str()),
         attempts: served.attempts,
     };
+    let recorder = cache.recorder(&by.provider);
     let mut response = sse_response(sse_body(
         served.value,
         current_request_id(),
         settlement,
         to_text_completion_chunk,
+        recorder,
     ));
     exec::decorate(&mut response, &by, None, &caller, false, true);
+    cache.mark(&mut response);
     Ok(response)
 }
 

@@ -25,7 +25,7 @@ pub struct ChatServed {
 }
 
 /// Reserves the request (and its estimated tokens) against every applicable limit.
-pub fn admit(
+pub async fn admit(
     app: &App,
     caller: &Caller,
     endpoint: &'static str,
@@ -35,11 +35,12 @@ pub fn admit(
         + request
             .completion_limit()
             .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
-    let admission = app.limiter.admit(&AdmissionRequest {
+    let request = AdmissionRequest {
         client: &caller.name,
         endpoint,
         estimated_tokens,
-    });
+    };
+    let admission = app.limiter.admit(&request).await;
     admission.map_err(|rejection| {
         app.metrics.rate_limit_hits.with_label_values(&[&caller.name]).inc();
         tracing::warn!(client = %caller.name, scope = rejection.scope, unit = rejection.unit, retry_after_ms = rejection.retry_after.as_millis() as u64, "rate limit rejected a request");

@@ -52,6 +52,14 @@ pub async fn node_health(State(app): State<Arc<App>>) -> Response {
         "uptime_seconds": app.started.elapsed().as_secs(),
         "auth": if app.auth.enabled() { "on" } else { "off" },
         "providers": providers,
+        "cluster": app.dispatcher.cluster_view().map(|view| json!({
+            "node_id": view.self_id,
+            "cluster_id": view.cluster_id,
+            "live_nodes": view.live_count(),
+            "members": view.members,
+            "provider_matrix": view.provider_matrix,
+            "demoted_providers": view.demoted,
+        })),
     });
     let status = if usable {
         StatusCode::OK

@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::exec::Settlement;
+use crate::cache::{CachedStream, StreamRecorder};
 use crate::error::ApiError;
 use crate::providers::StreamItem;
 use crate::routing::CommittedStream;
@@ -27,16 +28,19 @@ fn frame(payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The stream as SSE; `recorder` (when the answer is to be cached) sees every payload sent
+/// and stores them before `[DONE]` goes out, only if the stream ended cleanly.
 pub fn sse_body(
     stream: CommittedStream,
     request_id: Arc<str>,
     settlement: Settlement,
     reframe: Reframe,
+    recorder: Option<StreamRecorder>,
 ) -> Body {
-    let state = (stream, settlement, false);
+    let state = (stream, settlement, recorder, false);
     let frames = futures_util::stream::unfold(
         state,
-        move |(mut stream, mut settlement, finished)| {
+        move |(mut stream, mut settlement, mut recorder, finished)| {
             let request_id = Arc::clone(&request_id);
             async move {
                 if finished {
@@ -49,9 +53,14 @@ pub fn sse_body(
                                 settlement.tokens = Some(usage.total_tokens);
                             }
                             if let Some(payload) = reframe(&item) {
+                                if let Some(r) = recorder.as_mut()
+                                    && !r.push(&payload)
+                                {
+                                    recorder = None;
+                                }
                                 return Some((
                                     Ok::<_, std::convert::Infallible>(frame(&payload)),
-                                    (stream, settlement, false),
+                                    (stream, settlement, recorder, false),
                                 ));
                             }
                         }
@@ -65,12 +74,15 @@ pub fn sse_body(
                                 retry_after: None,
                             };
                             let event = frame(api_error.body_json(&request_id).as_bytes());
-                            return Some((Ok(event), (stream, settlement, true)));
+                            return Some((Ok(event), (stream, settlement, None, true)));
                         }
                         None => {
+                            if let Some(recorder) = recorder.take() {
+                                recorder.finish().await;
+                            }
                             return Some((
-                                Ok(Bytes::from_static(b"data: [DONE]\n\n")),
-                                (stream, settlement, true),
+                                Ok(Bytes::from_static(DONE)),
+                                (stream, settlement, None, true),
                             ));
                         }
                     }
@@ -79,4 +91,18 @@ pub fn sse_body(
         },
     );
     Body::from_stream(frames)
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A cached stream replayed: the same payloads, then `[DONE]`.
+pub fn replay_body(stream: &CachedStream) -> Body {
+    let frames = stream
+        .events
+        .iter()
+        .map(|payload| frame(payload))
+        .chain(std::iter::once(Bytes::from_static(DONE)))
+        .map(Ok::<_, std::convert::Infallible>)
+        .collect::<Vec<_>>();
+    Body::from_stream(futures_util::stream::iter(frames))
 }

@@ -12,13 +12,6 @@ pub struct Bucket {
     state: Mutex<(f64, Instant)>,
 }
 
-/// An amount taken from a bucket, to give back or to correct later.
-pub struct Reservation {
-    pub bucket: Arc<Bucket>,
-    pub amount: f64,
-    pub is_tokens: bool,
-}
-
 impl Bucket {
     pub fn per_minute(limit: u64) -> Arc<Self> {
         Arc::new(Self {

@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use hapax_config::{RateLimitConfig, RateLimitsConfig};
 
-use super::bucket::{Bucket, Reservation};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::bucket::Bucket;
 use super::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter, Rejection};
+use super::{Reservation, ReservationTarget};
 
 #[derive(Default, Clone)]
 struct LimitPair {
@@ -93,7 +97,21 @@ impl LocalRateLimiter {
 }
 
 impl RateLimiter for LocalRateLimiter {
-    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection> {
+    fn admit<'a>(
+        &'a self,
+        request: &'a AdmissionRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
+        futures_util::future::ready(self.admit_now(request)).boxed()
+    }
+
+    fn settle(&self, admission: Admission, actual_tokens: Option<u64>) {
+        super::settle_reservations(admission, actual_tokens);
+    }
+}
+
+impl LocalRateLimiter {
+    /// Admission never waits on a single node.
+    pub fn admit_now(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection> {
         let mut reservations = Vec::new();
         for (scope, pair) in self.scopes(request) {
             let Some(pair) = pair else { continue };
@@ -105,13 +123,13 @@ impl RateLimiter for LocalRateLimiter {
                 let Some(bucket) = bucket else { continue };
                 match bucket.try_take(amount) {
                     Ok(taken) => reservations.push(Reservation {
-                        bucket: Arc::clone(bucket),
+                        target: ReservationTarget::Local(Arc::clone(bucket)),
                         amount: taken,
                         is_tokens,
                     }),
                     Err(wait) => {
                         for r in &reservations {
-                            r.bucket.adjust(r.amount);
+                            r.refund(r.amount);
                         }
                         let unit = if is_tokens { "tokens" } else { "requests" };
                         return Err(Rejection {
@@ -128,13 +146,6 @@ impl RateLimiter for LocalRateLimiter {
             reservations,
             headers: self.headers(request),
         })
-    }
-
-    fn settle(&self, admission: Admission, actual_tokens: Option<u64>) {
-        let Some(actual) = actual_tokens else { return };
-        for r in admission.reservations.iter().filter(|r| r.is_tokens) {
-            r.bucket.adjust(r.amount - actual as f64);
-        }
     }
 }
 
@@ -171,17 +182,17 @@ mod tests {
             endpoint: "/v1/chat/completions",
             estimated_tokens: 10,
         };
-        let a = l.admit(&req).unwrap();
+        let a = l.admit_now(&req).unwrap();
         assert_eq!(a.headers.unwrap().remaining, 1);
-        l.admit(&req).unwrap();
-        let rejected = l.admit(&req).err().unwrap();
+        l.admit_now(&req).unwrap();
+        let rejected = l.admit_now(&req).err().unwrap();
         assert_eq!((rejected.scope, rejected.unit), ("key", "requests"));
         assert!(rejected.retry_after > Duration::from_secs(20));
         let other = AdmissionRequest {
             client: "bob",
             ..req
         };
-        assert!(l.admit(&other).is_ok(), "bob has no key limit");
+        assert!(l.admit_now(&other).is_ok(), "bob has no key limit");
     }
 
     #[test]
@@ -192,12 +203,12 @@ mod tests {
             endpoint: "/x",
             estimated_tokens: 60,
         };
-        let a = l.admit(&req).unwrap();
+        let a = l.admit_now(&req).unwrap();
         assert!(
-            l.admit(&req).is_err(),
+            l.admit_now(&req).is_err(),
             "60 + 60 > 100: the reservation prevents overshoot"
         );
         l.settle(a, Some(10));
-        assert!(l.admit(&req).is_ok(), "settling returned 50 tokens");
+        assert!(l.admit_now(&req).is_ok(), "settling returned 50 tokens");
     }
 }

@@ -3,12 +3,16 @@
 //! `usage` afterwards. Behind a trait so a cluster-wide backend can replace the local one.
 
 mod bucket;
+mod leased;
+#[cfg(test)]
+mod leased_tests;
 mod local;
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
 
+pub use self::leased::{LeaseError, LeasedRateLimiter, QuotaLedger};
 pub use self::local::LocalRateLimiter;
 
 /// What admission needs to know about a request.
@@ -21,7 +25,7 @@ pub struct AdmissionRequest<'a> {
 
 /// A granted admission; hand it back to `settle` with the real token count.
 pub struct Admission {
-    pub(crate) reservations: Vec<bucket::Reservation>,
+    pub(crate) reservations: Vec<Reservation>,
     pub headers: Option<RateLimitHeaders>,
 }
 
@@ -59,8 +63,47 @@ impl RateLimitHeaders {
     }
 }
 
+/// Where a reservation was taken from.
+pub(crate) enum ReservationTarget {
+    Local(std::sync::Arc<bucket::Bucket>),
+    /// A cluster lease, in a given window.
+    Leased(std::sync::Arc<leased::LeasedBucket>, u64),
+}
+
+/// An amount taken at admission, to give back or to correct once usage is known.
+pub(crate) struct Reservation {
+    pub(crate) target: ReservationTarget,
+    pub(crate) amount: f64,
+    pub(crate) is_tokens: bool,
+}
+
+impl Reservation {
+    /// Gives back `amount` (negative: charges more).
+    pub(crate) fn refund(&self, amount: f64) {
+        match &self.target {
+            ReservationTarget::Local(bucket) => bucket.adjust(amount),
+            ReservationTarget::Leased(bucket, window) if amount >= 0.0 => {
+                bucket.give_back(*window, amount as u64)
+            }
+            ReservationTarget::Leased(bucket, window) => bucket.charge(*window, (-amount) as u64),
+        }
+    }
+}
+
+/// Token reservations settle against the real usage; request counts stay spent.
+pub(crate) fn settle_reservations(admission: Admission, actual_tokens: Option<u64>) {
+    let Some(actual) = actual_tokens else { return };
+    for r in admission.reservations.iter().filter(|r| r.is_tokens) {
+        r.refund(r.amount - actual as f64);
+    }
+}
+
 pub trait RateLimiter: Send + Sync {
-    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection>;
+    /// Admits or rejects; a cluster backend may wait (boundedly) for a lease here.
+    fn admit<'a>(
+        &'a self,
+        request: &'a AdmissionRequest<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Admission, Rejection>>;
 
     /// Corrects token reservations with the tokens really used.
     fn settle(&self, admission: Admission, actual_tokens: Option<u64>);

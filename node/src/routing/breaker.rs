@@ -77,13 +77,21 @@ struct Inner {
 
 /// Observers of transitions (metrics, logs); called outside the lock.
 pub trait TransitionObserver: Send + Sync {
+    /// A transition this node decided (failures, probes, timeouts, admin).
     fn on_transition(&self, provider: &str, from: BreakerPhase, to: BreakerPhase, reason: &str);
+
+    /// A transition that follows the cluster's decision (must not be proposed back).
+    fn on_local_sync(&self, provider: &str, from: BreakerPhase, to: BreakerPhase, reason: &str) {
+        self.on_transition(provider, from, to, reason);
+    }
 }
 
 pub struct Breaker {
     provider: String,
     settings: BreakerSettings,
     phase: AtomicU8,
+    /// The cluster-wide (Raft-replicated) phase; `Closed` on a single node.
+    shared: AtomicU8,
     inner: Mutex<Inner>,
     gauge: IntGauge,
     observer: Arc<dyn TransitionObserver>,
@@ -98,7 +106,10 @@ pub struct BreakerPermit {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BreakerSnapshot {
+    /// What routing acts on: the stricter of `local_state` and `cluster_state`.
     pub state: BreakerPhase,
+    pub local_state: BreakerPhase,
+    pub cluster_state: BreakerPhase,
     pub consecutive_failures: u32,
     pub forced: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +134,7 @@ impl Breaker {
             provider: provider.to_owned(),
             settings,
             phase: AtomicU8::new(BreakerPhase::Closed as u8),
+            shared: AtomicU8::new(BreakerPhase::Closed as u8),
             inner: Mutex::new(Inner {
                 phase: BreakerPhase::Closed,
                 consecutive_failures: 0,
@@ -156,6 +168,9 @@ impl Breaker {
 
     /// Whether new traffic may go to this provider right now (without taking a permit).
     pub fn admits_traffic(&self) -> bool {
+        if self.shared_phase() == BreakerPhase::Open {
+            return false;
+        }
         match self.phase() {
             BreakerPhase::Closed => true,
             BreakerPhase::Open => false,
@@ -203,10 +218,14 @@ impl Breaker {
 
     pub fn snapshot(&self) -> BreakerSnapshot {
         let state = self.phase();
+        let effective = self.effective_phase();
+        let cluster_state = self.shared_phase();
         let inner = self.inner.lock();
         let now = Instant::now();
         BreakerSnapshot {
-            state,
+            local_state: state,
+            cluster_state,
+            state: effective,
             consecutive_failures: inner.consecutive_failures,
             forced: inner.forced,
             open_for_ms: inner
@@ -319,8 +338,54 @@ impl Breaker {
         }
         inner.phase = to;
         self.phase.store(to as u8, Ordering::Release);
-        self.gauge.set(to as i64);
+        self.gauge
+            .set((to as i64).max(i64::from(self.shared.load(Ordering::Acquire))));
         Some((from, to, reason))
+    }
+
+    /// The cluster-wide phase last applied from the replicated log.
+    pub fn shared_phase(&self) -> BreakerPhase {
+        BreakerPhase::from_u8(self.shared.load(Ordering::Acquire))
+    }
+
+    /// The phase this node acts on and exports: the stricter of its own and the cluster's.
+    pub fn effective_phase(&self) -> BreakerPhase {
+        let local = self.phase();
+        let shared = self.shared_phase();
+        if (shared as u8) > (local as u8) {
+            shared
+        } else {
+            local
+        }
+    }
+
+    /// Applies the replicated phase; a cluster-wide close also resets this node's breaker.
+    pub fn set_shared(&self, to: BreakerPhase, reason: &str) {
+        let from = BreakerPhase::from_u8(self.shared.swap(to as u8, Ordering::AcqRel));
+        if from == to {
+            return;
+        }
+        tracing::info!(provider = %self.provider, from = from.as_str(), to = to.as_str(), reason, "cluster circuit breaker changed");
+        let transition = if to == BreakerPhase::Closed {
+            let mut inner = self.inner.lock();
+            if inner.forced {
+                None
+            } else {
+                self.close(&mut inner, "closed cluster-wide")
+            }
+        } else {
+            None
+        };
+        self.notify_local_only(transition);
+        let local = self.phase.load(Ordering::Acquire);
+        self.gauge.set(i64::from(local.max(to as u8)));
+    }
+
+    fn notify_local_only(&self, transition: Option<Transition>) {
+        if let Some((from, to, reason)) = transition {
+            self.observer
+                .on_local_sync(&self.provider, from, to, &reason);
+        }
     }
 
     fn notify(&self, transition: Option<Transition>) {

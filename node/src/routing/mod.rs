@@ -6,12 +6,15 @@ pub mod breaker;
 pub mod checks;
 pub mod entry;
 pub mod health;
+pub mod shared;
 mod stream;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
+use hapax_cluster::ClusterView;
 use hapax_config::{RoutingConfig, RoutingStrategy};
 use rand::Rng;
 
@@ -82,6 +85,10 @@ pub struct Dispatcher {
     providers: Vec<Arc<ProviderEntry>>,
     settings: RoutingSettings,
     metrics: Arc<Metrics>,
+    /// The cluster's snapshot, once this node has joined one (read lock-free).
+    cluster: OnceLock<Arc<ArcSwap<ClusterView>>>,
+    /// Cluster-wide breaker hooks, once consensus runs.
+    shared: shared::SharedBreakersSlot,
 }
 
 impl Dispatcher {
@@ -90,11 +97,14 @@ impl Dispatcher {
         providers: Vec<Arc<ProviderEntry>>,
         settings: RoutingSettings,
         metrics: Arc<Metrics>,
+        shared: shared::SharedBreakersSlot,
     ) -> Self {
         Self {
             providers,
             settings,
             metrics,
+            cluster: OnceLock::new(),
+            shared,
         }
     }
 
@@ -124,13 +134,35 @@ impl Dispatcher {
         };
         let matching =
             model.is_some_and(|m| self.providers.iter().any(|p| p.serves(m) && allowed(p)));
-        self.providers
+        let mut candidates: Vec<_> = self
+            .providers
             .iter()
             .filter(|p| {
                 allowed(p) && (!matching || model.is_some_and(|m| p.serves(m))) && p.usable()
             })
             .cloned()
-            .collect()
+            .collect();
+        if let Some(view) = self.cluster.get().map(|v| v.load())
+            && !view.demoted.is_empty()
+        {
+            // Providers other nodes report down are tried last (stable: preference kept).
+            candidates.sort_by_key(|p| view.is_demoted(&p.name));
+        }
+        candidates
+    }
+
+    /// Makes breakers cluster-wide (called once consensus runs).
+    pub fn attach_shared_breakers(&self, shared: Arc<dyn shared::SharedBreakers>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Lets routing see what the rest of the cluster reports about providers.
+    pub fn attach_cluster(&self, view: Arc<ArcSwap<ClusterView>>) {
+        let _ = self.cluster.set(view);
+    }
+
+    pub fn cluster_view(&self) -> Option<Arc<ClusterView>> {
+        self.cluster.get().map(|v| v.load_full())
     }
 
     /// A non-streamed completion with failover.
@@ -157,6 +189,7 @@ impl Dispatcher {
             match result {
                 Ok(response) => {
                     entry.record_success(permit, deployment, started.elapsed());
+                    attempts.settle_probe(true, "");
                     if let Some(usage) = &response.usage {
                         entry.record_usage(usage);
                     }
@@ -215,6 +248,7 @@ impl Dispatcher {
                     entry.metrics.ttft.observe(ttft.as_secs_f64());
                     entry.metrics.duration.observe(ttft.as_secs_f64());
                     drop(inflight);
+                    attempts.settle_probe(true, "");
                     let stream = CommittedStream::new(
                         Arc::clone(&entry),
                         permit,
@@ -248,6 +282,8 @@ struct Attempts<'a> {
     cursor: usize,
     count: u32,
     last: Option<(String, ProviderError)>,
+    /// The provider whose cluster-wide half-open probe permit this attempt holds.
+    probe: Option<String>,
 }
 
 impl<'a> Attempts<'a> {
@@ -259,6 +295,7 @@ impl<'a> Attempts<'a> {
             cursor: 0,
             count: 0,
             last: None,
+            probe: None,
         }
     }
 
@@ -284,6 +321,15 @@ impl<'a> Attempts<'a> {
             let Some(permit) = entry.breaker.try_acquire() else {
                 continue;
             };
+            self.probe = None;
+            if entry.breaker.shared_phase() == breaker::BreakerPhase::HalfOpen
+                && let Some(shared) = self.dispatcher.shared.get()
+            {
+                if !shared.claim_probe(&entry.name).await {
+                    continue;
+                }
+                self.probe = Some(entry.name.clone());
+            }
             if self.count > 0 {
                 let pause = self.backoff().min(self.remaining());
                 tokio::time::sleep(pause).await;
@@ -307,8 +353,20 @@ impl<'a> Attempts<'a> {
         Ok(None)
     }
 
+    /// Reports the outcome of a cluster-wide probe this attempt held, if any.
+    fn settle_probe(&mut self, success: bool, reason: &str) {
+        if let (Some(provider), Some(shared)) = (self.probe.take(), self.dispatcher.shared.get()) {
+            shared.probe_finished(&provider, success, reason);
+        }
+    }
+
     /// Records a failed attempt; a failure that is the request's own fault ends the plan.
     fn failed(&mut self, entry: &ProviderEntry, error: ProviderError) -> Result<(), DispatchError> {
+        if error.counts_as_provider_failure() {
+            self.settle_probe(false, error.kind_label());
+        } else {
+            self.probe = None;
+        }
         tracing::warn!(provider = %entry.name, error = %error, kind = error.kind_label(), attempt = self.count, "upstream attempt failed");
         if !error.is_retryable() {
             return Err(DispatchError::Upstream {

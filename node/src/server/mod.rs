@@ -1,8 +1,13 @@
 //! The HTTP front: the router (the request path as one visible chain of layers) and the
-//! listener with header limits, read timeouts, TCP_NODELAY and graceful shutdown.
+//! listeners: TCP (HTTP/1.1, or HTTP/1.1 and HTTP/2 over TLS) with header limits, read
+//! timeouts, TCP_NODELAY and graceful shutdown, and HTTP/3 over QUIC ([`h3`]) into the same
+//! router.
 
+pub mod front;
+pub mod h3;
 pub mod observe;
 pub mod request_id;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,22 +15,26 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::Method;
-use axum::middleware::{Next, from_fn_with_state};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::api;
 use crate::app::App;
 use crate::error::ApiError;
 use observe::ClientName;
 
-/// The whole API. Layers run outside-in: observe (request id, metrics, log) -> auth
-/// (per route group) -> handler (body limits, validation, admission, routing).
+/// The whole API. Layers run outside-in: observe (request id, metrics, log) -> early data
+/// (HTTP/3 0-RTT: 425 for unsafe methods) -> auth (per route group) -> handler (body
+/// limits, validation, admission, routing).
 pub fn router(app: Arc<App>) -> Router {
     let client_api = Router::new()
         .route("/v1/chat/completions", post(api::chat::chat_completions))
@@ -56,6 +65,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(metrics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(h3::refuse_unsafe_early_data))
         .layer(from_fn_with_state(Arc::clone(&app), observe::observe))
         .with_state(app)
 }
@@ -103,6 +113,15 @@ pub struct ListenerSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// What the TCP listener adds to plain HTTP/1.1.
+#[derive(Clone, Default)]
+pub struct TcpOptions {
+    /// TLS with ALPN: HTTP/2 or HTTP/1.1 on the same port.
+    pub tls: Option<TlsAcceptor>,
+    /// Added to every response, e.g. `h3=":8443"; ma=86400` to announce HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight
 /// requests and streams for at most `shutdown_timeout`.
 pub async fn serve(
@@ -111,17 +130,50 @@ pub async fn serve(
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_tcp(listener, router, settings, TcpOptions::default(), shutdown).await
+}
+
+/// [`serve`] with TLS and/or an `Alt-Svc` header.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    router: Router,
+    settings: ListenerSettings,
+    options: TcpOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
+    let mut secure = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    secure
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .keep_alive(true);
+    secure
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let secure = Arc::new(secure);
+    let alt_svc = options.alt_svc;
+    let router =
+        ServiceExt::<Request<Incoming>>::map_response(router, move |mut response: Response| {
+            if let Some(value) = &alt_svc {
+                response
+                    .headers_mut()
+                    .insert(header::ALT_SVC, value.clone());
+            }
+            response
+        });
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = match accepted {
+                let (stream, _peer): (TcpStream, SocketAddr) = match accepted {
                     Ok(pair) => pair,
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -131,12 +183,22 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(router.clone());
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
+                let Some(acceptor) = options.tls.clone() else {
+                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                let tls = TlsConnection {
+                    acceptor,
+                    builder: Arc::clone(&secure),
+                    watcher: graceful.watcher(),
+                    handshake_timeout: settings.header_read_timeout,
+                };
+                tokio::spawn(tls.serve(stream, service));
             }
             () = &mut shutdown => break,
         }
@@ -151,4 +213,41 @@ pub async fn serve(
         () = tokio::time::sleep(settings.shutdown_timeout) => tracing::warn!("shutdown timeout reached with connections still open"),
     }
     Ok(())
+}
+
+/// One TLS connection: the handshake (bounded like a header read), then HTTP/2 or HTTP/1.1
+/// as the client chose by ALPN (or by its first bytes when it sent no ALPN).
+struct TlsConnection {
+    acceptor: TlsAcceptor,
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    handshake_timeout: Duration,
+}
+
+impl TlsConnection {
+    async fn serve<S>(self, stream: TcpStream, service: TowerToHyperService<S>)
+    where
+        S: tower::Service<Request<Incoming>, Response = Response, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let handshake = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream));
+        let stream = match handshake.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
+        if let Err(error) = self.watcher.watch(connection).await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    }
 }

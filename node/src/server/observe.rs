@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
@@ -34,6 +34,15 @@ pub fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
+/// The `protocol` label: `h1`, `h2` or `h3` (HTTP/1.0 counts as `h1`).
+pub fn protocol_label(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "h2",
+        Version::HTTP_3 => "h3",
+        _ => "h1",
+    }
+}
+
 /// Who served a response, set by handlers for the log line.
 #[derive(Clone)]
 pub struct ServedBy {
@@ -54,9 +63,11 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
     let id = request_id::from_headers(request.headers());
     let endpoint = endpoint_label(request.uri().path());
     let method = request.method().clone();
+    let protocol = protocol_label(request.version());
     let active = app.metrics.http_active.with_label_values(&[endpoint]);
     active.inc();
-    let span = tracing::info_span!("request", request_id = %id, endpoint, method = %method);
+    let span =
+        tracing::info_span!("request", request_id = %id, endpoint, method = %method, protocol);
     let mut response =
         request_id::scope(Arc::clone(&id), next.run(request).instrument(span.clone())).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -65,6 +76,7 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
     let record = Record {
         app,
         endpoint,
+        protocol,
         status: response.status().as_u16(),
         started,
         active,
@@ -90,6 +102,7 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
 struct Record {
     app: Arc<App>,
     endpoint: &'static str,
+    protocol: &'static str,
     status: u16,
     started: Instant,
     active: prometheus::IntGauge,
@@ -106,7 +119,7 @@ impl Record {
         let metrics = &self.app.metrics;
         metrics
             .http_requests
-            .with_label_values(&[self.endpoint, status_label(self.status)])
+            .with_label_values(&[self.endpoint, status_label(self.status), self.protocol])
             .inc();
         metrics
             .http_duration
@@ -157,6 +170,7 @@ fn status_label(status: u16) -> &'static str {
         408 => "408",
         413 => "413",
         415 => "415",
+        425 => "425",
         429 => "429",
         500 => "500",
         502 => "502",
