@@ -29,6 +29,7 @@ cache=${HAPAX_CACHE:-/var/cache/hapax}
 mkdir -p "$cache" 2>/dev/null || cache="$HOME/.cache/hapax"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 export PATH="$HOME/.cargo/bin:$PATH"
+export PYTHONDONTWRITEBYTECODE=1
 say() { printf '[bench] %s\n' "$*"; }
 
 # Many open streams: raise the descriptor limit for us and every child (mock, hapax, nginx).

@@ -25,7 +25,7 @@ pub use self::view::{ClusterView, Liveness, Member};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster.gossip_listen {addr}: {source}")]
+    #[error("cannot bind cluster.gossip_listen {addr}")]
     Bind {
         addr: String,
         source: std::io::Error,

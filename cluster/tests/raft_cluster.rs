@@ -3,198 +3,57 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use hapax_cluster::{BreakerStatus, ClusterCommand, ClusterView, CommandOutcome, Consensus, Liveness, Member, RaftRole};
-use hapax_config::{ClusterConfig, Secret};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
+use hapax_cluster::{ClusterCommand, CommandOutcome};
+use hapax_config::Secret;
 
-const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
-const PROPOSE: Duration = Duration::from_secs(5);
-const PATIENCE: Duration = Duration::from_secs(15);
-
-struct Node {
-    name: &'static str,
-    dir: PathBuf,
-    addr: String,
-    view: Arc<ArcSwap<ClusterView>>,
-    consensus: Option<Consensus>,
-}
-
-struct Sandbox {
-    _tmp: TempDir,
-    nodes: Vec<Node>,
-    secret: Option<Secret>,
-}
-
-fn member(name: &str, addr: &str, is_self: bool) -> Member {
-    Member {
-        node_id: name.into(),
-        generation: 1,
-        liveness: Liveness::Alive,
-        is_self,
-        gossip_addr: String::new(),
-        http: None,
-        h3: None,
-        grpc: Some(addr.into()),
-        version: None,
-        heartbeat: 1,
-        last_heartbeat_ms_ago: 0,
-    }
-}
-
-/// Polls `check` until it holds or `patience` runs out.
-async fn eventually(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + patience;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {patience:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-impl Sandbox {
-    async fn start() -> Self {
-        Self::start_with(None).await
-    }
-
-    async fn start_with(secret: Option<Secret>) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut listeners = Vec::new();
-        let mut nodes = Vec::new();
-        for name in NAMES {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap().to_string();
-            listeners.push(listener);
-            nodes.push(Node { name, dir: tmp.path().join(name), addr, view: Arc::new(ArcSwap::from_pointee(ClusterView::default())), consensus: None });
-        }
-        let mut sandbox = Self { _tmp: tmp, nodes, secret };
-        sandbox.publish_views();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            sandbox.boot(i, listener).await;
-        }
-        sandbox
-    }
-
-    /// What gossip would show each node: every node alive at its current address.
-    fn publish_views(&self) {
-        for node in &self.nodes {
-            node.view.store(Arc::new(ClusterView {
-                self_id: node.name.into(),
-                cluster_id: "test".into(),
-                members: self.nodes.iter().map(|n| member(n.name, &n.addr, n.name == node.name)).collect(),
-                ..Default::default()
-            }));
-        }
-    }
-
-    async fn boot(&mut self, i: usize, listener: TcpListener) {
-        let node = &self.nodes[i];
-        let config = ClusterConfig {
-            node_id: Some(node.name.into()),
-            cluster_id: "test".into(),
-            seeds: vec!["127.0.0.1:1".into()],
-            data_dir: Some(node.dir.display().to_string()),
-            bootstrap_expect: Some(3),
-            secret: self.secret.clone(),
-            ..Default::default()
-        };
-        let registry = prometheus::Registry::new();
-        let consensus = Consensus::start(&config, node.name, listener, node.addr.clone(), Arc::clone(&node.view), &registry).await.unwrap();
-        self.nodes[i].consensus = Some(consensus);
-    }
-
-    /// Starts node `i` again from its data dir, on a new port that gossip then reports.
-    async fn restart(&mut self, i: usize) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.nodes[i].addr = listener.local_addr().unwrap().to_string();
-        self.publish_views();
-        self.boot(i, listener).await;
-    }
-
-    /// Starts one more node that gossip then shows to everyone; returns its index.
-    async fn add_node(&mut self, name: &'static str) -> usize {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let dir = self._tmp.path().join(name);
-        self.nodes.push(Node { name, dir, addr, view: Arc::new(ArcSwap::from_pointee(ClusterView::default())), consensus: None });
-        self.publish_views();
-        let i = self.nodes.len() - 1;
-        self.boot(i, listener).await;
-        i
-    }
-
-    async fn stop(&mut self, i: usize) {
-        if let Some(consensus) = self.nodes[i].consensus.take() {
-            consensus.shutdown().await;
-        }
-    }
-
-    fn running(&self) -> impl Iterator<Item = (usize, &Consensus)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| n.consensus.as_ref().map(|c| (i, c)))
-    }
-
-    fn consensus(&self, i: usize) -> &Consensus {
-        self.nodes[i].consensus.as_ref().unwrap()
-    }
-
-    /// Waits until every running node names the same leader; returns its index.
-    async fn leader(&self) -> usize {
-        let mut found = None;
-        eventually(PATIENCE, "all running nodes agree on a leader", || {
-            let leaders: Vec<Option<String>> = self.running().map(|(_, c)| c.status().leader_id).collect();
-            let agreed = leaders.windows(2).all(|w| w[0] == w[1]) && leaders[0].is_some();
-            found = agreed.then(|| self.nodes.iter().position(|n| Some(n.name.to_owned()) == leaders[0])).flatten();
-            found.is_some_and(|i| self.nodes[i].consensus.as_ref().is_some_and(|c| c.status().role == RaftRole::Leader))
-        })
-        .await;
-        found.unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        for i in 0..self.nodes.len() {
-            self.stop(i).await;
-        }
-    }
-}
-
-fn trip(provider: &str, generation: u64, node: &str) -> ClusterCommand {
-    ClusterCommand::TripBreaker {
-        provider: provider.into(),
-        expected_generation: generation,
-        reason: "upstream 5xx".into(),
-        node: node.into(),
-        now_unix_ms: 1_000,
-        open_for_ms: 3_600_000_000_000,
-    }
-}
-
-fn is_open(c: &Consensus, provider: &str) -> bool {
-    matches!(c.state().load().breaker(provider).status, BreakerStatus::Open { .. })
-}
+use self::support::{NAMES, PATIENCE, PROPOSE, Sandbox, eventually, is_open, trip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn breaker_trip_proposed_on_a_follower_opens_it_on_every_node() {
     let sandbox = Sandbox::start().await;
     let leader = sandbox.leader().await;
     let status = sandbox.consensus(leader).status();
-    assert_eq!(status.voters.len(), 3, "all three bootstrap as voters: {status:?}");
+    assert_eq!(
+        status.voters.len(),
+        3,
+        "all three bootstrap as voters: {status:?}"
+    );
     let follower = (leader + 1) % 3;
 
     let started = Instant::now();
-    let outcome = sandbox.consensus(follower).propose(trip("openai", 0, NAMES[follower]), PROPOSE).await.unwrap();
+    let outcome = sandbox
+        .consensus(follower)
+        .propose(trip("openai", 0, NAMES[follower]), PROPOSE)
+        .await
+        .unwrap();
     assert_eq!(outcome, CommandOutcome::Applied { generation: 1 });
-    assert!(is_open(sandbox.consensus(follower), "openai"), "the proposer sees its own outcome at once");
-    eventually(Duration::from_secs(1).saturating_sub(started.elapsed()), "open on all three within 1s", || {
-        sandbox.running().all(|(_, c)| is_open(c, "openai"))
-    })
+    assert!(
+        is_open(sandbox.consensus(follower), "openai"),
+        "the proposer sees its own outcome at once"
+    );
+    eventually(
+        Duration::from_secs(1).saturating_sub(started.elapsed()),
+        "open on all three within 1s",
+        || sandbox.running().all(|(_, c)| is_open(c, "openai")),
+    )
     .await;
 
-    let again = sandbox.consensus(leader).propose(trip("openai", 0, NAMES[leader]), PROPOSE).await.unwrap();
-    assert_eq!(again, CommandOutcome::Stale { current_generation: 1 });
+    let again = sandbox
+        .consensus(leader)
+        .propose(trip("openai", 0, NAMES[leader]), PROPOSE)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        CommandOutcome::Stale {
+            current_generation: 1
+        }
+    );
     sandbox.shutdown().await;
 }
 
@@ -202,15 +61,40 @@ async fn breaker_trip_proposed_on_a_follower_opens_it_on_every_node() {
 async fn losing_the_leader_elects_another_and_keeps_the_state() {
     let mut sandbox = Sandbox::start_with(Some(Secret("a-cluster-secret-of-16+".into()))).await;
     let leader = sandbox.leader().await;
-    sandbox.consensus(leader).propose(trip("anthropic", 0, NAMES[leader]), PROPOSE).await.unwrap();
+    sandbox
+        .consensus(leader)
+        .propose(trip("anthropic", 0, NAMES[leader]), PROPOSE)
+        .await
+        .unwrap();
     sandbox.stop(leader).await;
 
     let new_leader = sandbox.leader().await;
     assert_ne!(new_leader, leader);
-    let survivor = sandbox.running().map(|(i, _)| i).find(|i| *i != new_leader).unwrap();
-    assert!(sandbox.running().all(|(_, c)| is_open(c, "anthropic")), "the trip survives the leader");
-    let lease = ClusterCommand::Lease { key: "global".into(), window: 1, limit: 10, node: NAMES[survivor].into(), want: 4 };
-    assert_eq!(sandbox.consensus(survivor).propose(lease, PROPOSE).await.unwrap(), CommandOutcome::Leased { granted: 4 });
+    let survivor = sandbox
+        .running()
+        .map(|(i, _)| i)
+        .find(|i| *i != new_leader)
+        .unwrap();
+    // A follower may learn the commit only from the new leader.
+    eventually(PATIENCE, "the trip survives the leader", || {
+        sandbox.running().all(|(_, c)| is_open(c, "anthropic"))
+    })
+    .await;
+    let lease = ClusterCommand::Lease {
+        key: "global".into(),
+        window: 1,
+        limit: 10,
+        node: NAMES[survivor].into(),
+        want: 4,
+    };
+    assert_eq!(
+        sandbox
+            .consensus(survivor)
+            .propose(lease, PROPOSE)
+            .await
+            .unwrap(),
+        CommandOutcome::Leased { granted: 4 }
+    );
     sandbox.shutdown().await;
 }
 
@@ -219,13 +103,26 @@ async fn a_restarted_node_recovers_its_state_from_its_data_dir() {
     let mut sandbox = Sandbox::start().await;
     let leader = sandbox.leader().await;
     let c = sandbox.consensus(leader);
-    c.propose(trip("openai", 0, NAMES[leader]), PROPOSE).await.unwrap();
+    c.propose(trip("openai", 0, NAMES[leader]), PROPOSE)
+        .await
+        .unwrap();
     for _ in 0..5 {
-        let lease = ClusterCommand::Lease { key: "k".into(), window: 9, limit: 100, node: NAMES[leader].into(), want: 7 };
+        let lease = ClusterCommand::Lease {
+            key: "k".into(),
+            window: 9,
+            limit: 100,
+            node: NAMES[leader].into(),
+            want: 7,
+        };
         c.propose(lease, PROPOSE).await.unwrap();
     }
     let before = (*c.state().load_full()).clone();
-    eventually(PATIENCE, "every node applied everything", || sandbox.running().all(|(_, c)| *c.state().load_full() == before)).await;
+    eventually(PATIENCE, "every node applied everything", || {
+        sandbox
+            .running()
+            .all(|(_, c)| *c.state().load_full() == before)
+    })
+    .await;
     for i in 0..3 {
         sandbox.stop(i).await;
     }
@@ -233,16 +130,39 @@ async fn a_restarted_node_recovers_its_state_from_its_data_dir() {
     // Alone, without a quorum to learn from, the node rebuilds its state from disk.
     let lone = (leader + 1) % 3;
     sandbox.restart(lone).await;
-    eventually(PATIENCE, "state rebuilt from snapshot + log", || *sandbox.consensus(lone).state().load_full() == before).await;
-    assert_eq!(sandbox.consensus(lone).state().load().quota("k", 9).map(|q| q.total_leased()), Some(35));
+    eventually(PATIENCE, "state rebuilt from snapshot + log", || {
+        *sandbox.consensus(lone).state().load_full() == before
+    })
+    .await;
+    assert_eq!(
+        sandbox
+            .consensus(lone)
+            .state()
+            .load()
+            .quota("k", 9)
+            .map(|q| q.total_leased()),
+        Some(35)
+    );
 
     // The others come back on new ports too; the group re-forms and accepts writes.
     for i in (0..3).filter(|i| *i != lone) {
         sandbox.restart(i).await;
     }
     sandbox.leader().await;
-    let close = ClusterCommand::ForceBreaker { provider: "openai".into(), open: false, node: NAMES[lone].into(), now_unix_ms: 2_000 };
-    assert_eq!(sandbox.consensus(lone).propose(close, PROPOSE).await.unwrap(), CommandOutcome::Applied { generation: 2 });
+    let close = ClusterCommand::ForceBreaker {
+        provider: "openai".into(),
+        open: false,
+        node: NAMES[lone].into(),
+        now_unix_ms: 2_000,
+    };
+    assert_eq!(
+        sandbox
+            .consensus(lone)
+            .propose(close, PROPOSE)
+            .await
+            .unwrap(),
+        CommandOutcome::Applied { generation: 2 }
+    );
     assert_eq!(sandbox.consensus(lone).status().voters.len(), 3);
     sandbox.shutdown().await;
 }
@@ -259,7 +179,13 @@ async fn leases_from_three_nodes_never_exceed_the_limit() {
             let mut granted_total = 0;
             let mut want = 3 + i as u64;
             loop {
-                let lease = ClusterCommand::Lease { key: "tenant-1".into(), window: 42, limit, node: name.into(), want };
+                let lease = ClusterCommand::Lease {
+                    key: "tenant-1".into(),
+                    window: 42,
+                    limit,
+                    node: name.into(),
+                    want,
+                };
                 match sandbox.consensus(i).propose(lease, PROPOSE).await.unwrap() {
                     CommandOutcome::Leased { granted: 0 } => break granted_total,
                     CommandOutcome::Leased { granted } => granted_total += granted,
@@ -280,7 +206,13 @@ async fn leases_from_three_nodes_never_exceed_the_limit() {
         assert!(quota.is_none_or(|q| q.total_leased() <= limit));
     }
     eventually(PATIENCE, "all nodes agree on the ledger", || {
-        sandbox.running().all(|(_, c)| c.state().load().quota("tenant-1", 42).map(|q| q.total_leased()) == Some(limit))
+        sandbox.running().all(|(_, c)| {
+            c.state()
+                .load()
+                .quota("tenant-1", 42)
+                .map(|q| q.total_leased())
+                == Some(limit)
+        })
     })
     .await;
     if let Ok(sandbox) = Arc::try_unwrap(sandbox) {
@@ -299,8 +231,18 @@ async fn a_new_node_joins_as_learner_catches_up_from_a_chunked_snapshot_and_beco
         writers.push(tokio::spawn(async move {
             for n in 0..140u64 {
                 let key = format!("{:0>1200}", w * 1000 + n);
-                let lease = ClusterCommand::Lease { key, window: 1, limit: 10, node: NAMES[leader].into(), want: 1 };
-                sandbox.consensus(leader).propose(lease, PROPOSE).await.unwrap();
+                let lease = ClusterCommand::Lease {
+                    key,
+                    window: 1,
+                    limit: 10,
+                    node: NAMES[leader].into(),
+                    want: 1,
+                };
+                sandbox
+                    .consensus(leader)
+                    .propose(lease, PROPOSE)
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -313,13 +255,20 @@ async fn a_new_node_joins_as_learner_catches_up_from_a_chunked_snapshot_and_beco
     assert!(serde_json::to_vec(&*expected).unwrap().len() > 1024 * 1024);
 
     let newcomer = sandbox.add_node("node-d").await;
-    eventually(Duration::from_secs(30), "the newcomer caught up", || sandbox.consensus(newcomer).state().load().quotas == expected.quotas).await;
+    eventually(Duration::from_secs(30), "the newcomer caught up", || {
+        sandbox.consensus(newcomer).state().load().quotas == expected.quotas
+    })
+    .await;
     eventually(PATIENCE, "the newcomer is promoted to voter", || {
         let status = sandbox.consensus(leader).status();
         status.voters.len() == 4 && status.learners.is_empty()
     })
     .await;
-    let trip_on_newcomer = sandbox.consensus(newcomer).propose(trip("p", 0, "node-d"), PROPOSE).await.unwrap();
+    let trip_on_newcomer = sandbox
+        .consensus(newcomer)
+        .propose(trip("p", 0, "node-d"), PROPOSE)
+        .await
+        .unwrap();
     assert_eq!(trip_on_newcomer, CommandOutcome::Applied { generation: 1 });
     sandbox.shutdown().await;
 }
@@ -331,11 +280,19 @@ async fn calls_without_the_cluster_secret_are_refused() {
 
     let sandbox = Sandbox::start_with(Some(Secret("a-cluster-secret-of-16+".into()))).await;
     sandbox.leader().await;
-    let mut client = ClusterRpcClient::connect(format!("http://{}", sandbox.nodes[0].addr)).await.unwrap();
+    let mut client = ClusterRpcClient::connect(format!("http://{}", sandbox.nodes[0].addr))
+        .await
+        .unwrap();
     let refused = client.status(StatusRequest {}).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let mut wrong = tonic::Request::new(StatusRequest {});
-    wrong.metadata_mut().insert("x-hapax-cluster-secret", "not-the-secret-at-all".parse().unwrap());
-    assert_eq!(client.status(wrong).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    wrong.metadata_mut().insert(
+        "x-hapax-cluster-secret",
+        "not-the-secret-at-all".parse().unwrap(),
+    );
+    assert_eq!(
+        client.status(wrong).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     sandbox.shutdown().await;
 }

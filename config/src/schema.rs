@@ -469,6 +469,10 @@ pub struct RateLimitsConfig {
     pub per_key: Option<RateLimitConfig>,
     /// Per endpoint path, e.g. `/v1/chat/completions`.
     pub endpoints: BTreeMap<String, RateLimitConfig>,
+    /// In a cluster, when this node cannot reach the Raft majority: `false` (default) spends
+    /// only the lease it holds, then answers 429; `true` admits up to a local fair share
+    /// (limit / live nodes) per window.
+    pub fail_open: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,7 +32,11 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub dispatcher: Dispatcher,
     pub auth: Authenticator,
-    pub limiter: Arc<dyn RateLimiter>,
+    /// This node's own limiter; replaced by the cluster-wide one once consensus runs.
+    local_limiter: Arc<dyn RateLimiter>,
+    cluster_limiter: std::sync::OnceLock<Arc<dyn RateLimiter>>,
+    /// Raft, once this node runs it (for `/v1/health`).
+    pub consensus: std::sync::OnceLock<Arc<hapax_cluster::Consensus>>,
     pub dedup: Deduplicator<ChatServed>,
     pub dedup_enabled: bool,
     pub cache: Cache,
@@ -159,7 +163,9 @@ impl App {
                 shared_breakers,
             ),
             auth: Authenticator::new(&config.auth),
-            limiter,
+            local_limiter: limiter,
+            cluster_limiter: std::sync::OnceLock::new(),
+            consensus: std::sync::OnceLock::new(),
             dedup: Deduplicator::new(metrics.deduplicated.clone()),
             dedup_enabled: config.dedup.enabled,
             cache: Cache::build(config.response_cache(), &metrics)?,
@@ -176,6 +182,16 @@ impl App {
             health_checks,
             metrics,
         }))
+    }
+
+    /// The limiter in force: cluster-wide (leases) in a cluster, else local token buckets.
+    pub fn limiter(&self) -> &Arc<dyn RateLimiter> {
+        self.cluster_limiter.get().unwrap_or(&self.local_limiter)
+    }
+
+    /// Switches rate limits to the cluster-wide ledger.
+    pub fn use_cluster_limiter(&self, limiter: Arc<dyn RateLimiter>) {
+        let _ = self.cluster_limiter.set(limiter);
     }
 
     /// Starts the background health checks; they stop when the handles are aborted.

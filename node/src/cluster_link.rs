@@ -72,3 +72,101 @@ async fn publish_reports(app: Arc<App>, cluster: Arc<Cluster>) {
         }
     }
 }
+
+/// Everything clustering runs on this node: gossip membership and Raft consensus.
+pub struct ClusterRuntime {
+    gossip: ClusterLink,
+    consensus: crate::consensus_link::ConsensusLink,
+    grpc: std::net::SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStartError {
+    #[error("cannot bind cluster.grpc_listen {addr}")]
+    GrpcBind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("cluster metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl ClusterRuntime {
+    /// Binds the cluster gRPC port, joins gossip (publishing this node's addresses), starts
+    /// Raft, and makes breakers and rate limits cluster-wide. `None` without a `cluster:` section.
+    pub async fn start(
+        app: &Arc<App>,
+        config: &hapax_config::Config,
+        http: String,
+        h3: Option<String>,
+    ) -> Result<Option<Self>, ClusterStartError> {
+        let Some(cluster_config) = &config.cluster else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(&cluster_config.grpc_listen)
+            .await
+            .map_err(|source| ClusterStartError::GrpcBind {
+                addr: cluster_config.grpc_listen.clone(),
+                source,
+            })?;
+        let grpc = listener
+            .local_addr()
+            .map_err(|source| ClusterStartError::GrpcBind {
+                addr: cluster_config.grpc_listen.clone(),
+                source,
+            })?;
+        let advertise = match &cluster_config.grpc_advertise {
+            Some(advertise) => advertise.clone(),
+            None if grpc.ip().is_unspecified() => {
+                format!("{}:{}", hapax_cluster::default_node_id(), grpc.port())
+            }
+            None => grpc.to_string(),
+        };
+        let addresses = NodeAddresses {
+            http,
+            h3,
+            grpc: Some(advertise.clone()),
+        };
+        let gossip = ClusterLink::join(app, cluster_config, &addresses).await?;
+        if cluster_config.secret.is_none() {
+            tracing::warn!(
+                "cluster runs without cluster.secret: gossip and cluster RPC are not authenticated"
+            );
+        }
+        let node_id = gossip.cluster().node_id().to_owned();
+        let view = gossip.cluster().view();
+        let consensus = hapax_cluster::Consensus::start(
+            cluster_config,
+            &node_id,
+            listener,
+            advertise,
+            Arc::clone(&view),
+            app.metrics.registry(),
+        )
+        .await?;
+        let consensus =
+            crate::consensus_link::ConsensusLink::attach(app, config, consensus, &node_id, view)?;
+        Ok(Some(Self {
+            gossip,
+            consensus,
+            grpc,
+        }))
+    }
+
+    /// ` gossip=ADDR grpc=ADDR` for the ready line.
+    pub fn ready_fields(&self) -> String {
+        format!(
+            " gossip={} grpc={}",
+            self.gossip.cluster().gossip_addr(),
+            self.grpc
+        )
+    }
+
+    /// Stops consensus, then leaves gossip cleanly.
+    pub async fn shutdown(self, patience: Duration) {
+        self.consensus.shutdown().await;
+        self.gossip.leave(patience).await;
+    }
+}

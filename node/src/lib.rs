@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cluster_link;
+pub mod consensus_link;
 pub mod dedup;
 pub mod error;
 pub mod logging;

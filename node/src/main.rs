@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hapax_cluster::NodeAddresses;
 use hapax_config::{ConfigSource, LoadedConfig};
 use hapax_node::app::App;
-use hapax_node::cluster_link::ClusterLink;
+use hapax_node::cluster_link::ClusterRuntime;
 use hapax_node::server::front::Front;
 use hapax_node::server::{self, tls};
 
@@ -151,26 +150,17 @@ async fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
     let background = app.start_background();
     let front = Front::bind(config).await?;
     let bound = front.http_addr()?;
-    let cluster = match &config.cluster {
-        Some(cluster_config) => {
-            let addresses = NodeAddresses {
-                http: bound.to_string(),
-                h3: front.h3_addr().map(|a| a.to_string()),
-                grpc: None,
-            };
-            let link = ClusterLink::join(&app, cluster_config, &addresses)
-                .await
-                .context("joining the cluster")?;
-            if cluster_config.secret.is_none() {
-                tracing::warn!("cluster runs without cluster.secret: gossip is not authenticated");
-            }
-            Some(link)
-        }
-        None => None,
-    };
+    let cluster = ClusterRuntime::start(
+        &app,
+        config,
+        bound.to_string(),
+        front.h3_addr().map(|a| a.to_string()),
+    )
+    .await
+    .context("starting clustering")?;
     let gossip = cluster
         .as_ref()
-        .map(|c| format!(" gossip={}", c.cluster().gossip_addr()))
+        .map(ClusterRuntime::ready_fields)
         .unwrap_or_default();
     tracing::info!(
         http = %bound,
@@ -181,8 +171,8 @@ async fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
     );
     println!("{}{gossip}", front.ready_line()?);
     front.serve(server::router(app), shutdown_signal()).await?;
-    if let Some(link) = cluster {
-        link.leave(Duration::from_secs(2)).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown(Duration::from_secs(2)).await;
     }
     for task in background {
         task.abort();

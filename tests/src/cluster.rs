@@ -38,6 +38,12 @@ pub struct ClusterNode {
     /// The gossip address, kept across restarts so peers' seeds stay valid.
     pub gossip: String,
     pub options: ClusterOptions,
+    /// Raft data, kept across restarts of this node.
+    pub data_dir: tempfile::TempDir,
+    /// Address every listener of this node binds.
+    pub bind_ip: String,
+    /// Network namespace the node (and its mock) runs in, if not this one.
+    pub netns: Option<String>,
 }
 
 impl ClusterNode {
@@ -79,7 +85,7 @@ impl ClusterNode {
         };
         format!(
             r#"
-server: {{host: 127.0.0.1, port: 0, shutdown_timeout: 2s}}
+server: {{host: {ip}, port: 0, shutdown_timeout: 2s}}
 auth: {{enabled: false}}
 logging: {{level: info}}
 providers:
@@ -89,11 +95,13 @@ providers:
     model: mock-1
     timeout: 2s
     health_check: {{interval: 200ms, timeout: 1s, failure_threshold: 1, success_threshold: 1}}
-cluster: {{node_id: {name}, cluster_id: {cluster_id}, gossip_listen: "{listen}", gossip_interval: 100ms, seeds: [{seeds}]{secret}{extra_cluster}}}
+cluster: {{node_id: {name}, cluster_id: {cluster_id}, gossip_listen: "{listen}", grpc_listen: "{ip}:0", data_dir: "{data}", gossip_interval: 100ms, seeds: [{seeds}]{secret}{extra_cluster}}}
 {extra}
 "#,
             base = self.mock.openai_base(),
             name = self.name,
+            ip = self.bind_ip,
+            data = self.data_dir.path().display(),
             cluster_id = self.options.cluster_id,
             extra = self.options.extra_yaml,
         )
@@ -102,11 +110,11 @@ cluster: {{node_id: {name}, cluster_id: {cluster_id}, gossip_listen: "{listen}",
     /// Starts (or restarts) the node's gateway process.
     pub fn start(&mut self, seeds: &[String]) {
         let listen = if self.gossip.is_empty() {
-            "127.0.0.1:0".to_owned()
+            format!("{}:0", self.bind_ip)
         } else {
             self.gossip.clone()
         };
-        let gateway = Gateway::start(&self.config(&listen, seeds));
+        let gateway = Gateway::start_in(self.netns.as_deref(), &self.config(&listen, seeds), &[]);
         self.gossip = gateway
             .process
             .ready
@@ -139,16 +147,24 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts `n` nodes named node0..node{n-1}; each seeds from those started before it.
+    /// Starts `n` nodes named node0..node{n-1} on loopback; each seeds from those started before it.
     pub fn start(n: usize, options: ClusterOptions) -> Self {
-        let mut nodes: Vec<ClusterNode> = Vec::with_capacity(n);
-        for i in 0..n {
+        Self::start_placed(&vec![("127.0.0.1".to_owned(), None); n], options)
+    }
+
+    /// One node per `(bind ip, network namespace)`, in order.
+    pub fn start_placed(placements: &[(String, Option<String>)], options: ClusterOptions) -> Self {
+        let mut nodes: Vec<ClusterNode> = Vec::with_capacity(placements.len());
+        for (i, (ip, netns)) in placements.iter().enumerate() {
             let mut node = ClusterNode {
                 name: format!("node{i}"),
                 gateway: None,
-                mock: MockUpstream::start(),
+                mock: MockUpstream::start_at(ip, netns.as_deref()),
+                bind_ip: ip.clone(),
+                netns: netns.clone(),
                 gossip: String::new(),
                 options: options.clone(),
+                data_dir: tempfile::tempdir().unwrap(),
             };
             let seeds: Vec<String> = nodes.iter().map(|n| n.gossip.clone()).collect();
             node.start(&seeds);

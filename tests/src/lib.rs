@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod h3_client;
+pub mod netns;
 pub mod redis_server;
 
 use std::collections::HashMap;
@@ -59,7 +60,20 @@ pub struct Process {
 impl Process {
     /// Spawns `hapax ARGS` and waits for its ready line, `... listening http=ADDR [key=value ...]`.
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(hapax_bin());
+        Self::spawn_in(None, name, args, envs)
+    }
+
+    /// Like `spawn`, inside network namespace `netns` when given (`ip netns exec` execs the binary,
+    /// so the pid is still hapax's own).
+    pub fn spawn_in(netns: Option<&str>, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(hapax_bin());
+                c
+            }
+            None => Command::new(hapax_bin()),
+        };
         command
             .args(args)
             .stdin(Stdio::null())
@@ -183,9 +197,16 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub fn start() -> Self {
-        let process = Process::spawn(
+        Self::start_at("127.0.0.1", None)
+    }
+
+    /// On address `ip`, optionally inside a network namespace.
+    pub fn start_at(ip: &str, netns: Option<&str>) -> Self {
+        let listen = format!("{ip}:0");
+        let process = Process::spawn_in(
+            netns,
             "mock-provider",
-            &["mock-provider", "--listen", "127.0.0.1:0"],
+            &["mock-provider", "--listen", &listen],
             &[],
         );
         Self {
@@ -277,10 +298,15 @@ impl Gateway {
     }
 
     pub fn start_with_env(config_yaml: &str, envs: &[(&str, &str)]) -> Self {
+        Self::start_in(None, config_yaml, envs)
+    }
+
+    /// Optionally inside a network namespace.
+    pub fn start_in(netns: Option<&str>, config_yaml: &str, envs: &[(&str, &str)]) -> Self {
         let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         std::io::Write::write_all(&mut file, config_yaml.as_bytes()).unwrap();
         let path = file.path().to_str().unwrap().to_owned();
-        let process = Process::spawn("gateway", &["serve", "--config", &path], envs);
+        let process = Process::spawn_in(netns, "gateway", &["serve", "--config", &path], envs);
         Self {
             process,
             _config: file,

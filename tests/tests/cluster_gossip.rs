@@ -185,11 +185,15 @@ async fn never_admitted(cluster: &TestCluster, outsider: &Gateway, name: &str) {
 }
 
 fn outsider_config(name: &str, cluster_id: &str, seed: &str, secret: Option<&str>) -> String {
+    let data = std::env::temp_dir()
+        .join(format!("hapax-outsider-{}-{name}", std::process::id()))
+        .display()
+        .to_string();
     let secret = secret
         .map(|s| format!(", secret: \"{s}\""))
         .unwrap_or_default();
     format!(
-        "server: {{host: 127.0.0.1, port: 0}}\nauth: {{enabled: false}}\nproviders: {{m: {{type: mock, model: mock-1}}}}\ncluster: {{node_id: {name}, cluster_id: {cluster_id}, gossip_listen: \"127.0.0.1:0\", gossip_interval: 100ms, seeds: [\"{seed}\"]{secret}}}\n"
+        "server: {{host: 127.0.0.1, port: 0}}\nauth: {{enabled: false}}\nproviders: {{m: {{type: mock, model: mock-1}}}}\ncluster: {{node_id: {name}, cluster_id: {cluster_id}, gossip_listen: \"127.0.0.1:0\", grpc_listen: \"127.0.0.1:0\", data_dir: \"{data}\", gossip_interval: 100ms, seeds: [\"{seed}\"]{secret}}}\n"
     )
 }
 

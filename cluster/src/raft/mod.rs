@@ -142,6 +142,10 @@ impl Consensus {
         registry: &prometheus::Registry,
     ) -> Result<Self, ClusterError> {
         let self_id = raft_id(node_id);
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ClusterError::Raft(format!("cluster.grpc_listen: {e}")))?;
+        let metrics = Arc::new(ConsensusMetrics::register(registry)?);
         let data_dir = config
             .data_dir
             .as_ref()
@@ -172,12 +176,7 @@ impl Consensus {
         )
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let metrics = Arc::new(ConsensusMetrics::register(registry)?);
 
-        let bound = listener.local_addr().map_err(|source| ClusterError::Bind {
-            addr: config.grpc_listen.clone(),
-            source,
-        })?;
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let service = ClusterRpcServer::with_interceptor(

@@ -112,8 +112,7 @@ impl RaftStateMachine<HapaxRaft> for StateMachineStore {
                 EntryPayload::Blank => None,
                 EntryPayload::Normal(command) => Some(applied.state.apply(command)),
                 EntryPayload::Membership(membership) => {
-                    applied.membership =
-                        StoredMembership::new(Some(log_id), membership.clone());
+                    applied.membership = StoredMembership::new(Some(log_id), membership.clone());
                     None
                 }
             };

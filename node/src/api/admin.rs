@@ -36,7 +36,15 @@ pub async fn force_breaker(
             )));
         }
     };
-    entry.breaker.force(open);
+    match app.dispatcher.shared_breakers() {
+        // In a cluster the override goes through the log and every node (this one included)
+        // applies it from there.
+        Some(shared) => shared
+            .force(&provider, open)
+            .await
+            .map_err(ApiError::NoProvider)?,
+        None => entry.breaker.force(open),
+    }
     tracing::warn!(provider = %provider, action = %action, "circuit breaker forced by an admin");
     Ok(Json(
         json!({"provider": provider, "breaker": entry.breaker.snapshot()}),

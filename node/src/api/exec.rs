@@ -40,7 +40,7 @@ pub async fn admit(
         endpoint,
         estimated_tokens,
     };
-    let admission = app.limiter.admit(&request).await;
+    let admission = app.limiter().admit(&request).await;
     admission.map_err(|rejection| {
         app.metrics.rate_limit_hits.with_label_values(&[&caller.name]).inc();
         tracing::warn!(client = %caller.name, scope = rejection.scope, unit = rejection.unit, retry_after_ms = rejection.retry_after.as_millis() as u64, "rate limit rejected a request");
@@ -62,7 +62,7 @@ pub struct Settlement {
 impl Settlement {
     pub fn new(app: &App, admission: Admission) -> Self {
         Self {
-            limiter: Arc::clone(&app.limiter),
+            limiter: Arc::clone(app.limiter()),
             admission: Some(admission),
             tokens: None,
         }

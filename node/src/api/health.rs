@@ -59,6 +59,14 @@ pub async fn node_health(State(app): State<Arc<App>>) -> Response {
             "members": view.members,
             "provider_matrix": view.provider_matrix,
             "demoted_providers": view.demoted,
+            "raft": app.consensus.get().map(|consensus| {
+                let state = consensus.state().load_full();
+                json!({
+                    "status": consensus.status(),
+                    "last_applied_index": state.last_applied_index,
+                    "breakers": state.breakers,
+                })
+            }),
         })),
     });
     let status = if usable {

@@ -130,7 +130,7 @@ impl Dispatcher {
         let allowed = |p: &ProviderEntry| {
             scope
                 .allowed_providers
-                .is_none_or(|list| list.iter().any(|n| *n == p.name))
+                .is_none_or(|list| list.contains(&p.name))
         };
         let matching =
             model.is_some_and(|m| self.providers.iter().any(|p| p.serves(m) && allowed(p)));
@@ -154,6 +154,10 @@ impl Dispatcher {
     /// Makes breakers cluster-wide (called once consensus runs).
     pub fn attach_shared_breakers(&self, shared: Arc<dyn shared::SharedBreakers>) {
         let _ = self.shared.set(shared);
+    }
+
+    pub fn shared_breakers(&self) -> Option<&Arc<dyn shared::SharedBreakers>> {
+        self.shared.get()
     }
 
     /// Lets routing see what the rest of the cluster reports about providers.

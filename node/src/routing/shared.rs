@@ -17,6 +17,9 @@ pub trait SharedBreakers: Send + Sync {
 
     /// The probe this node claimed succeeded (close everywhere) or failed (open again).
     fn probe_finished(&self, provider: &str, success: bool, reason: &str);
+
+    /// Admin override through the log: force open (until closed) or closed, everywhere.
+    fn force<'a>(&'a self, provider: &'a str, open: bool) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Set once when the node joins a cluster; read lock-free afterwards.
