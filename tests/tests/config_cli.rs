@@ -54,14 +54,38 @@ fn write_config(yaml: &str) -> tempfile::NamedTempFile {
 }
 
 #[tokio::test]
-async fn validate_accepts_the_seed_example() {
+async fn validate_accepts_the_seed_example_once_its_certificate_paths_exist() {
+    // Verbatim, the seed points HTTP/3 at `/path/to/cert.pem`: the only problems are those files.
     let path = fixture("seed-example.yaml");
     let output = run(&["validate", "--config", path.to_str().unwrap()], &[]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("(line ")).collect();
+    assert!(!problems.is_empty(), "{stderr}");
+    assert!(
+        problems.iter().all(|l| l.contains("server.http3.tls_")),
+        "only the certificate files are missing: {stderr}"
+    );
+
+    // With a real (generated) certificate and key the seed example is valid as is.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let made = run(&["gen-cert", "--out", out], &[]).await;
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let seed = std::fs::read_to_string(&path).unwrap();
+    let with_certs = seed
+        .replace("/path/to/cert.pem", &format!("{out}/cert.pem"))
+        .replace("/path/to/key.pem", &format!("{out}/key.pem"));
+    let file = write_config(&with_certs);
+    let output = run(
+        &["validate", "--config", file.path().to_str().unwrap()],
+        &[],
+    )
+    .await;
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),
-        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
+        "stdout:\n{stdout}\nstderr:\n{}",
         text(&output.stderr)
     );
     assert!(stdout.contains("valid"), "{stdout}");

@@ -447,9 +447,9 @@ auth:
 async fn rate_limits_set_headers_reject_with_429_and_recover() {
     let mock = MockUpstream::start();
     let gateway = Gateway::start(&auth_config(&mock, ""));
+    let http = client();
     let send = || async {
-        client()
-            .post(gateway.url(CHAT))
+        http.post(gateway.url(CHAT))
             .bearer_auth("alice-key-123")
             .header("x-hapax-dedup", "off")
             .json(&chat_body("limit"))
