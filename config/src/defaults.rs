@@ -9,6 +9,10 @@ pub const SERVER_WRITE_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(45);
 pub const SERVER_MAX_HEADER_BYTES: usize = 2 * 1024 * 1024;
 pub const SERVER_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const SERVER_SHUTDOWN_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(30);
+pub const SERVER_MAX_INFLIGHT_REQUESTS: usize = 1024;
+pub const SERVER_MAX_CONNECTIONS: usize = 10_000;
+/// Hapax's `queue.initial_size` default, the cap when `queue:` is on without a size.
+pub const QUEUE_MAX_SIZE: u64 = 1000;
 
 pub const BREAKER_MAX_REQUESTS: u32 = 1;
 pub const BREAKER_INTERVAL: ConfigDuration = ConfigDuration::from_secs(30);

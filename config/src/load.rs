@@ -402,7 +402,7 @@ impl Reader<'_, '_> {
                 "dedup" => config.dedup = self.section(name, value, &at),
                 "routes" => config.routes = Some(value),
                 "cache" => config.cache = Some(self.section(name, value, &at)),
-                "queue" => config.queue = Some(value),
+                "queue" => config.queue = Some(self.section(name, value, &at)),
                 _ => config.cluster = Some(self.section(name, value, &at)),
             }
         }

@@ -128,6 +128,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("host", "bind_address"),
     ("base_url", "endpoint"),
     ("failure_threshold", "threshold"),
+    ("max_size", "initial_size"),
 ];
 
 fn loose(key: &str) -> String {

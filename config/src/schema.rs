@@ -32,8 +32,9 @@ pub struct Config {
     pub routes: Option<serde_yaml::Value>,
     /// The response cache (Hapax's `llm.cache` is read too; this block wins over it).
     pub cache: Option<CacheConfig>,
-    /// Accepted, not used yet (load shedding arrives with its own issue).
-    pub queue: Option<serde_yaml::Value>,
+    /// Hapax's `queue:` block: its size is the cap on requests in flight (see
+    /// [`Config::max_inflight_requests`]).
+    pub queue: Option<QueueConfig>,
     /// Present = this node joins a cluster; absent = a single node.
     pub cluster: Option<ClusterConfig>,
 }
@@ -58,6 +59,14 @@ pub struct ServerConfig {
     pub http3: Option<Http3Config>,
     /// TLS on the TCP listener (HTTP/1.1 and HTTP/2 by ALPN); absent = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Client-API requests in flight on this node (streams until their last chunk) beyond
+    /// which a new one is answered 503 `overloaded` at once. Unset: `queue.max_size` when a
+    /// `queue:` block is on, else the default.
+    #[serde(alias = "maxInflightRequests")]
+    pub max_inflight_requests: Option<usize>,
+    /// Open TCP connections beyond which a new one is accepted and closed at once.
+    #[serde(alias = "maxConnections")]
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -72,7 +81,34 @@ impl Default for ServerConfig {
             shutdown_timeout: d::SERVER_SHUTDOWN_TIMEOUT,
             http3: None,
             tls: None,
+            max_inflight_requests: None,
+            max_connections: d::SERVER_MAX_CONNECTIONS,
         }
+    }
+}
+
+/// Hapax's `queue:` block. Hapax's queue middleware answers 503 once `initial_size` requests
+/// are being processed, i.e. it is a cap on requests in flight; here that size becomes the
+/// load-shedding cap. Nothing waits in a queue: past the cap the answer is an immediate 503.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// On when the block is written, unless `false` (then the default cap applies).
+    pub enabled: Option<bool>,
+    /// The cap on requests in flight; `initial_size` is Hapax's spelling.
+    #[serde(alias = "initial_size", alias = "initialSize", alias = "maxSize")]
+    pub max_size: Option<u64>,
+    /// Hapax persisted its queue size here: accepted, not used (the cap is configuration).
+    #[serde(alias = "statePath")]
+    pub state_path: Option<String>,
+    /// Hapax's persistence interval: accepted, not used.
+    #[serde(alias = "saveInterval")]
+    pub save_interval: Option<ConfigDuration>,
+}
+
+impl QueueConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
     }
 }
 
@@ -594,6 +630,21 @@ impl Default for ClusterConfig {
 }
 
 impl Config {
+    /// The cap on client-API requests in flight: `server.max_inflight_requests`, else the
+    /// size of an enabled `queue:` block, else the default.
+    pub fn max_inflight_requests(&self) -> usize {
+        self.server
+            .max_inflight_requests
+            .or_else(|| {
+                self.queue
+                    .as_ref()
+                    .filter(|q| q.is_enabled())
+                    .map(|q| q.max_size.unwrap_or(d::QUEUE_MAX_SIZE))
+                    .map(|size| usize::try_from(size).unwrap_or(usize::MAX))
+            })
+            .unwrap_or(d::SERVER_MAX_INFLIGHT_REQUESTS)
+    }
+
     /// The response cache to run, if any: `cache`, else `llm.cache`, when enabled.
     pub fn response_cache(&self) -> Option<&CacheConfig> {
         self.cache

@@ -96,6 +96,15 @@ impl LoadedConfig {
             breaker.failure_threshold, breaker.timeout, breaker.interval, breaker.max_requests
         );
         let _ = writeln!(out, "response cache: {}", cache_summary(config));
+        let _ = writeln!(
+            out,
+            "limits: max_inflight_requests={} max_connections={} max_body_bytes={} max_header_bytes={} read_timeout={}",
+            config.max_inflight_requests(),
+            server.max_connections,
+            server.max_body_bytes,
+            server.max_header_bytes,
+            server.read_timeout
+        );
         out
     }
 }

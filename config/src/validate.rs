@@ -63,6 +63,7 @@ fn server(config: &Config, report: &mut Report<'_>) {
         server.max_header_bytes as u64,
         1024,
     );
+    overload(config, report);
     if let Some(tls) = &server.tls {
         for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
             if file.trim().is_empty() {
@@ -72,6 +73,38 @@ fn server(config: &Config, report: &mut Report<'_>) {
     }
     if let Some(http3) = server.http3.as_ref().filter(|h| h.enabled) {
         http3_checks(config, http3, report);
+    }
+}
+
+/// The load-shedding and connection caps, and Hapax's `queue:` block that may set the former.
+fn overload(config: &Config, report: &mut Report<'_>) {
+    let server = &config.server;
+    if let Some(cap) = server.max_inflight_requests {
+        at_least(report, &at("server.max_inflight_requests"), cap as u64, 1);
+    }
+    at_least(
+        report,
+        &at("server.max_connections"),
+        server.max_connections as u64,
+        1,
+    );
+    let Some(queue) = &config.queue else {
+        return;
+    };
+    if let Some(size) = queue.max_size {
+        at_least(report, &at("queue.max_size"), size, 1);
+    }
+    if queue.is_enabled() && queue.max_size.is_some() && server.max_inflight_requests.is_some() {
+        report.notice(
+            &at("queue.max_size"),
+            "overridden by `server.max_inflight_requests`",
+        );
+    }
+    if !queue.is_enabled() && queue.max_size.is_some() {
+        report.notice(
+            &at("queue.max_size"),
+            "ignored: the queue is disabled, so the default cap on requests in flight applies",
+        );
     }
 }
 
@@ -380,7 +413,20 @@ fn unused(config: &Config, report: &mut Report<'_>) {
     let llm = config.llm.as_ref();
     let present = [
         ("routes", config.routes.is_some()),
-        ("queue", config.queue.is_some()),
+        (
+            "queue.state_path",
+            config
+                .queue
+                .as_ref()
+                .is_some_and(|q| q.state_path.is_some()),
+        ),
+        (
+            "queue.save_interval",
+            config
+                .queue
+                .as_ref()
+                .is_some_and(|q| q.save_interval.is_some()),
+        ),
         ("llm.options", llm.is_some_and(|l| l.options.is_some())),
         (
             "llm.max_context_tokens",

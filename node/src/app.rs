@@ -19,6 +19,7 @@ use crate::routing::entry::ProviderEntry;
 use crate::routing::health::{HealthSettings, ProviderHealth};
 use crate::routing::shared::SharedBreakersSlot;
 use crate::routing::{Dispatcher, RoutingSettings};
+use crate::server::overload::{ConnectionLimit, InflightLimit};
 use crate::wire::openai::{ChatMessage, ChatRequest, Role};
 
 /// Request-size and timing limits of the HTTP front.
@@ -41,6 +42,10 @@ pub struct App {
     pub dedup_enabled: bool,
     pub cache: Cache,
     pub limits: Limits,
+    /// Load shedding: the cap on client-API requests in flight.
+    pub inflight: InflightLimit,
+    /// The cap on open TCP connections, handed to the listener.
+    pub connections: Arc<ConnectionLimit>,
     pub started: Instant,
     system_prompt: Option<String>,
     health_checks: Vec<(Arc<ProviderEntry>, CheckSchedule)>,
@@ -173,6 +178,12 @@ impl App {
                 max_body_bytes: config.server.max_body_bytes,
                 read_timeout: config.server.read_timeout.get(),
             },
+            inflight: InflightLimit::new(config.max_inflight_requests()),
+            connections: Arc::new(ConnectionLimit::new(
+                config.server.max_connections,
+                metrics.tcp_connections.clone(),
+                metrics.tcp_connections_refused.clone(),
+            )),
             started: Instant::now(),
             system_prompt: config
                 .llm

@@ -40,6 +40,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NoProvider(String),
+    #[error("this node is at its limit of {limit} requests in flight: retry shortly")]
+    Overloaded { limit: usize },
     #[error("{message}")]
     Upstream {
         status: StatusCode,
@@ -87,6 +89,7 @@ impl ApiError {
             Self::TooEarly(_) => StatusCode::TOO_EARLY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoProvider(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream { status, .. } => *status,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -107,6 +110,7 @@ impl ApiError {
             Self::TooEarly(_) => ("invalid_request_error", "too_early"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::NoProvider(_) => ("service_unavailable", "no_provider_available"),
+            Self::Overloaded { .. } => ("service_unavailable", "overloaded"),
             Self::Upstream { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 ("rate_limit_error", "upstream_rate_limited")
             }
@@ -172,6 +176,9 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
                 );
+            }
+            Self::Overloaded { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -9,6 +9,8 @@ pub mod cluster_link;
 pub mod consensus_link;
 pub mod dedup;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod providers;

@@ -133,7 +133,7 @@ fn load_config(flag: Option<PathBuf>) -> anyhow::Result<LoadedConfig> {
 async fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
     let loaded = load_config(flag)?;
     let config = &loaded.config;
-    hapax_node::logging::init(&config.logging);
+    let _log_guard = hapax_node::logging::init(&config.logging);
     match &loaded.source {
         ConfigSource::File(path) => tracing::info!(path = %path.display(), "configuration loaded"),
         ConfigSource::Embedded => tracing::info!(
@@ -148,7 +148,9 @@ async fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let app = App::build(config).context("building the gateway")?;
     let background = app.start_background();
-    let front = Front::bind(config).await?;
+    let front = Front::bind(config)
+        .await?
+        .limit_connections(app.connections.clone());
     let bound = front.http_addr()?;
     let cluster = ClusterRuntime::start(
         &app,
@@ -202,7 +204,7 @@ fn gen_cert(out: &std::path::Path, hosts: &[String], force: bool) -> ExitCode {
 
 #[allow(clippy::print_stdout)]
 async fn mock_provider(listen: SocketAddr) -> anyhow::Result<()> {
-    hapax_node::logging::init(&hapax_config::LoggingConfig::default());
+    let _log_guard = hapax_node::logging::init(&hapax_config::LoggingConfig::default());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the mock provider on {listen}"))?;

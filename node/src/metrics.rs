@@ -2,8 +2,8 @@
 //! metrics are kept (`hapax_http_requests_total`, ..., `circuit_breaker_state`).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Request latencies from a millisecond to five minutes (LLM calls are long).
@@ -17,8 +17,30 @@ const CACHE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// Every `endpoint` label value (bounded cardinality), indexed by `observe::endpoint_index`.
+pub const ENDPOINTS: [&str; 8] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/health",
+    "/v1/health",
+    "/metrics",
+    "/admin",
+    "other",
+];
+const PROTOCOLS: [&str; 3] = ["h1", "h2", "h3"];
+
+/// Handles resolved once per endpoint, so the common path does no label look-ups.
+pub struct EndpointHandles {
+    pub active: prometheus::IntGauge,
+    pub duration: prometheus::Histogram,
+    /// `status="200"` per protocol (h1, h2, h3).
+    pub ok: [IntCounter; 3],
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub endpoints: Vec<EndpointHandles>,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_active: IntGaugeVec,
@@ -37,6 +59,11 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounterVec,
     pub cache_duration: HistogramVec,
+    /// Client-API requests answered 503 `overloaded` by the in-flight cap, by endpoint.
+    pub load_shed: IntCounterVec,
+    /// TCP connections open now, and those closed at once by the connection cap.
+    pub tcp_connections: IntGauge,
+    pub tcp_connections_refused: IntCounter,
 }
 
 fn counter(
@@ -83,7 +110,8 @@ impl Metrics {
             "Upstream calls saved by request deduplication",
         )?;
         r.register(Box::new(deduplicated.clone()))?;
-        Ok(Self {
+        let mut metrics = Self {
+            endpoints: Vec::new(),
             http_requests: counter(
                 &r,
                 "hapax_http_requests_total",
@@ -188,8 +216,58 @@ impl Metrics {
                 r.register(Box::new(metric.clone()))?;
                 metric
             },
+            load_shed: counter(
+                &r,
+                "hapax_load_shed_total",
+                "Requests refused with 503 because the node was at its cap of requests in flight",
+                &["endpoint"],
+            )?,
+            tcp_connections: {
+                let metric = IntGauge::new("hapax_tcp_connections", "TCP connections open")?;
+                r.register(Box::new(metric.clone()))?;
+                metric
+            },
+            tcp_connections_refused: {
+                let metric = IntCounter::new(
+                    "hapax_tcp_connections_refused_total",
+                    "TCP connections closed at once because server.max_connections were open",
+                )?;
+                r.register(Box::new(metric.clone()))?;
+                metric
+            },
             registry: r,
-        })
+        };
+        metrics.endpoints = ENDPOINTS
+            .iter()
+            .map(|endpoint| {
+                Ok(EndpointHandles {
+                    active: metrics
+                        .http_active
+                        .get_metric_with_label_values(&[endpoint])?,
+                    duration: metrics
+                        .http_duration
+                        .get_metric_with_label_values(&[endpoint])?,
+                    ok: [
+                        metrics.http_requests.get_metric_with_label_values(&[
+                            endpoint,
+                            "200",
+                            PROTOCOLS[0],
+                        ])?,
+                        metrics.http_requests.get_metric_with_label_values(&[
+                            endpoint,
+                            "200",
+                            PROTOCOLS[1],
+                        ])?,
+                        metrics.http_requests.get_metric_with_label_values(&[
+                            endpoint,
+                            "200",
+                            PROTOCOLS[2],
+                        ])?,
+                    ],
+                })
+            })
+            .collect::<Result<_, prometheus::Error>>()?;
+        Ok(metrics)
     }
 
     /// The registry, for other crates' metrics (the cluster's).

@@ -9,6 +9,7 @@ use crate::*;
 
 mod cache;
 mod checks;
+mod overload;
 
 const SEED: &str = include_str!("../../tests/fixtures/seed-example.yaml");
 const HAPAX: &str = include_str!("../../tests/fixtures/hapax-style.yaml");

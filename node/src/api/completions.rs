@@ -97,22 +97,30 @@ pub async fn completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_json_body(&app, &headers, body).await?;
-    let value: Value = parse_json(&bytes)?;
-    let legacy = value.as_object().is_some_and(|o| o.contains_key("prompt"));
-    if legacy {
-        let request: LegacyCompletionRequest = parse_json(&bytes)?;
-        return legacy_completion(app, caller, request, &headers).await;
+    match parse_completion_body(&bytes)? {
+        CompletionBody::Hapax(request) => hapax_completion(app, caller, request, &headers).await,
+        CompletionBody::Legacy(request) => legacy_completion(app, caller, request, &headers).await,
     }
-    let request: HapaxCompletionRequest = parse_json(&bytes)?;
-    hapax_completion(app, caller, request, &headers).await
 }
 
-async fn hapax_completion(
-    app: Arc<App>,
-    caller: Arc<Caller>,
-    body: HapaxCompletionRequest,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+/// A `/v1/completions` body, by form, as the chat request it stands for (not yet validated).
+pub enum CompletionBody {
+    Hapax(ChatRequest),
+    Legacy(ChatRequest),
+}
+
+/// Parses either body form: a top-level `prompt` means OpenAI's legacy form.
+pub fn parse_completion_body(bytes: &[u8]) -> Result<CompletionBody, ApiError> {
+    let value: Value = parse_json(bytes)?;
+    if value.as_object().is_some_and(|o| o.contains_key("prompt")) {
+        let body: LegacyCompletionRequest = parse_json(bytes)?;
+        return legacy_chat_request(body).map(CompletionBody::Legacy);
+    }
+    let body: HapaxCompletionRequest = parse_json(bytes)?;
+    hapax_chat_request(body).map(CompletionBody::Hapax)
+}
+
+fn hapax_chat_request(body: HapaxCompletionRequest) -> Result<ChatRequest, ApiError> {
     let messages = match (body.messages, body.input) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -134,13 +142,21 @@ async fn hapax_completion(
             ));
         }
     };
-    let request = ChatRequest {
+    Ok(ChatRequest {
         model: body.model,
         messages,
         max_tokens: body.max_tokens,
         temperature: body.temperature,
         ..Default::default()
-    };
+    })
+}
+
+async fn hapax_completion(
+    app: Arc<App>,
+    caller: Arc<Caller>,
+    request: ChatRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
     let request_id = current_request_id();
     let payload = HapaxCompletionResponse {
@@ -179,12 +195,7 @@ async fn run_plain(
     Ok((served, shared, cache))
 }
 
-async fn legacy_completion(
-    app: Arc<App>,
-    caller: Arc<Caller>,
-    body: LegacyCompletionRequest,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+fn legacy_chat_request(body: LegacyCompletionRequest) -> Result<ChatRequest, ApiError> {
     let prompt = match body.prompt {
         Prompt::One(p) => p,
         Prompt::Many(mut many) if many.len() == 1 => many.remove(0),
@@ -194,11 +205,10 @@ async fn legacy_completion(
             ));
         }
     };
-    let stream = body.stream.unwrap_or(false);
-    let request = ChatRequest {
+    Ok(ChatRequest {
         model: body.model,
         messages: vec![ChatMessage::new(Role::User, prompt)],
-        stream: Some(stream),
+        stream: Some(body.stream.unwrap_or(false)),
         max_tokens: body.max_tokens,
         temperature: body.temperature,
         top_p: body.top_p,
@@ -206,8 +216,16 @@ async fn legacy_completion(
         seed: body.seed,
         n: body.n,
         ..Default::default()
-    };
-    if !stream {
+    })
+}
+
+async fn legacy_completion(
+    app: Arc<App>,
+    caller: Arc<Caller>,
+    request: ChatRequest,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if !request.is_stream() {
         let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
         let r = &served.response;
         let choices: Vec<Value> = r

@@ -1,9 +1,9 @@
 //! Upstream providers: one trait, one file per wire format.
 
-mod anthropic;
+pub(crate) mod anthropic;
 mod http;
 mod mock;
-mod ollama;
+pub(crate) mod ollama;
 mod openai;
 pub mod redact;
 pub mod sse;

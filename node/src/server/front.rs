@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::h3::{self, Http3Settings};
+use super::overload::ConnectionLimit;
 use super::{ListenerSettings, TcpOptions, tls};
 
 /// How long clients may remember that HTTP/3 is offered (`Alt-Svc: ...; ma=`), in seconds.
@@ -25,6 +26,7 @@ pub struct Front {
     settings: ListenerSettings,
     tcp_tls: Option<TlsAcceptor>,
     http3: Option<(quinn::Endpoint, Http3Settings)>,
+    connections: Option<Arc<ConnectionLimit>>,
 }
 
 impl Front {
@@ -62,7 +64,14 @@ impl Front {
             settings,
             tcp_tls,
             http3,
+            connections: None,
         })
+    }
+
+    /// Caps the open TCP connections: past `limit`, new ones are accepted and closed at once.
+    pub fn limit_connections(mut self, limit: Arc<ConnectionLimit>) -> Self {
+        self.connections = Some(limit);
+        self
     }
 
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
@@ -104,6 +113,7 @@ impl Front {
         let options = TcpOptions {
             tls: self.tcp_tls,
             alt_svc,
+            connections: self.connections,
         };
         let tcp = super::serve_tcp(
             self.tcp,

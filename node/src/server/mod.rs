@@ -6,6 +6,7 @@
 pub mod front;
 pub mod h3;
 pub mod observe;
+pub mod overload;
 pub mod request_id;
 pub mod tls;
 
@@ -31,16 +32,19 @@ use crate::api;
 use crate::app::App;
 use crate::error::ApiError;
 use observe::ClientName;
+use overload::ConnectionLimit;
 
 /// The whole API. Layers run outside-in: observe (request id, metrics, log) -> early data
-/// (HTTP/3 0-RTT: 425 for unsafe methods) -> auth (per route group) -> handler (body
-/// limits, validation, admission, routing).
+/// (HTTP/3 0-RTT: 425 for unsafe methods) -> load shedding (client API only: 503 past the
+/// cap on requests in flight) -> auth (per route group) -> handler (body limits, validation,
+/// admission, routing).
 pub fn router(app: Arc<App>) -> Router {
     let client_api = Router::new()
         .route("/v1/chat/completions", post(api::chat::chat_completions))
         .route("/v1/completions", post(api::completions::completions))
         .route("/v1/models", get(api::models::list_models))
-        .route_layer(from_fn_with_state(Arc::clone(&app), require_client));
+        .route_layer(from_fn_with_state(Arc::clone(&app), require_client))
+        .route_layer(from_fn_with_state(Arc::clone(&app), overload::shed_load));
     let admin_api = Router::new()
         .route("/admin/breakers", get(api::admin::list_breakers))
         .route(
@@ -120,6 +124,8 @@ pub struct TcpOptions {
     pub tls: Option<TlsAcceptor>,
     /// Added to every response, e.g. `h3=":8443"; ma=86400` to announce HTTP/3.
     pub alt_svc: Option<HeaderValue>,
+    /// The cap on open connections; past it a new one is accepted and closed at once.
+    pub connections: Option<Arc<ConnectionLimit>>,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight
@@ -181,11 +187,23 @@ pub async fn serve_tcp(
                         continue;
                     }
                 };
+                // Over the connection cap: closed at once, so the client fails fast.
+                let slot = match options.connections.as_deref() {
+                    Some(limit) => match limit.try_admit() {
+                        Some(slot) => Some(slot),
+                        None => {
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(router.clone());
                 let Some(acceptor) = options.tls.clone() else {
                     let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, "connection ended with an error");
                         }
@@ -198,7 +216,10 @@ pub async fn serve_tcp(
                     watcher: graceful.watcher(),
                     handshake_timeout: settings.header_read_timeout,
                 };
-                tokio::spawn(tls.serve(stream, service));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    tls.serve(stream, service).await;
+                });
             }
             () = &mut shutdown => break,
         }

@@ -22,15 +22,28 @@ use crate::error::ErrorMarker;
 
 /// Endpoint labels are a fixed set, so metric cardinality stays bounded.
 pub fn endpoint_label(path: &str) -> &'static str {
+    crate::metrics::ENDPOINTS[endpoint_index(path)]
+}
+
+/// Index of the endpoint in [`crate::metrics::ENDPOINTS`].
+pub fn endpoint_index(path: &str) -> usize {
     match path {
-        "/v1/chat/completions" => "/v1/chat/completions",
-        "/v1/completions" => "/v1/completions",
-        "/v1/models" => "/v1/models",
-        "/health" => "/health",
-        "/v1/health" => "/v1/health",
-        "/metrics" => "/metrics",
-        p if p.starts_with("/admin/") => "/admin",
-        _ => "other",
+        "/v1/chat/completions" => 0,
+        "/v1/completions" => 1,
+        "/v1/models" => 2,
+        "/health" => 3,
+        "/v1/health" => 4,
+        "/metrics" => 5,
+        p if p.starts_with("/admin/") => 6,
+        _ => 7,
+    }
+}
+
+fn protocol_index(version: Version) -> usize {
+    match version {
+        Version::HTTP_2 => 1,
+        Version::HTTP_3 => 2,
+        _ => 0,
     }
 }
 
@@ -61,11 +74,13 @@ pub struct Streamed;
 pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id::from_headers(request.headers());
-    let endpoint = endpoint_label(request.uri().path());
+    let endpoint_index = endpoint_index(request.uri().path());
+    let endpoint = crate::metrics::ENDPOINTS[endpoint_index];
     let method = request.method().clone();
-    let protocol = protocol_label(request.version());
-    let active = app.metrics.http_active.with_label_values(&[endpoint]);
-    active.inc();
+    let version = request.version();
+    let protocol = protocol_label(version);
+    let handles = &app.metrics.endpoints[endpoint_index];
+    handles.active.inc();
     let span =
         tracing::info_span!("request", request_id = %id, endpoint, method = %method, protocol);
     let mut response =
@@ -79,7 +94,8 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
         protocol,
         status: response.status().as_u16(),
         started,
-        active,
+        endpoint_index,
+        protocol_index: protocol_index(version),
         span,
         error: response.extensions().get::<ErrorMarker>().map(|m| m.0),
         served: response.extensions().get::<ServedBy>().cloned(),
@@ -105,7 +121,8 @@ struct Record {
     protocol: &'static str,
     status: u16,
     started: Instant,
-    active: prometheus::IntGauge,
+    endpoint_index: usize,
+    protocol_index: usize,
     span: tracing::Span,
     error: Option<&'static str>,
     served: Option<ServedBy>,
@@ -115,16 +132,18 @@ struct Record {
 impl Record {
     fn finish(self, streamed: bool) {
         let elapsed = self.started.elapsed();
-        self.active.dec();
         let metrics = &self.app.metrics;
-        metrics
-            .http_requests
-            .with_label_values(&[self.endpoint, status_label(self.status), self.protocol])
-            .inc();
-        metrics
-            .http_duration
-            .with_label_values(&[self.endpoint])
-            .observe(elapsed.as_secs_f64());
+        let handles = &metrics.endpoints[self.endpoint_index];
+        handles.active.dec();
+        if self.status == 200 {
+            handles.ok[self.protocol_index].inc();
+        } else {
+            metrics
+                .http_requests
+                .with_label_values(&[self.endpoint, status_label(self.status), self.protocol])
+                .inc();
+        }
+        handles.duration.observe(elapsed.as_secs_f64());
         if let Some(kind) = self.error {
             metrics.errors.with_label_values(&[kind]).inc();
         }

@@ -1,0 +1,51 @@
+//! Entry points for the fuzz targets in `fuzz/`: the pure parts of the request path and of
+//! the stream translators, reachable without a running gateway. Not an API.
+
+use crate::providers::{ProviderError, StreamItem, anthropic, ollama};
+use crate::wire::openai::ChatRequest;
+
+pub use crate::api::body::parse_json;
+pub use crate::api::completions::{CompletionBody, parse_completion_body};
+pub use crate::api::validate::validate_chat;
+pub use crate::providers::sse::{NdjsonDecoder, SseDecoder, SseEvent};
+
+/// OpenAI request -> Anthropic `/v1/messages` body, serialized as it would be sent.
+pub fn anthropic_request_body(request: &ChatRequest) -> Result<Vec<u8>, ProviderError> {
+    let body = anthropic::to_messages_request(request, "claude-fuzz", 1024, request.is_stream())?;
+    serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidResponse(e.to_string()))
+}
+
+/// Anthropic's stream events -> OpenAI chunks.
+pub struct AnthropicStream(anthropic::StreamTranslator);
+
+impl AnthropicStream {
+    pub fn new(include_usage: bool) -> Self {
+        Self(anthropic::StreamTranslator::new(
+            "claude-fuzz".into(),
+            include_usage,
+        ))
+    }
+
+    /// Items for one event; `Ok(None)` marks the end of the message.
+    pub fn translate(
+        &mut self,
+        event: Option<&str>,
+        data: &str,
+    ) -> Result<Option<Vec<StreamItem>>, ProviderError> {
+        self.0.translate(event, data)
+    }
+}
+
+/// Ollama's NDJSON lines -> OpenAI chunks.
+pub struct OllamaStream(ollama::LineTranslator);
+
+impl OllamaStream {
+    pub fn new(include_usage: bool) -> Self {
+        Self(ollama::LineTranslator::new(include_usage))
+    }
+
+    /// Items for one line, and whether it was the last.
+    pub fn translate(&mut self, line: &[u8]) -> Result<(Vec<StreamItem>, bool), ProviderError> {
+        self.0.translate(line)
+    }
+}
