@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+const X_HAPAX_PROVIDER: HeaderName = HeaderName::from_static("x-hapax-provider");
+const X_HAPAX_ATTEMPTS: HeaderName = HeaderName::from_static("x-hapax-attempts");
+const X_HAPAX_DEDUPLICATED: HeaderName = HeaderName::from_static("x-hapax-deduplicated");
 use axum::response::Response;
 
 use crate::app::App;
@@ -157,11 +161,11 @@ pub fn decorate(
 ) {
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&served.provider) {
-        headers.insert("x-hapax-provider", value);
+        headers.insert(X_HAPAX_PROVIDER, value);
     }
-    headers.insert("x-hapax-attempts", HeaderValue::from(served.attempts));
+    headers.insert(X_HAPAX_ATTEMPTS, HeaderValue::from(served.attempts));
     if shared {
-        headers.insert("x-hapax-deduplicated", HeaderValue::from_static("true"));
+        headers.insert(X_HAPAX_DEDUPLICATED, HeaderValue::from_static("true"));
     }
     if let Some(limits) = limits {
         limits.apply(headers);

@@ -8,7 +8,7 @@ use crate::wire::openai::ChatRequest;
 
 /// The request header that opts a request in (`on`) or out (`off`); responses carry the same
 /// name with `hit`, `miss` or `bypass`.
-pub const HEADER: &str = "x-hapax-cache";
+pub const HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-hapax-cache");
 
 /// Bumped when the key recipe or the stored format changes, so old entries are never read.
 const KEY_VERSION: &[u8] = b"hapax-cache/1";
@@ -84,7 +84,7 @@ impl Directives {
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut directives = Self::default();
         for value in headers
-            .get_all(HEADER)
+            .get_all(&HEADER)
             .iter()
             .filter_map(|v| v.to_str().ok())
         {

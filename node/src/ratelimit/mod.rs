@@ -10,7 +10,15 @@ mod local;
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+// Header names parsed once, not per response.
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const X_RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
 
 pub use self::leased::{LeaseError, LeasedRateLimiter, QuotaLedger};
 pub use self::local::LocalRateLimiter;
@@ -51,14 +59,14 @@ pub struct RateLimitHeaders {
 
 impl RateLimitHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset_secs));
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(self.reset_secs));
         if let Some(limit) = self.token_limit {
-            headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(limit));
+            headers.insert(X_RATELIMIT_LIMIT_TOKENS, HeaderValue::from(limit));
         }
         if let Some(remaining) = self.token_remaining {
-            headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(remaining));
+            headers.insert(X_RATELIMIT_REMAINING_TOKENS, HeaderValue::from(remaining));
         }
     }
 }

@@ -233,3 +233,44 @@ fn min_index(deployments: &[Deployment], key: impl Fn(&Deployment) -> u64, retry
         .unwrap_or(0);
     (best + retry) % n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(inflight: u32, latency_us: u64) -> Deployment {
+        let d = Deployment::new(Endpoint {
+            base_url: String::new(),
+            api_key: None,
+        });
+        d.inflight.store(inflight, Ordering::Relaxed);
+        d.latency_ewma_us.store(latency_us, Ordering::Relaxed);
+        d
+    }
+
+    #[test]
+    fn least_inflight_and_latency_pick_the_lightest_deployment_and_retries_move_on() {
+        let ds = vec![deployment(5, 900), deployment(1, 300), deployment(3, 100)];
+        let by_inflight = |d: &Deployment| u64::from(d.inflight.load(Ordering::Acquire));
+        let by_latency = |d: &Deployment| d.latency_ewma_us.load(Ordering::Acquire);
+        assert_eq!(min_index(&ds, by_inflight, 0), 1);
+        assert_eq!(min_index(&ds, by_latency, 0), 2);
+        assert_eq!(
+            min_index(&ds, by_latency, 1),
+            0,
+            "a retry takes the next deployment"
+        );
+        let guard = ds[1].enter();
+        assert_eq!(ds[1].inflight.load(Ordering::Acquire), 2);
+        drop(guard);
+        assert_eq!(ds[1].inflight.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn deployment_latency_is_an_ewma() {
+        let d = deployment(0, 0);
+        d.observe(Duration::from_micros(1000));
+        d.observe(Duration::from_micros(2000));
+        assert_eq!(d.latency_ewma_us.load(Ordering::Acquire), 1200);
+    }
+}

@@ -81,8 +81,13 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
     let protocol = protocol_label(version);
     let handles = &app.metrics.endpoints[endpoint_index];
     handles.active.inc();
-    let span =
-        tracing::info_span!("request", request_id = %id, endpoint, method = %method, protocol);
+    let span = tracing::info_span!(
+        "request",
+        request_id = &*id,
+        endpoint,
+        method = method.as_str(),
+        protocol
+    );
     let mut response =
         request_id::scope(Arc::clone(&id), next.run(request).instrument(span.clone())).await;
     if let Ok(value) = HeaderValue::from_str(&id) {

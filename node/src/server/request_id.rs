@@ -10,14 +10,14 @@ tokio::task_local! {
     static REQUEST_ID: Arc<str>;
 }
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 static PREFIX: LazyLock<u32> = LazyLock::new(rand::random);
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// The incoming id when it is short and made of safe characters; otherwise a new one.
 pub fn from_headers(headers: &HeaderMap) -> Arc<str> {
-    if let Some(incoming) = headers.get(HEADER).and_then(|v| v.to_str().ok())
+    if let Some(incoming) = headers.get(&HEADER).and_then(|v| v.to_str().ok())
         && is_sane(incoming)
     {
         return Arc::from(incoming);
@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn keeps_sane_ids_and_replaces_others() {
         let mut h = HeaderMap::new();
-        h.insert(HEADER, axum::http::HeaderValue::from_static("abc-123"));
+        h.insert(
+            HEADER.clone(),
+            axum::http::HeaderValue::from_static("abc-123"),
+        );
         assert_eq!(&*from_headers(&h), "abc-123");
         h.insert(
             HEADER,
