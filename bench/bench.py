@@ -7,6 +7,9 @@ Three targets, measured side by side in one invocation so the machine's noise is
   nginx  : the load generator -> nginx (proxy_pass, upstream keepalive) -> the same mock
   hapax  : the load generator -> one hapax node (auth on, rate limits, metrics, info logs) -> the same mock
 "Added latency" is a target's percentile minus direct's percentile in the same round.
+Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
+beside the single node) and run_h3 (one node with HTTP/3 on, bench/h3load over HTTP/1.1 and
+HTTP/3); both skipped by --smoke.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -343,21 +347,25 @@ class Loader:
 # ---------------------------------------------------------------- measurements
 
 
-def measured(rig: Rig, target: str, fn):
-    """Runs fn() and adds the target process's CPU time to its result."""
+def measured(rig, target: str, fn):
+    """Runs fn() and adds the target's CPU time to its result (rig.pid(target): one pid, a
+    list of pids whose CPU is summed, or None)."""
     pid = rig.pid(target)
-    c0 = cpu_seconds(pid) if pid else None
+    pids = [] if not pid else [pid] if isinstance(pid, int) else list(pid)
+    c0 = sum(cpu_seconds(p) for p in pids)
     t0 = time.monotonic()
     res = fn()
-    if pid:
-        res["cpu_s"] = cpu_seconds(pid) - c0
+    if pids:
+        res["cpu_s"] = sum(cpu_seconds(p) for p in pids) - c0
         res["cpu_pct"] = 100 * res["cpu_s"] / max(time.monotonic() - t0, 1e-9)
         ok = res.get("requests", 0) - res.get("errors", 0)
         res["cpu_ms_per_1k"] = res["cpu_s"] * 1000 / ok * 1000 if ok else None
     return res
 
 
-def fixed_rate(rig: Rig, loader: Loader, rates: list[int], latencies: list[int], duration: float) -> list[dict]:
+def fixed_rate(rig, loader, rates: list[int], latencies: list[int], duration: float) -> list[dict]:
+    """rig: urls() / pid(target) / fault(); loader: .run(url, duration, conns, rate) or, per
+    target, rig.load(target, duration, conns, rate) when rig has one."""
     rows = []
     targets = list(rig.urls())
     round_no = 0
@@ -372,7 +380,7 @@ def fixed_rate(rig: Rig, loader: Loader, rates: list[int], latencies: list[int],
             conns = max(50, rate * (lat + 5) // 1000 * 4)
             res = {}
             for t in order:
-                res[t] = measured(rig, t, lambda t=t: loader.run(rig.urls()[t], duration, conns, rate))
+                res[t] = measured(rig, t, lambda t=t: load_via(rig, loader, t, duration, conns, rate))
                 log(f"  {lat:>2} ms mock, {rate} rps, {t:<6}: p50 {us(res[t]['p50'])} p90 {us(res[t]['p90'])} "
                     f"p99 {us(res[t]['p99'])} errors {res[t]['errors']}/{res[t]['requests']}")
             rows.append({"latency_ms": lat, "rate": rate, "results": res})
@@ -380,12 +388,19 @@ def fixed_rate(rig: Rig, loader: Loader, rates: list[int], latencies: list[int],
     return rows
 
 
-def max_throughput(rig: Rig, loader: Loader, levels: list[int], duration: float) -> dict:
+def load_via(rig, loader, target: str, duration: float, conns: int, rate: int | None = None) -> dict:
+    if hasattr(rig, "load"):
+        return rig.load(target, duration, conns, rate)
+    return loader.run(rig.urls()[target], duration, conns, rate)
+
+
+def max_throughput(rig, loader, levels: list[int], duration: float) -> dict:
     rig.fault()
     out: dict[str, list] = {t: [] for t in rig.urls()}
-    for c in levels:
-        for t in rig.urls():
-            r = measured(rig, t, lambda t=t: loader.run(rig.urls()[t], duration, c))
+    for i, c in enumerate(levels):
+        targets = list(rig.urls())
+        for t in targets[i % len(targets):] + targets[:i % len(targets)]:
+            r = measured(rig, t, lambda t=t: load_via(rig, loader, t, duration, c))
             r["concurrency"] = c
             out[t].append(r)
             log(f"  closed loop c={c:<4} {t:<6}: {r['rps']:.0f} rps, errors {r['errors']}/{r['requests']}, "
@@ -433,16 +448,323 @@ def hold(rig: Rig, n: int, words: int, chunk_delay: int) -> dict:
     return res
 
 
-def run_cluster() -> dict:
-    """Hook: 3-node cluster throughput loss vs one node (issue: cluster + docker-compose)."""
-    print("run_cluster: not yet available (needs the 3-node cluster)", flush=True)
-    return {"available": False}
+CLUSTER_SECRET = "hapax-bench-cluster-secret-0123456789"
+
+CLUSTER_BLOCK = """\
+cluster:
+  node_id: {name}
+  cluster_id: bench
+  gossip_listen: "127.0.0.1:0"
+  grpc_listen: "127.0.0.1:0"
+  data_dir: "{data}"
+  seeds: [{seeds}]
+  bootstrap_expect: 3
+  secret: "{secret}"
+"""
+
+LB_CONFIG = """\
+# round robin over the three nodes, keepalive to each (the load balancer in front of a cluster)
+worker_processes 1;
+pid {dir}/lb.pid;
+error_log {dir}/lb-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/lb-body;
+  proxy_temp_path {dir}/lb-proxy;
+  fastcgi_temp_path {dir}/lb-fastcgi;
+  uwsgi_temp_path {dir}/lb-uwsgi;
+  scgi_temp_path {dir}/lb-scgi;
+  keepalive_requests 1000000;
+  upstream hapax {{
+{servers}
+    keepalive 512;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://hapax;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
 
 
-def run_h3() -> dict:
-    """Hook: the same fixed-rate and stream runs over HTTP/3 (issue: HTTP/3)."""
-    print("run_h3: not yet available (needs HTTP/3 on the front and an h3 load generator)", flush=True)
-    return {"available": False}
+def cluster_health(addr: str) -> dict:
+    req = urllib.request.Request(f"http://{addr}/v1/health", headers={"Authorization": f"Bearer {KEY}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # 503 still carries the body
+        return json.loads(e.read())
+
+
+def cluster_ready(h: dict, n: int) -> tuple[bool, str]:
+    """n members alive, a Raft leader and n voters, as /v1/health shows them."""
+    c = h.get("cluster") or {}
+    alive = [m.get("node_id") for m in c.get("members") or [] if m.get("liveness") == "alive"]
+    raft = (c.get("raft") or {}).get("status") or {}
+    leader = raft.get("leader_id")
+    voters = raft.get("voters") or []
+    ok = len(alive) >= n and leader is not None and len(voters) >= n
+    return ok, f"alive {len(alive)}/{n}, leader {leader}, voters {len(voters)}"
+
+
+class Cluster:
+    """Three `hapax serve` nodes on loopback, the same config as the single node plus a
+    `cluster:` block, in front of the rig's mock; optionally nginx round robin over them.
+    Targets: direct and the single node (the rig's, for the same-round comparison),
+    `cluster-node` (node 1 alone) and `cluster-lb` (nginx -> all three)."""
+
+    def __init__(self, rig: Rig, hapax: str, workdir: Path, with_lb: bool, patience: float = 90.0):
+        self.rig = rig
+        self.dir = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))  # fresh Raft data every time
+        self.nodes: list[Proc] = []
+        self.addrs: list[str] = []
+        self.lb: Proc | None = None
+        self.lb_addr: str | None = None
+        gossip1 = None
+        t_start = time.monotonic()
+        for i in range(3):
+            name = f"node{i + 1}"
+            data = self.dir / f"{name}-data"
+            data.mkdir(exist_ok=True)
+            cfg = self.dir / f"{name}.yaml"
+            cfg.write_text(GATEWAY_CONFIG.format(mock=rig.mock_addr, key=KEY) + CLUSTER_BLOCK.format(
+                name=name, data=data, seeds=f'"{gossip1}"' if gossip1 else "", secret=CLUSTER_SECRET))
+            # the node under test (node1) gets core 0; the other two share core 1 with the mock
+            core = GATEWAY_CORE if i == 0 else CLIENT_CORE
+            proc = Proc(f"cluster-{name}", taskset(core) + [hapax, "serve", "--config", str(cfg)], self.dir,
+                        r"hapax listening http=(\S+).*?gossip=(\S+) grpc=(\S+)")
+            self.nodes.append(proc)
+            self.addrs.append(proc.match.group(1))  # type: ignore[union-attr]
+            if i == 0:
+                gossip1 = proc.match.group(2)  # type: ignore[union-attr]
+            log(f"cluster {name} http={self.addrs[-1]} gossip={proc.match.group(2)} "  # type: ignore[union-attr]
+                f"grpc={proc.match.group(3)} (pid {proc.pid}, core {core})")
+        end = time.monotonic() + patience
+        state = ""
+        while True:
+            ok_all, states = True, []
+            for a in self.addrs:
+                try:
+                    ok, st = cluster_ready(cluster_health(a), 3)
+                except (OSError, ValueError) as e:
+                    ok, st = False, str(e)
+                ok_all &= ok
+                states.append(st)
+            state = "; ".join(states)
+            if ok_all:
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"cluster did not converge in {patience:.0f} s: {state}")
+            time.sleep(0.5)
+        self.formed_s = time.monotonic() - t_start
+        self.formed = state.split(";")[0]
+        log(f"cluster formed in {self.formed_s:.1f} s: {self.formed}")
+        if with_lb:
+            port = free_port()
+            conf = self.dir / "lb.conf"
+            servers = "\n".join(f"    server {a};" for a in self.addrs)
+            conf.write_text(LB_CONFIG.format(dir=self.dir, port=port, servers=servers))
+            # the load balancer shares core 0 with node1: then each core carries a share of the nodes
+            self.lb = Proc("cluster-lb", taskset(GATEWAY_CORE) + [shutil.which("nginx") or "nginx", "-p", str(self.dir),
+                           "-c", str(conf), "-g", "daemon off;"], self.dir, None)
+            wait_port(port)
+            self.lb_addr = f"127.0.0.1:{port}"
+            log(f"nginx load balancer on {self.lb_addr} (pid {self.lb.pid}) -> {', '.join(self.addrs)}")
+        for url in self.urls().values():
+            asyncio.run(sc.plain_load(url, 3, 0.3, KEY))
+
+    def urls(self) -> dict[str, str]:
+        u = {"direct": f"http://{self.rig.mock_addr}", "hapax": f"http://{self.rig.gw_addr}",
+             "cluster-node": f"http://{self.addrs[0]}"}
+        if self.lb_addr:
+            u["cluster-lb"] = f"http://{self.lb_addr}"
+        return u
+
+    def pid(self, target: str):
+        return {"hapax": self.rig.gw.pid, "cluster-node": self.nodes[0].pid,
+                # the cluster's cost per request: the three nodes (not nginx)
+                "cluster-lb": [n.pid for n in self.nodes]}.get(target)
+
+    def fault(self, **fields) -> None:
+        self.rig.fault(**fields)
+
+    def stop(self) -> None:
+        for p in [self.lb, *reversed(self.nodes)]:
+            if p:
+                p.stop()
+
+
+def run_cluster(rig: Rig | None = None, loader: Loader | None = None, hapax: str = "", workdir: Path | None = None,
+                rates: list[int] | None = None, latencies: list[int] | None = None, levels: list[int] | None = None,
+                duration: float = 10, with_lb: bool = True, skip: str = "") -> dict:
+    """3-node cluster: the same fixed-rate and closed-loop runs as the single node, through
+    node 1 alone and through nginx round robin over the three, side by side with the single
+    node and direct (same rounds, rotating order)."""
+    if skip or rig is None or loader is None or workdir is None:
+        print(f"run_cluster: skipped ({skip or 'no rig'})", flush=True)
+        return {"available": False, "why": skip or "no rig"}
+    log("3-node cluster")
+    cl = None
+    try:
+        cl = Cluster(rig, hapax, workdir, with_lb=with_lb)
+        out: dict = {"available": True, "lb": "nginx" if cl.lb else None, "formed": cl.formed,
+                     "formed_s": cl.formed_s}
+        time.sleep(1.0)
+        out["rss_node_idle"] = rss_mib(cl.nodes[0].pid)
+        log("cluster: warm-up")
+        for t in cl.urls():
+            loader.run(cl.urls()[t], min(duration, 2), 16)
+        log("cluster: fixed rates (open loop)")
+        out["fixed_rate"] = fixed_rate(cl, loader, rates or [2000], latencies or [0], duration)
+        log("cluster: max throughput (closed loop)")
+        runs = max_throughput(cl, loader, levels or [64], duration)
+        out["max"] = {"runs": runs, **{f"best_{t}": best(v) for t, v in runs.items()}}
+        bn, bs = out["max"].get("best_cluster-node"), out["max"].get("best_hapax")
+        out["loss"] = (1 - bn["rps"] / bs["rps"]) if bn and bs and bs["rps"] else None
+        # the same comparison by CPU cost per request (independent of what capped the rate)
+        cn = [r["cpu_ms_per_1k"] for r in runs.get("cluster-node", []) if r.get("cpu_ms_per_1k")]
+        cs = [r["cpu_ms_per_1k"] for r in runs.get("hapax", []) if r.get("cpu_ms_per_1k")]
+        out["cpu_node_vs_single"] = (sum(cn) / len(cn)) / (sum(cs) / len(cs)) if cn and cs else None
+        out["after"] = cluster_ready(cluster_health(cl.addrs[0]), 3)[1]
+        for i, n in enumerate(cl.nodes):
+            if n.p.poll() is not None:
+                raise RuntimeError(f"cluster node{i + 1} exited during the run")
+        if out["loss"] is not None:
+            log(f"cluster: node throughput {bn['rps']:.0f} rps vs single {bs['rps']:.0f} rps: "
+                f"loss {100 * out['loss']:.1f}%")
+        return out
+    except Exception as e:  # noqa: BLE001
+        log(f"run_cluster failed: {e}")
+        return {"available": False, "why": f"failed: {e}"}
+    finally:
+        if cl:
+            cl.stop()
+
+
+H3_CONFIG_EXTRA = """\
+  http3:
+    enabled: true
+    port: 0
+    tls_cert_file: "{cert}"
+    tls_key_file: "{key}"
+"""
+
+
+class H3Rig:
+    """One node with `server.http3` on (same config as the single node otherwise), measured
+    by bench/h3load over HTTP/1.1 (TCP) and HTTP/3 (QUIC), beside direct (h3load HTTP/1.1 ->
+    the mock). The same tool for all three, so the difference is the protocol's."""
+
+    H3_MAX_CONNS = 16  # QUIC connections per run: min(concurrency, 16), requests multiplexed on them
+
+    def __init__(self, rig: Rig, hapax: str, h3load: str, workdir: Path):
+        self.rig, self.h3load = rig, h3load
+        self.dir = Path(tempfile.mkdtemp(prefix="h3-", dir=workdir))
+        certs = self.dir / "certs"
+        r = subprocess.run([hapax, "gen-cert", "--out", str(certs)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"hapax gen-cert failed: {r.stderr[-500:]}")
+        self.cacert = certs / "cert.pem"
+        base = GATEWAY_CONFIG.format(mock=rig.mock_addr, key=KEY).replace(
+            "server: {host: 127.0.0.1, port: 0, shutdown_timeout: 2s}\n",
+            "server:\n  host: 127.0.0.1\n  port: 0\n  shutdown_timeout: 2s\n"
+            + H3_CONFIG_EXTRA.format(cert=self.cacert, key=certs / "key.pem"))
+        assert "http3" in base
+        cfg = self.dir / "hapax-h3.yaml"
+        cfg.write_text(base)
+        self.gw = Proc("hapax-h3", taskset(GATEWAY_CORE) + [hapax, "serve", "--config", str(cfg)], self.dir,
+                       r"hapax listening http=(\S+) h3=(\S+)")
+        self.http_addr, self.h3_addr = self.gw.match.group(1), self.gw.match.group(2)  # type: ignore[union-attr]
+        log(f"hapax with HTTP/3: http={self.http_addr} h3={self.h3_addr} (pid {self.gw.pid})")
+        self.body = json.dumps(sc.chat_body(5, False))
+
+    def urls(self) -> dict[str, str]:
+        return {"direct": f"http://{self.rig.mock_addr}", "hapax-h1": f"http://{self.http_addr}",
+                "hapax-h3": f"https://{self.h3_addr}"}
+
+    def pid(self, target: str):
+        return self.gw.pid if target.startswith("hapax") else None
+
+    def fault(self, **fields) -> None:
+        self.rig.fault(**fields)
+
+    def load(self, target: str, duration: float, conns: int, rate: int | None = None, stream: bool = False,
+             words: int = 5) -> dict:
+        url = self.urls()[target] + sc.CHAT
+        body = self.body if not stream else json.dumps(sc.chat_body(words, True))
+        cmd = taskset(CLIENT_CORE) + [self.h3load, "--url", url, "--duration", str(duration),
+                                      "--concurrency", str(conns), "--body", body,
+                                      "-H", f"authorization: Bearer {KEY}", "-H", "x-hapax-dedup: off"]
+        if target.endswith("h3"):
+            cmd += ["--proto", "h3", "--cacert", str(self.cacert), "--connections", str(min(conns, self.H3_MAX_CONNS))]
+        else:
+            cmd += ["--proto", "h1"]
+        if rate is not None:
+            cmd += ["--rate", str(rate)]
+        if stream:
+            cmd.append("--stream")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        if r.returncode != 0:
+            raise RuntimeError(f"h3load failed: {r.stderr[-1000:]}")
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+        if j.get("errors") and j.get("error_kinds"):
+            log(f"    {target}: errors {j['error_kinds']}")
+        return j
+
+    def stop(self) -> None:
+        self.gw.stop()
+
+
+def run_h3(rig: Rig | None = None, loader: Loader | None = None, hapax: str = "", h3load: str | None = None,
+           workdir: Path | None = None, rates: list[int] | None = None, latencies: list[int] | None = None,
+           levels: list[int] | None = None, duration: float = 10, stream_conc: int = 20, skip: str = "") -> dict:
+    """HTTP/3 beside HTTP/1.1 through one node with `server.http3` on: added latency at fixed
+    rates, closed-loop throughput, CPU per 1000 requests, and stream TTFT."""
+    if not skip and not (h3load and os.access(h3load, os.X_OK)):
+        skip = "no h3load binary (bench/h3load did not build)"
+    if skip or rig is None or workdir is None:
+        print(f"run_h3: skipped ({skip or 'no rig'})", flush=True)
+        return {"available": False, "why": skip or "no rig"}
+    log("HTTP/3 vs HTTP/1.1 (bench/h3load for both)")
+    h = None
+    try:
+        h = H3Rig(rig, hapax, h3load, workdir)  # type: ignore[arg-type]
+        out: dict = {"available": True, "h3_max_conns": H3Rig.H3_MAX_CONNS}
+        log("h3: warm-up")
+        for t in h.urls():
+            h.load(t, min(duration, 2), 16)
+        log("h3: fixed rates (open loop)")
+        out["fixed_rate"] = fixed_rate(h, loader, rates or [2000], latencies or [0], duration)
+        log("h3: max throughput (closed loop)")
+        runs = max_throughput(h, loader, levels or [64], duration)
+        out["max"] = {"runs": runs, **{f"best_{t}": best(v) for t, v in runs.items()}}
+        log("h3: stream TTFT (closed loop, mock chunk_delay_ms 5, words:20)")
+        h.fault(chunk_delay_ms=5)
+        out["streams"] = {}
+        for t in h.urls():
+            r = measured(h, t, lambda t=t: h.load(t, duration, stream_conc, stream=True, words=20))
+            out["streams"][t] = r
+            log(f"  streams {t:<8}: {r['rps']:.0f} streams/s, TTFT p50 {us(r.get('ttft_p50'))} "
+                f"p99 {us(r.get('ttft_p99'))}, errors {r['errors']}/{r['requests']}")
+        h.fault()
+        out["stream_conc"] = stream_conc
+        if h.gw.p.poll() is not None:
+            raise RuntimeError("the HTTP/3 node exited during the run")
+        return out
+    except Exception as e:  # noqa: BLE001
+        log(f"run_h3 failed: {e}")
+        return {"available": False, "why": f"failed: {e}"}
+    finally:
+        if h:
+            h.stop()
 
 
 # ---------------------------------------------------------------- report
@@ -493,6 +815,151 @@ def verdict(value, target, lower_is_better=True) -> str:
     return "meets" if ok else "misses"
 
 
+def added_fn(fixed_rows: list[dict]):
+    """added(lat, rate, target, percentile): target minus direct in the same round."""
+    fr = {(x["latency_ms"], x["rate"]): x["results"] for x in fixed_rows}
+
+    def added(lat, rate, t, p):
+        res = fr.get((lat, rate), {})
+        if t not in res or "direct" not in res or res[t].get(p) is None or res["direct"].get(p) is None:
+            return None
+        return res[t][p] - res["direct"][p]
+    return added
+
+
+def fixed_rate_table(L: list[str], fixed_rows: list[dict]) -> None:
+    added = added_fn(fixed_rows)
+    L.append("| mock latency | rate | target | p50 | p90 | p99 | added p50 | added p90 | added p99 | errors | CPU ms / 1000 req |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in fixed_rows:
+        for t, v in x["results"].items():
+            cpu = v.get("cpu_ms_per_1k")
+            ad = ["—"] * 3 if t == "direct" else [us(added(x["latency_ms"], x["rate"], t, p)) for p in ("p50", "p90", "p99")]
+            L.append(f"| {x['latency_ms']} ms | {x['rate']} | {t} | {us(v['p50'])} | {us(v['p90'])} | {us(v['p99'])} | "
+                     f"{' | '.join(ad)} | {v['errors']}/{v['requests']} | {f'{cpu:.0f}' if cpu is not None else '—'} |")
+    L.append("")
+
+
+def throughput_table(L: list[str], runs: dict[str, list]) -> None:
+    L.append("| target | concurrency | req/s | errors | p50 | p99 | CPU ms / 1000 req | CPU % | one-core ceiling |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for t, rs in runs.items():
+        for v in rs:
+            cpu = v.get("cpu_ms_per_1k")
+            pct_ = v.get("cpu_pct")
+            ceil = f"{1e6 / cpu:.0f} rps" if cpu else "—"
+            L.append(f"| {t} | {v['concurrency']} | {v['rps']:.0f} | {v['errors']}/{v['requests']} | {us(v['p50'])} | "
+                     f"{us(v['p99'])} | {f'{cpu:.0f}' if cpu is not None else '—'} | "
+                     f"{f'{pct_:.0f}%' if pct_ is not None else '—'} | {ceil} |")
+    L.append("")
+
+
+def cluster_target_rows(c: dict) -> list[str]:
+    if not c.get("available"):
+        return [f"| 3-node cluster throughput loss | <= 10% | n/a | not measured ({c.get('why', 'not run')}) |"]
+    rows = []
+    bn, bs, bl = (c["max"].get(k) for k in ("best_cluster-node", "best_hapax", "best_cluster-lb"))
+    loss = c.get("loss")
+    cpu = c.get("cpu_node_vs_single")
+    if loss is not None:
+        got = (f"{100 * loss:.1f}% (node {bn['rps']:.0f} rps at c={bn['concurrency']} vs single {bs['rps']:.0f} rps "
+               f"at c={bs['concurrency']}, same rounds; CPU per request {cpu:.2f}x the single node's)"
+               if cpu else f"{100 * loss:.1f}% (node {bn['rps']:.0f} rps vs single {bs['rps']:.0f} rps)")
+        stand = verdict(loss, 0.10) + " (2 cores for 3 nodes + mock + load generator: see the cluster section)"
+        if loss < 0:
+            stand += "; negative: the cluster node was faster in this run, i.e. within the noise"
+    else:
+        got, stand = "n/a", "not measured (no run under 0.1% errors)"
+    rows.append(f"| 3-node cluster throughput loss, through one node vs the single node | <= 10% | {got} | {stand} |")
+    if bl and bs:
+        rows.append(f"| 3-node cluster behind nginx round robin, max throughput | — | {bl['rps']:.0f} rps "
+                    f"(single node {bs['rps']:.0f} rps) | measured (no target; all 3 nodes share the 2 cores) |")
+    return rows
+
+
+def h3_target_rows(h: dict) -> list[str]:
+    if not h.get("available"):
+        return [f"| HTTP/3 | — | n/a | not measured ({h.get('why', 'not run')}) |"]
+    rows = []
+    added = added_fn(h["fixed_rate"])
+    rates = sorted({x["rate"] for x in h["fixed_rate"]})
+    lats = sorted({x["latency_ms"] for x in h["fixed_rate"]})
+    if rates and lats:
+        rate, lat = rates[-1], lats[0]
+        for p in ("p50", "p99"):
+            a3, a1 = added(lat, rate, "hapax-h3", p), added(lat, rate, "hapax-h1", p)
+            rows.append(f"| HTTP/3 vs HTTP/1.1 added latency {p}, {rate} rps, {lat} ms mock | — | "
+                        f"h3 {us(a3)}, h1 {us(a1)} | measured (no target) |")
+    b3, b1 = h["max"].get("best_hapax-h3"), h["max"].get("best_hapax-h1")
+    if b3 and b1:
+        c3, c1 = b3.get("cpu_ms_per_1k"), b1.get("cpu_ms_per_1k")
+        cpu = f"; hapax CPU ms / 1000 req {c3:.0f} vs {c1:.0f}" if c3 and c1 else ""
+        rows.append(f"| HTTP/3 vs HTTP/1.1 max throughput, one node | — | h3 {b3['rps']:.0f} rps (c={b3['concurrency']}), "
+                    f"h1 {b1['rps']:.0f} rps (c={b1['concurrency']}){cpu} | measured (no target) |")
+    s = h.get("streams") or {}
+    if s.get("hapax-h3") and s.get("hapax-h1"):
+        rows.append(f"| HTTP/3 vs HTTP/1.1 stream TTFT p50 | — | h3 {us(s['hapax-h3'].get('ttft_p50'))}, "
+                    f"h1 {us(s['hapax-h1'].get('ttft_p50'))} | measured (no target) |")
+    return rows
+
+
+def cluster_section(L: list[str], c: dict) -> None:
+    if not c.get("available"):
+        return
+    L.append("## 3-node cluster (gossip + Raft, nginx round robin in front)\n")
+    L.append("Three `hapax serve` nodes with the single node's config plus a `cluster:` block (gossip and gRPC on "
+             "127.0.0.1:0, node 1 started first and the seed of the others, `bootstrap_expect: 3`, HMAC `secret`, "
+             "Raft data in a temp dir; rate limits become cluster-wide leases), measured once every node's "
+             "`/v1/health` showed 3 alive members and a Raft leader with 3 voters "
+             f"({c.get('formed_s', 0):.1f} s after node 1 started). Targets, in the same rounds (rotating order): `direct` (mock), `hapax` (the "
+             "single node above), `cluster-node` (node 1 alone), `cluster-lb` (nginx, 1 worker, round robin, "
+             "upstream keepalive -> the 3 nodes). CPU of `cluster-lb` is the three nodes' together (not nginx).\n")
+    L.append("**Pinning, and what it costs on 2 cores:** node 1 (the node under test) and the single node (idle "
+             "while not measured) on core 0; nodes 2 and 3 on core 1 with the mock and the load generator; "
+             "nginx in front on core 0. Through one node, nodes 2 and 3 only gossip and replicate; through nginx, "
+             "two thirds of the requests are served on the client's core, so `cluster-lb` shows what 3 nodes "
+             "squeezed onto 2 shared cores do, not what 3 machines would. The throughput loss compares "
+             "`cluster-node` with `hapax`: same core, same load generator, same rounds.\n")
+    L.append("### Added latency (open loop)\n")
+    fixed_rate_table(L, c["fixed_rate"])
+    L.append("### Throughput (closed loop, 0 ms mock)\n")
+    throughput_table(L, c["max"]["runs"])
+
+
+def h3_section(L: list[str], h: dict) -> None:
+    if not h.get("available"):
+        return
+    L.append("## HTTP/3 vs HTTP/1.1 (one node, `server.http3` on)\n")
+    L.append("One more node, the single node's config plus `server.http3` (certificate from `hapax gen-cert`), on "
+             "core 0; every target is driven by `bench/h3load` (oha as installed has no HTTP/3), so the "
+             "difference is the protocol's, not the tool's: `direct` (h3load HTTP/1.1 -> mock), `hapax-h1` "
+             "(HTTP/1.1 over TCP, one connection per in-flight request), `hapax-h3` (HTTP/3 over QUIC, "
+             f"min(concurrency, {h.get('h3_max_conns', 16)}) connections, requests multiplexed on them; TLS "
+             "1.3 is part of QUIC, the TCP side is plain). Open loop: request i is due at start + i/rate and its "
+             "latency counts from then (latency correction, as oha's). Note that h3load is not oha: compare "
+             "these rows with each other, not with the oha tables above.\n")
+    L.append("### Added latency (open loop, h3load `--rate`)\n")
+    fixed_rate_table(L, h["fixed_rate"])
+    L.append("### Throughput (closed loop, 0 ms mock)\n")
+    throughput_table(L, h["max"]["runs"])
+    s = h.get("streams") or {}
+    if s:
+        L.append(f"### Streams (closed loop, {h.get('stream_conc')} at a time, mock `chunk_delay_ms: 5`, `words:20`)\n")
+        L.append("TTFT: request sent to the first body frame (DATA frame / chunk).\n")
+        L.append("| target | streams | streams/s | TTFT p50 | TTFT p90 | TTFT p99 | added TTFT p50 | added TTFT p99 | CPU ms / 1000 streams |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        d = s.get("direct") or {}
+        for t, v in s.items():
+            def diff(k):
+                return None if v.get(k) is None or d.get(k) is None else v[k] - d[k]
+            ad = ["—", "—"] if t == "direct" else [us(diff("ttft_p50")), us(diff("ttft_p99"))]
+            cpu = v.get("cpu_ms_per_1k")
+            L.append(f"| {t} | {v['requests'] - v['errors']}/{v['requests']} | {v['rps']:.0f} | {us(v.get('ttft_p50'))} | "
+                     f"{us(v.get('ttft_p90'))} | {us(v.get('ttft_p99'))} | {ad[0]} | {ad[1]} | "
+                     f"{f'{cpu:.0f}' if cpu is not None else '—'} |")
+        L.append("")
+
+
 def report(r: dict) -> str:
     m = r["machine"]
     L = []
@@ -510,13 +977,7 @@ def report(r: dict) -> str:
     L.append("")
 
     # targets
-    fr = {(x["latency_ms"], x["rate"]): x["results"] for x in r["fixed_rate"]}
-
-    def added(lat, rate, t, p):
-        res = fr.get((lat, rate), {})
-        if t not in res or res[t].get(p) is None or res["direct"].get(p) is None:
-            return None
-        return res[t][p] - res["direct"][p]
+    added = added_fn(r["fixed_rate"])
 
     L.append("## Against the targets\n")
     L.append("| figure | target | measured | where we stand |")
@@ -556,8 +1017,8 @@ def report(r: dict) -> str:
     L.append(f"| RSS with {h['streams']} open streams ({h['opened']} open at the sample) | <= 150 MiB | "
              f"{h['sample']:.1f} MiB (peak {h['peak']:.1f}) | "
              f"{verdict(h['sample'], 150) if h['streams'] >= 1000 else 'not measured (fewer streams)'} |")
-    L.append("| 3-node cluster throughput loss | <= 10% | n/a | not yet available (`run_cluster`) |")
-    L.append("| HTTP/3 | — | n/a | not yet available (`run_h3`) |")
+    L.extend(cluster_target_rows(r.get("cluster") or {}))
+    L.extend(h3_target_rows(r.get("h3") or {}))
     L.append("")
 
     if r["loader"] == "oha":
@@ -565,31 +1026,13 @@ def report(r: dict) -> str:
     else:
         L.append(f"## Added latency ({r['loader']}: closed loop, one connection — no open-loop tool installed)\n")
     L.append("Percentiles of each target; added = target minus direct in the same round.\n")
-    L.append("| mock latency | rate | target | p50 | p90 | p99 | added p50 | added p90 | added p99 | errors | CPU ms / 1000 req |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for x in r["fixed_rate"]:
-        for t, v in x["results"].items():
-            cpu = v.get("cpu_ms_per_1k")
-            ad = ["—"] * 3 if t == "direct" else [us(added(x["latency_ms"], x["rate"], t, p)) for p in ("p50", "p90", "p99")]
-            L.append(f"| {x['latency_ms']} ms | {x['rate']} | {t} | {us(v['p50'])} | {us(v['p90'])} | {us(v['p99'])} | "
-                     f"{' | '.join(ad)} | {v['errors']}/{v['requests']} | {f'{cpu:.0f}' if cpu is not None else '—'} |")
-    L.append("")
+    fixed_rate_table(L, r["fixed_rate"])
 
     L.append("## Throughput (closed loop, 0 ms mock)\n")
     L.append("CPU % is the share of one core the target used during the run (100% = its core saturated; "
              "less means the limit was elsewhere: the client core, or other processes on the machine). "
              "One-core ceiling = 1000 / (CPU ms per request): the rate one fully used core would sustain at this cost.\n")
-    L.append("| target | concurrency | req/s | errors | p50 | p99 | CPU ms / 1000 req | CPU % | one-core ceiling |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
-    for t, runs in r["max"]["runs"].items():
-        for v in runs:
-            cpu = v.get("cpu_ms_per_1k")
-            pct_ = v.get("cpu_pct")
-            ceil = f"{1e6 / cpu:.0f} rps" if cpu else "—"
-            L.append(f"| {t} | {v['concurrency']} | {v['rps']:.0f} | {v['errors']}/{v['requests']} | {us(v['p50'])} | "
-                     f"{us(v['p99'])} | {f'{cpu:.0f}' if cpu is not None else '—'} | "
-                     f"{f'{pct_:.0f}%' if pct_ is not None else '—'} | {ceil} |")
-    L.append("")
+    throughput_table(L, r["max"]["runs"])
 
     s = r["streams"]
     L.append(f"## Streams (mock `chunk_delay_ms: {r['stream_delay']}`, `words:{r['stream_words']}`, "
@@ -607,6 +1050,8 @@ def report(r: dict) -> str:
         L.append(f"| {t} | {v['ok']}/{v['streams']} | {us(v['ttft_p50'])} | {us(v['ttft_p99'])} | {extra[0]} | {extra[1]} | "
                  f"{us(v['gap_p50'])} | {us(v['gap_p99'])} | {extra[2]} |")
     L.append("")
+    cluster_section(L, r.get("cluster") or {})
+    h3_section(L, r.get("h3") or {})
     L.append("## Notes\n")
     L.append("- Pinning: on 2 cores the system under test (hapax, or nginx with one worker) gets core 0 to itself; "
              "the mock, the load generator and the stream client share core 1, the same for every target, "
@@ -632,6 +1077,9 @@ def main() -> int:
     ap.add_argument("--oha")
     ap.add_argument("--wrk")
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--h3load", help="bench/h3load binary (HTTP/3 load generator), for run_h3")
+    ap.add_argument("--no-cluster", action="store_true", help="skip the 3-node cluster run")
+    ap.add_argument("--no-h3", action="store_true", help="skip the HTTP/3 run")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--command", default="bash bench/run.sh")
@@ -687,8 +1135,12 @@ def main() -> int:
         log(f"holding {hold_n} streams open")
         res["hold"] = hold(rig, hold_n, 30, 200 if not smoke else 50)
 
-        res["cluster"] = run_cluster()
-        res["h3"] = run_h3()
+        skip = "skipped in --smoke" if smoke else ""
+        res["cluster"] = run_cluster(rig, loader, a.hapax, workdir, rates, latencies, levels, d,
+                                     with_lb=shutil.which("nginx") is not None and not a.no_nginx,
+                                     skip=skip or ("--no-cluster" if a.no_cluster else ""))
+        res["h3"] = run_h3(rig, loader, a.hapax, a.h3load, workdir, rates, latencies, levels, d, s_conc,
+                           skip=skip or ("--no-h3" if a.no_h3 else ""))
 
         if rig.gw.p.poll() is not None:
             raise RuntimeError("hapax exited during the run")
@@ -706,10 +1158,14 @@ def main() -> int:
         problems.append("a target completed no stream")
     if res["hold"]["ok"] == 0:
         problems.append("no held stream completed")
-    for big in ("hapax.stderr", "nginx-access.log"):
-        f = workdir / big
-        if f.exists() and f.stat().st_size > 1 << 20:
-            f.unlink()  # request logs: only their cost mattered
+    for part in ("cluster", "h3"):
+        why = res[part].get("why", "")
+        if not res[part].get("available") and why.startswith("failed"):
+            problems.append(f"{part} run {why}")
+    for pattern in ("**/*.stderr", "nginx-access.log"):
+        for f in workdir.glob(pattern):
+            if f.is_file() and f.stat().st_size > 1 << 20:
+                f.unlink()  # request logs: only their cost mattered
     if smoke:
         if problems:
             log(f"smoke: logs and raw results kept in {workdir}")

@@ -5,7 +5,8 @@
 #   bash bench/run.sh --duration 3    shorter runs per measurement (still rewrites BENCHMARKS.md)
 #   bash bench/run.sh --smoke         seconds: checks the harness works end to end, asserts no speed,
 #                                     installs nothing slow, never rewrites BENCHMARKS.md
-# Other options: --no-build (use $HAPAX_BIN or the existing release binary), --no-nginx, --no-write.
+# Other options: --no-build (use $HAPAX_BIN or the existing release binary), --no-nginx, --no-write,
+# --no-cluster (skip the 3-node run), --no-h3 (skip the HTTP/3 run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -18,8 +19,8 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift ;;
     --duration=*) duration="${1#*=}" ;;
     --no-build) build=0 ;;
-    --no-nginx|--no-write) extra+=("$1") ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    --no-nginx|--no-write|--no-cluster|--no-h3) extra+=("$1") ;;
+    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -81,13 +82,25 @@ fi
 [ -x "$bin" ] || { echo "no hapax binary at $bin" >&2; exit 1; }
 say "hapax binary: $bin"
 
-# --- hooks for later issues -----------------------------------------------------------------
-# run_cluster / run_h3 live in bench/bench.py (they print "not yet available" for now).
+# --- the HTTP/3 load generator (full run only) ------------------------------------------------
+# bench/h3load: its own tiny Cargo project (outside the workspace, crates pinned to the
+# workspace's versions), because the installed oha has no HTTP/3. --smoke skips the HTTP/3 run.
+h3load=""
+if [ "$smoke" -eq 0 ]; then
+  h3target=${H3LOAD_TARGET_DIR:-$cache/h3load-target}
+  if [ "$build" -eq 1 ]; then
+    say "cargo build --release (bench/h3load)"
+    CARGO_TARGET_DIR="$h3target" cargo build --release --locked --quiet \
+      --manifest-path bench/h3load/Cargo.toml || say "bench/h3load did not build: the HTTP/3 run is skipped"
+  fi
+  [ -x "$h3target/release/h3load" ] && h3load="$h3target/release/h3load"
+fi
 
 # --- run ----------------------------------------------------------------------------------
 py_args=(--hapax "$bin" --duration "$duration" --command "bash bench/run.sh${args_seen:+ $args_seen}")
 [ -n "$oha_bin" ] && py_args+=(--oha "$oha_bin")
 [ -n "$wrk_bin" ] && py_args+=(--wrk "$wrk_bin")
+[ -n "$h3load" ] && py_args+=(--h3load "$h3load")
 if [ "$smoke" -eq 1 ]; then
   py_args+=(--smoke --duration "${BENCH_SMOKE_DURATION:-1}")
 fi
