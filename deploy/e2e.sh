@@ -135,6 +135,11 @@ else
   fail "streamed chat completion via LB" "${stream:0:300}"
 fi
 
+# HAProxy's own view (stats CSV on the compose network): status, retries, redispatches.
+lb_stats() { get "http://$(ip_of lb):8404/stats;csv" | awk -F, '$1 == "hapax_nodes" && $2 ~ /^hapax[0-9]$/ { print $2, $18, "retries=" $16, "redispatches=" $17 }'; }
+lb_all_up() { [ "$(lb_stats | awk '$2 == "UP"' | wc -l)" -eq 3 ]; }
+if wait_for 30 lb_all_up; then pass "LB health checks see hapax1..3 UP"; else fail "LB health checks see hapax1..3 UP" "$(lb_stats | tr '\n' ';')"; fi
+
 # Round robin: every node serves some of 12 requests (their request counters move).
 served_by() { get "$(node "$1")/metrics" | awk '/^hapax_http_requests_total\{.*chat\/completions.*status="200"/ { s += $2 } END { print s + 0 }'; }
 declare -A before
@@ -152,7 +157,7 @@ else
   fail "every node lists hapax1..3 alive" "$(for o in "${nodes[@]}"; do printf '%s sees ' "$o"; for m in "${nodes[@]}"; do printf '%s=%s ' "$m" "$(liveness "$o" "$m")"; done; done)"
 fi
 
-leader_of() { get "$(node "$1")/v1/health" | jq -r 'if (.cluster.raft | type) == "object" and (.cluster.raft | has("leader_id")) then (.cluster.raft.leader_id // "none" | tostring) else "ABSENT" end' 2>/dev/null || echo unreachable; }
+leader_of() { get "$(node "$1")/v1/health" | jq -r 'if (.cluster.raft.status | type) == "object" and (.cluster.raft.status | has("leader_id")) then (.cluster.raft.status.leader_id // "none" | tostring) else "ABSENT" end' 2>/dev/null || echo unreachable; }
 leaders() { local n; for n in "$@"; do printf '%s ' "$(leader_of "$n")"; done; }
 one_leader() { # one_leader NODE...: all report the same non-empty leader
   local l first=""; for l in $(leaders "$@"); do
@@ -163,7 +168,7 @@ one_leader() { # one_leader NODE...: all report the same non-empty leader
 raft_check() { # raft_check NAME NODE...
   local name=$1; shift
   if [[ " $(leaders "$@") " == *" ABSENT "* ]]; then
-    skip "$name" "/v1/health has no cluster.raft.leader_id yet (Raft status not exposed)"
+    fail "$name" "/v1/health has no cluster.raft.status.leader_id"
   elif wait_for 60 one_leader "$@"; then
     pass "$name (leader $(leader_of "$1"))"
   else
@@ -171,6 +176,26 @@ raft_check() { # raft_check NAME NODE...
   fi
 }
 raft_check "one Raft leader, the same on every node" "${nodes[@]}"
+voters_of() { get "$(node "$1")/v1/health" | jq -r '.cluster.raft.status.voters // "ABSENT" | if type == "array" then sort | join(",") else . end' 2>/dev/null || echo unreachable; }
+three_voters() { local n; for n in "${nodes[@]}"; do [ "$(voters_of "$n")" = hapax1,hapax2,hapax3 ] || return 1; done; }
+if [ "$(voters_of hapax1)" = ABSENT ]; then
+  fail "Raft group has hapax1..3 as voters" "/v1/health has no cluster.raft.status.voters"
+elif wait_for 60 three_voters; then
+  pass "Raft group has hapax1..3 as voters on every node"
+else
+  fail "Raft group has hapax1..3 as voters" "$(for n in "${nodes[@]}"; do printf '%s: %s; ' "$n" "$(voters_of "$n")"; done)"
+fi
+
+data_ok=1; data_desc=""
+for n in "${nodes[@]}"; do
+  files=$(docker exec "$(cid "$n")" sh -c 'ls -A /var/lib/hapax/raft 2>/dev/null | wc -l' 2>/dev/null || echo 0)
+  data_desc+="$n=$files "; [ "$files" -gt 0 ] || data_ok=0
+done
+if [ "$data_ok" -eq 1 ]; then
+  pass "each node keeps Raft data in its own volume (/var/lib/hapax/raft entries: $data_desc)"
+else
+  fail "each node keeps Raft data in its own volume" "data_dir empty on some node ($data_desc)"
+fi
 
 prom_up() { # all three hapax targets report up == 1
   local body
@@ -189,6 +214,7 @@ traffic_start "$tmp/stop.txt" 100
 sleep 2
 "${compose[@]}" stop hapax2 2>&1 | sed 's/^/      /'
 traffic_check "no failed request while hapax2 stops" "$tmp/stop.txt" 100
+note "haproxy: $(lb_stats | tr '\n' ';')"
 hapax2_gone() { local s; for o in hapax1 hapax3; do s=$(liveness "$o" hapax2); [ "$s" = dead ] || [ "$s" = left ] || [ "$s" = absent ] || return 1; done; }
 if wait_for 30 hapax2_gone; then
   pass "hapax1 and hapax3 no longer list hapax2 alive ($(liveness hapax1 hapax2))"
@@ -204,6 +230,7 @@ else
   fail "hapax2 rejoins" "hapax1 sees hapax2 $(liveness hapax1 hapax2), hapax2 sees hapax1 $(liveness hapax2 hapax1)"
 fi
 raft_check "one Raft leader after the restart" "${nodes[@]}"
+if wait_for 30 lb_all_up; then pass "LB takes hapax2 back"; else fail "LB takes hapax2 back" "$(lb_stats | tr '\n' ';')"; fi
 
 # ---------------------------------------------------------------------------------------------
 step "partition one node (docker network disconnect)"
@@ -212,6 +239,7 @@ traffic_start "$tmp/partition.txt" 60
 sleep 1
 docker network disconnect "$network" "$hapax2_cid"
 traffic_check "no failed request while hapax2 is cut off" "$tmp/partition.txt" 60
+note "haproxy: $(lb_stats | tr '\n' ';')"
 hapax2_dead() { [ "$(liveness hapax1 hapax2)" = dead ] && [ "$(liveness hapax3 hapax2)" = dead ]; }
 if wait_for 60 hapax2_dead; then
   pass "hapax1 and hapax3 see the cut-off hapax2 dead"
@@ -232,9 +260,22 @@ if wait_for 90 sees_all_alive "${nodes[@]}"; then
 else
   fail "hapax2 rejoins after the partition" "$(for o in "${nodes[@]}"; do printf '%s sees hapax2=%s; ' "$o" "$(liveness "$o" hapax2)"; done)"
 fi
-raft_check "hapax2 catches up: one leader on every node" "${nodes[@]}"
-lb_all_up() { [ "$(chat "$lb")" = 200 ]; }
-if wait_for 30 lb_all_up; then pass "LB serves after the partition heals"; else fail "LB serves after the partition heals"; fi
+raft_check "one Raft leader on every node after the partition" "${nodes[@]}"
+applied_of() { get "$(node "$1")/v1/health" | jq -r '.cluster.raft.last_applied_index // "ABSENT" | tostring' 2>/dev/null || echo unreachable; }
+target=$(applied_of hapax1)
+caught_up() { local a; a=$(applied_of hapax2); [[ "$a" =~ ^[0-9]+$ ]] && [ "$a" -ge "$target" ]; }
+if ! [[ "$target" =~ ^[0-9]+$ ]]; then
+  fail "hapax2 catches up with the Raft log" "/v1/health has no cluster.raft.last_applied_index ($target)"
+elif wait_for 60 caught_up; then
+  pass "hapax2 catches up with the Raft log (applied $(applied_of hapax2) >= $target)"
+else
+  fail "hapax2 catches up with the Raft log" "hapax2 applied $(applied_of hapax2), hapax1 $target"
+fi
+if wait_for 30 lb_all_up && [ "$(chat "$lb")" = 200 ]; then
+  pass "LB has all three nodes UP and serves after the partition heals"
+else
+  fail "LB serves all three nodes after the partition heals" "$(lb_stats | tr '\n' ';')"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "a provider outage seen by one node trips the breaker everywhere"
@@ -251,7 +292,7 @@ if [ "$(breaker_of hapax1)" = 2 ]; then
   if wait_for 15 all_open; then
     pass "the breaker is open on all three nodes ($(breakers))"
   else
-    skip "breaker open on all three nodes" "only hapax1 tripped after 15s ($(breakers)) - Raft-replicated breakers not in this build yet?"
+    fail "breaker open on all three nodes" "only hapax1 tripped after 15s ($(breakers))"
   fi
 else
   fail "hapax1's breaker for the failing provider opens" "$(breakers)"

@@ -79,6 +79,7 @@ build() { # build IMAGE DOCKERFILE KEY [context]
   local image=$1 dockerfile=$2 key=$3 context=${4:-} out
   if [ "$(label_of "$image")" = "$key" ]; then log "$image is up to date"; return; fi
   log "building $image"
+  local previous; previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
   out=$(mktemp /tmp/hapax-build.XXXXXX)
   local status=0
   if [ -n "$context" ]; then
@@ -89,6 +90,8 @@ build() { # build IMAGE DOCKERFILE KEY [context]
   fi
   if [ "$status" -ne 0 ]; then log "building $image failed:"; tail -n 40 "$out"; rm -f "$out"; return 1; fi
   rm -f "$out"
+  # the image this one replaces, unless something still uses it
+  [ -z "$previous" ] || docker rmi "$previous" >/dev/null 2>&1 || true
 }
 
 # --- the apt-based images, in parallel (mostly network-bound) ------------------------------

@@ -22,7 +22,11 @@ fn decode<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<SseEvent> {
 fuzz_target!(|data: &[u8]| {
     let input = Chunked::new(data);
     let events = decode(input.chunks());
-    assert_eq!(events, decode([input.payload]), "decoding depends on chunking");
+    assert_eq!(
+        events,
+        decode([input.payload]),
+        "decoding depends on chunking"
+    );
     let mut translator = AnthropicStream::new(input.flags & 1 == 1);
     for event in &events {
         match translator.translate(event.event.as_deref(), &event.data) {

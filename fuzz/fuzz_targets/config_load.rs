@@ -28,9 +28,19 @@ fn secrets(config: &mut Config) -> Vec<&mut Secret> {
     let mut out: Vec<&mut Secret> = Vec::new();
     for provider in config.providers.values_mut() {
         out.extend(provider.api_key.as_mut());
-        out.extend(provider.deployments.iter_mut().filter_map(|d| d.api_key.as_mut()));
+        out.extend(
+            provider
+                .deployments
+                .iter_mut()
+                .filter_map(|d| d.api_key.as_mut()),
+        );
     }
-    for key in config.auth.api_keys.iter_mut().chain(config.auth.admin_keys.iter_mut()) {
+    for key in config
+        .auth
+        .api_keys
+        .iter_mut()
+        .chain(config.auth.admin_keys.iter_mut())
+    {
         out.extend(key.key.as_mut());
     }
     if let Some(cluster) = config.cluster.as_mut() {
@@ -41,7 +51,11 @@ fn secrets(config: &mut Config) -> Vec<&mut Secret> {
     }
     if let Some(llm) = config.llm.as_mut() {
         out.extend(llm.api_key.as_mut());
-        out.extend(llm.backup_providers.iter_mut().filter_map(|b| b.api_key.as_mut()));
+        out.extend(
+            llm.backup_providers
+                .iter_mut()
+                .filter_map(|b| b.api_key.as_mut()),
+        );
         if let Some(redis) = llm.cache.as_mut().and_then(|c| c.redis.as_mut()) {
             out.extend(redis.password.as_mut());
         }
@@ -60,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
     match load_str(text, "fuzz.yaml", &fake_env) {
         Ok(loaded) => {
             for notice in &loaded.notices {
-                assert!(notice.line.is_none_or(|l| (1..=lines).contains(&l)), "{notice}");
+                assert!(
+                    notice.line.is_none_or(|l| (1..=lines).contains(&l)),
+                    "{notice}"
+                );
                 let _ = notice.to_string();
             }
             let summary = loaded.summary();
@@ -75,7 +92,10 @@ fuzz_target!(|data: &[u8]| {
         Err(errors) => {
             assert!(!errors.problems.is_empty());
             for problem in &errors.problems {
-                assert!(problem.line.is_none_or(|l| (1..=lines).contains(&l)), "{problem}");
+                assert!(
+                    problem.line.is_none_or(|l| (1..=lines).contains(&l)),
+                    "{problem}"
+                );
             }
             let _ = errors.to_string();
         }

@@ -22,7 +22,11 @@ fn decode<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
 fuzz_target!(|data: &[u8]| {
     let input = Chunked::new(data);
     let lines = decode(input.chunks());
-    assert_eq!(lines, decode([input.payload]), "decoding depends on chunking");
+    assert_eq!(
+        lines,
+        decode([input.payload]),
+        "decoding depends on chunking"
+    );
     let mut translator = OllamaStream::new(input.flags & 1 == 1);
     for line in &lines {
         match translator.translate(line) {

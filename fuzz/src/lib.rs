@@ -70,9 +70,10 @@ pub fn exercise_valid_request(request: &hapax_node::wire::openai::ChatRequest) {
         Ok(body) => body,
         Err(e) => panic!("a valid request does not serialize: {e}"),
     };
-    let again = match hapax_node::fuzzing::parse_json::<hapax_node::wire::openai::ChatRequest>(&body) {
-        Ok(again) => again,
-        Err(e) => panic!("the upstream body does not parse back: {e}"),
-    };
+    let again =
+        match hapax_node::fuzzing::parse_json::<hapax_node::wire::openai::ChatRequest>(&body) {
+            Ok(again) => again,
+            Err(e) => panic!("the upstream body does not parse back: {e}"),
+        };
     assert_eq!(again.messages.len(), request.messages.len());
 }

@@ -31,7 +31,7 @@ fn soak_duration() -> Duration {
     let secs = std::env::var("HAPAX_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(45);
+        .unwrap_or(60);
     Duration::from_secs(secs)
 }
 

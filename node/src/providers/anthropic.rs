@@ -388,7 +388,12 @@ fn translate_stream(
                     continue;
                 }
                 match body.next().await {
-                    Some(Ok(chunk)) => decoder.push(&chunk),
+                    Some(Ok(chunk)) => {
+                        if let Err(e) = decoder.push(&chunk) {
+                            done = true;
+                            return Some((Err(e), (body, decoder, translator, pending, done)));
+                        }
+                    }
                     Some(Err(e)) => {
                         done = true;
                         return Some((

@@ -131,9 +131,28 @@ pub fn join(base: &str, path: &str) -> String {
     url
 }
 
+/// Largest non-streamed upstream answer accepted: a broken or hostile upstream cannot make
+/// the gateway buffer without bound.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     response: Response,
 ) -> Result<T, ProviderError> {
-    let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-    serde_json::from_slice(&bytes).map_err(|e| ProviderError::InvalidResponse(e.to_string()))
+    let mut body = Vec::with_capacity(
+        response
+            .content_length()
+            .unwrap_or(4096)
+            .min(MAX_RESPONSE_BYTES as u64) as usize,
+    );
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| transport_error(&e))?;
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ProviderError::InvalidResponse(format!(
+                "the response is larger than {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| ProviderError::InvalidResponse(e.to_string()))
 }

@@ -285,7 +285,10 @@ fn translate_stream(response: reqwest::Response, include_usage: bool) -> ChunkSt
                     Some(line) => Some(line),
                     None => match body.next().await {
                         Some(Ok(bytes)) => {
-                            decoder.push(&bytes);
+                            if let Err(e) = decoder.push(&bytes) {
+                                done = true;
+                                return Some((Err(e), (body, decoder, translator, pending, done)));
+                            }
                             continue;
                         }
                         Some(Err(e)) => {

@@ -152,7 +152,12 @@ fn passthrough_stream(response: reqwest::Response, hide_usage_chunk: bool) -> Ch
                 return Some((Ok(item), (body, decoder, done)));
             }
             match body.next().await {
-                Some(Ok(chunk)) => decoder.push(&chunk),
+                Some(Ok(chunk)) => {
+                    if let Err(e) = decoder.push(&chunk) {
+                        done = true;
+                        return Some((Err(e), (body, decoder, done)));
+                    }
+                }
                 Some(Err(e)) => {
                     done = true;
                     return Some((Err(transport_error(&e)), (body, decoder, done)));

@@ -24,10 +24,12 @@ fn redact_key_shapes(text: &str) -> String {
             .unwrap_or(tail.len());
         if starts_word && len >= 8 {
             out.push_str("[redacted]");
+            rest = &tail[len..];
         } else {
-            out.push_str(&tail[..len.max(3)]);
+            // Only past `sk-`: a key may start later in this token (`task-sk-...`).
+            out.push_str("sk-");
+            rest = &tail[3..];
         }
-        rest = &tail[len.max(3)..];
     }
     out.push_str(rest);
     out
@@ -46,5 +48,15 @@ mod tests {
             "Incorrect API key provided: [redacted] key [redacted] used"
         );
         assert_eq!(redact("task-runner ok", &[]), "task-runner ok");
+    }
+
+    /// Found by the `redact` fuzz target: a key right after a word ending in `sk-` was kept.
+    #[test]
+    fn a_key_after_a_word_ending_in_sk_is_removed() {
+        assert_eq!(
+            redact("task-sk-12345678 disk-sk- sk-shrt", &[]),
+            "task-[redacted] disk-sk- sk-shrt"
+        );
+        assert_eq!(redact("xsk-abcdefghij", &[]), "xsk-abcdefghij");
     }
 }

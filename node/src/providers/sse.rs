@@ -2,6 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::ProviderError;
+
 /// One server-sent event: its `event:` name (if any) and its joined `data:` lines.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SseEvent {
@@ -13,18 +15,25 @@ pub struct SseEvent {
 #[derive(Default)]
 pub struct SseDecoder {
     buffer: BytesMut,
+    /// How much of `buffer` is known to hold no newline (so a long line is scanned once).
+    scanned: usize,
     event: Option<String>,
     data: Option<String>,
 }
 
 impl SseDecoder {
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// Buffers more input; fails once an unfinished line passes [`MAX_LINE_BYTES`].
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), ProviderError> {
         self.buffer.extend_from_slice(chunk);
+        if self.buffer.len() > MAX_LINE_BYTES {
+            return Err(too_long());
+        }
+        Ok(())
     }
 
     /// The next complete event, if the buffer holds one.
     pub fn next_event(&mut self) -> Option<SseEvent> {
-        while let Some(line) = take_line(&mut self.buffer) {
+        while let Some(line) = take_line(&mut self.buffer, &mut self.scanned) {
             let line = String::from_utf8_lossy(&line);
             if line.is_empty() {
                 if let Some(data) = self.data.take() {
@@ -75,15 +84,21 @@ impl SseDecoder {
 #[derive(Default)]
 pub struct NdjsonDecoder {
     buffer: BytesMut,
+    scanned: usize,
 }
 
 impl NdjsonDecoder {
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// Buffers more input; fails once an unfinished line passes [`MAX_LINE_BYTES`].
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), ProviderError> {
         self.buffer.extend_from_slice(chunk);
+        if self.buffer.len() > MAX_LINE_BYTES {
+            return Err(too_long());
+        }
+        Ok(())
     }
 
     pub fn next_line(&mut self) -> Option<Bytes> {
-        while let Some(line) = take_line(&mut self.buffer) {
+        while let Some(line) = take_line(&mut self.buffer, &mut self.scanned) {
             if !line.iter().all(u8::is_ascii_whitespace) {
                 return Some(line);
             }
@@ -97,8 +112,23 @@ impl NdjsonDecoder {
     }
 }
 
-fn take_line(buffer: &mut BytesMut) -> Option<Bytes> {
-    let pos = buffer.iter().position(|b| *b == b'\n')?;
+/// Longest line (SSE field or NDJSON record) accepted from an upstream: a hostile or broken
+/// upstream cannot make the gateway buffer without bound.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+fn too_long() -> ProviderError {
+    ProviderError::StreamBroken(format!(
+        "the provider sent a stream line longer than {MAX_LINE_BYTES} bytes"
+    ))
+}
+
+fn take_line(buffer: &mut BytesMut, scanned: &mut usize) -> Option<Bytes> {
+    let Some(offset) = buffer[*scanned..].iter().position(|b| *b == b'\n') else {
+        *scanned = buffer.len();
+        return None;
+    };
+    let pos = *scanned + offset;
+    *scanned = 0;
     let mut line = buffer.split_to(pos + 1);
     line.truncate(pos);
     if line.last() == Some(&b'\r') {
@@ -114,9 +144,12 @@ mod tests {
     #[test]
     fn sse_events_split_across_chunks_and_crlf() {
         let mut d = SseDecoder::default();
-        d.push(b"event: message_start\r\ndata: {\"a\"");
+        assert!(d.push(b"event: message_start\r\ndata: {\"a\"").is_ok());
         assert_eq!(d.next_event(), None);
-        d.push(b":1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\n");
+        assert!(
+            d.push(b":1}\r\n\r\n: comment\n\ndata: x\ndata: y\n\n")
+                .is_ok()
+        );
         assert_eq!(
             d.next_event(),
             Some(SseEvent {
@@ -132,7 +165,7 @@ mod tests {
             })
         );
         assert_eq!(d.next_event(), None);
-        d.push(b"data: [DONE]");
+        assert!(d.push(b"data: [DONE]").is_ok());
         assert_eq!(
             d.finish(),
             Some(SseEvent {
@@ -143,12 +176,27 @@ mod tests {
     }
 
     #[test]
+    fn an_endless_line_is_refused_instead_of_buffered() {
+        let mut d = NdjsonDecoder::default();
+        let piece = vec![b'x'; 1024 * 1024];
+        let mut refused = false;
+        for _ in 0..20 {
+            if d.push(&piece).is_err() {
+                refused = true;
+                break;
+            }
+            assert_eq!(d.next_line(), None);
+        }
+        assert!(refused, "a line over the cap is an error");
+    }
+
+    #[test]
     fn ndjson_lines_split_across_chunks() {
         let mut d = NdjsonDecoder::default();
-        d.push(b"{\"a\":1}\n{\"b\"");
+        assert!(d.push(b"{\"a\":1}\n{\"b\"").is_ok());
         assert_eq!(d.next_line().as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(d.next_line(), None);
-        d.push(b":2}\n\n{\"c\":3}");
+        assert!(d.push(b":2}\n\n{\"c\":3}").is_ok());
         assert_eq!(d.next_line().as_deref(), Some(&b"{\"b\":2}"[..]));
         assert_eq!(d.next_line(), None);
         assert_eq!(d.finish().as_deref(), Some(&b"{\"c\":3}"[..]));
