@@ -11,14 +11,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::body::{parse_json, read_json_body};
 use super::exec::{self, Settlement};
-use super::sse::{identity, replay_body, sse_body};
+use super::sse::identity;
 use super::validate::validate_chat;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::cache::CachedAnswer;
 use crate::error::ApiError;
-use crate::server::observe::ServedBy;
-use crate::server::request_id::current_request_id;
 use crate::wire::openai::ChatRequest;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -40,34 +38,10 @@ pub async fn chat_completions(
     let mut cache = app.cache.plan(&caller, ENDPOINT, &request, &headers);
     let hit = cache.lookup().await;
     if request.is_stream() {
-        let limits = settlement.headers();
-        let mut response = if let Some(CachedAnswer::Stream(stored)) = hit {
-            let by = ServedBy {
-                provider: Arc::clone(&stored.provider),
-                attempts: 0,
-            };
-            let mut response = sse_response(replay_body(&stored));
-            exec::decorate(&mut response, &by, limits, &caller, false, true);
-            response
-        } else {
-            let served = exec::start_stream(&app, &caller, &request).await?;
-            let by = ServedBy {
-                provider: Arc::from(served.provider.name.as_str()),
-                attempts: served.attempts,
-            };
-            let recorder = cache.recorder(&by.provider);
-            let mut response = sse_response(sse_body(
-                served.value,
-                current_request_id(),
-                settlement,
-                identity,
-                recorder,
-            ));
-            exec::decorate(&mut response, &by, limits, &caller, false, true);
-            response
-        };
-        cache.mark(&mut response);
-        return Ok(response);
+        return exec::stream_response(
+            &app, &caller, &request, settlement, &mut cache, hit, identity,
+        )
+        .await;
     }
     let (served, shared) = match hit {
         Some(CachedAnswer::Complete(served)) => (served, false),

@@ -15,16 +15,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::body::{parse_json, read_json_body};
-use super::chat::sse_response;
 use super::exec::{self, Settlement};
-use super::sse::{replay_body, sse_body};
 use super::validate::validate_chat;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::cache::{CachePlan, CachedAnswer};
 use crate::error::ApiError;
 use crate::providers::StreamItem;
-use crate::server::observe::ServedBy;
 use crate::server::request_id::current_request_id;
 use crate::wire::openai::{
     ChatChunk, ChatMessage, ChatRequest, Role, StopSequences, Usage, unix_now,
@@ -246,32 +243,17 @@ async fn legacy_completion(
     let admission = exec::admit(&app, &caller, ENDPOINT, &request).await?;
     let settlement = Settlement::new(&app, admission);
     let mut cache = app.cache.plan(&caller, ENDPOINT, &request, headers);
-    if let Some(CachedAnswer::Stream(stored)) = cache.lookup().await {
-        let by = ServedBy {
-            provider: Arc::clone(&stored.provider),
-            attempts: 0,
-        };
-        let mut response = sse_response(replay_body(&stored));
-        exec::decorate(&mut response, &by, None, &caller, false, true);
-        cache.mark(&mut response);
-        return Ok(response);
-    }
-    let served = exec::start_stream(&app, &caller, &request).await?;
-    let by = ServedBy {
-        provider: Arc::from(served.provider.name.as_str()),
-        attempts: served.attempts,
-    };
-    let recorder = cache.recorder(&by.provider);
-    let mut response = sse_response(sse_body(
-        served.value,
-        current_request_id(),
+    let hit = cache.lookup().await;
+    exec::stream_response(
+        &app,
+        &caller,
+        &request,
         settlement,
+        &mut cache,
+        hit,
         to_text_completion_chunk,
-        recorder,
-    ));
-    exec::decorate(&mut response, &by, None, &caller, false, true);
-    cache.mark(&mut response);
-    Ok(response)
+    )
+    .await
 }
 
 /// A chat chunk as a legacy `text_completion` chunk; role-only and usage-only chunks vanish.

@@ -9,13 +9,17 @@ const X_HAPAX_ATTEMPTS: HeaderName = HeaderName::from_static("x-hapax-attempts")
 const X_HAPAX_DEDUPLICATED: HeaderName = HeaderName::from_static("x-hapax-deduplicated");
 use axum::response::Response;
 
+use super::chat::sse_response;
+use super::sse::{Reframe, replay_body, sse_body};
 use crate::app::App;
 use crate::auth::Caller;
+use crate::cache::{CachePlan, CachedAnswer};
 use crate::dedup::dedup_key;
 use crate::error::ApiError;
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
 use crate::server::observe::{ClientName, ServedBy, Streamed};
+use crate::server::request_id::current_request_id;
 use crate::wire::openai::{ChatRequest, ChatResponse};
 
 /// Tokens assumed for a completion whose request sets no `max_tokens`.
@@ -176,4 +180,46 @@ pub fn decorate(
     if streamed {
         extensions.insert(Streamed);
     }
+}
+
+/// A streamed answer: replayed from the cache on a hit, else started upstream (failover is
+/// possible until the first chunk) and recorded for the cache; `reframe` shapes each chunk
+/// for the endpoint.
+pub async fn stream_response(
+    app: &App,
+    caller: &Caller,
+    request: &ChatRequest,
+    settlement: Settlement,
+    cache: &mut CachePlan,
+    hit: Option<CachedAnswer>,
+    reframe: Reframe,
+) -> Result<Response, ApiError> {
+    let limits = settlement.headers();
+    let mut response = if let Some(CachedAnswer::Stream(stored)) = hit {
+        let by = ServedBy {
+            provider: Arc::clone(&stored.provider),
+            attempts: 0,
+        };
+        let mut response = sse_response(replay_body(&stored));
+        decorate(&mut response, &by, limits, caller, false, true);
+        response
+    } else {
+        let served = start_stream(app, caller, request).await?;
+        let by = ServedBy {
+            provider: Arc::from(served.provider.name.as_str()),
+            attempts: served.attempts,
+        };
+        let recorder = cache.recorder(&by.provider);
+        let mut response = sse_response(sse_body(
+            served.value,
+            current_request_id(),
+            settlement,
+            reframe,
+            recorder,
+        ));
+        decorate(&mut response, &by, limits, caller, false, true);
+        response
+    };
+    cache.mark(&mut response);
+    Ok(response)
 }

@@ -4,6 +4,7 @@
 //! router.
 
 pub mod front;
+mod guarded_body;
 pub mod h3;
 pub mod observe;
 pub mod overload;

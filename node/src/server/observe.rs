@@ -2,20 +2,16 @@
 //! and one structured log line per request (never bodies or keys). For streams the figures
 //! are taken when the body ends, not when the headers leave.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Version};
 use axum::middleware::Next;
 use axum::response::Response;
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use tracing::Instrument;
 
+use super::guarded_body::GuardedBody;
 use super::request_id;
 use crate::app::App;
 use crate::error::ErrorMarker;
@@ -108,13 +104,7 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
     };
     if response.extensions().get::<Streamed>().is_some() {
         let (parts, body) = response.into_parts();
-        return Response::from_parts(
-            parts,
-            Body::new(ObservedBody {
-                inner: body,
-                record: Some(record),
-            }),
-        );
+        return Response::from_parts(parts, GuardedBody::wrap(body, FinishOnDrop(Some(record))));
     }
     record.finish(false);
     response
@@ -207,41 +197,12 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// A response body that records the request's figures when it ends or is dropped.
-struct ObservedBody {
-    inner: Body,
-    record: Option<Record>,
-}
+/// Records a streamed request's figures when its body is done with.
+struct FinishOnDrop(Option<Record>);
 
-impl http_body::Body for ObservedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(record) = self.record.take()
-        {
-            record.finish(true);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
+impl Drop for FinishOnDrop {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
+        if let Some(record) = self.0.take() {
             record.finish(true);
         }
     }

@@ -14,18 +14,14 @@
 //!   connections already open are served as before. Counted in
 //!   `hapax_tcp_connections_refused_total`; `hapax_tcp_connections` is the open count.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
+use super::guarded_body::GuardedBody;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -78,43 +74,7 @@ pub async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next
         return response;
     }
     let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(PermitBody {
-            inner: body,
-            permit: Some(permit),
-        }),
-    )
-}
-
-/// A streamed body that holds its request's permit until it ends or is dropped.
-struct PermitBody {
-    inner: Body,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl http_body::Body for PermitBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            self.permit = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    Response::from_parts(parts, GuardedBody::wrap(body, permit))
 }
 
 /// The cap on open TCP connections.
