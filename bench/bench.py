@@ -1172,6 +1172,10 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     elif not a.no_write:
+        # The optimisation log is kept by hand (before/after of each change) and carried along.
+        log_file = ROOT / "bench" / "OPTIMISATIONS.md"
+        if log_file.is_file():
+            text = text.rstrip("\n") + "\n\n" + log_file.read_text()
         Path(a.out).write_text(text)
         log(f"wrote {a.out}; raw results in {workdir}/results.json")
     if problems:
