@@ -12,10 +12,7 @@ Run: python3 -m venv /tmp/hapax-venv && /tmp/hapax-venv/bin/pip install aioquic 
 import asyncio
 import json
 import os
-import queue
 import subprocess
-import tempfile
-import threading
 
 import pytest
 from aioquic.asyncio.client import connect
@@ -24,13 +21,10 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 
+from hapax_process import hapax_bin, running_gateway
+
 API_KEY = "hk-aioquic-key"
-READY_TIMEOUT_S = 30
 REQUEST_TIMEOUT_S = 15
-
-
-def _hapax_bin():
-    return os.environ.get("HAPAX_BIN") or "/var/cache/hapax/target/debug/hapax"
 
 
 def _config(cert, key):
@@ -51,50 +45,15 @@ provider_preference: [mock]
 @pytest.fixture(scope="module")
 def gateway():
     """Yields (h3 host, h3 port, path of the certificate to trust)."""
-    binary = _hapax_bin()
-    assert os.path.isfile(binary), f"{binary} not found: run `cargo build --bins` or set HAPAX_BIN"
-    with tempfile.TemporaryDirectory() as tmp:
+
+    def make_config(tmp):
         certs = os.path.join(tmp, "certs")
-        subprocess.run([binary, "gen-cert", "--out", certs], check=True, capture_output=True)
-        cert, key = os.path.join(certs, "cert.pem"), os.path.join(certs, "key.pem")
-        config = os.path.join(tmp, "config.yaml")
-        with open(config, "w", encoding="utf-8") as f:
-            f.write(_config(cert, key))
-        env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "RUST_LOG")}
-        stderr_path = os.path.join(tmp, "stderr.log")
-        with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(
-                [binary, "serve", "--config", config],
-                cwd=tmp,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        lines = queue.Queue()
+        subprocess.run([hapax_bin(), "gen-cert", "--out", certs], check=True, capture_output=True)
+        return _config(os.path.join(certs, "cert.pem"), os.path.join(certs, "key.pem"))
 
-        def drain():
-            for raw in process.stdout:
-                lines.put(raw.decode("utf-8", "replace"))
-
-        threading.Thread(target=drain, daemon=True).start()
-        try:
-            h3 = None
-            while h3 is None:
-                try:
-                    line = lines.get(timeout=READY_TIMEOUT_S)
-                except queue.Empty:
-                    break
-                if "listening http=" in line and " h3=" in line:
-                    h3 = line.split(" h3=", 1)[1].split()[0]
-            if h3 is None:
-                with open(stderr_path, encoding="utf-8", errors="replace") as f:
-                    pytest.fail(f"gateway did not report an h3 address:\n{f.read()}")
-            host, port = h3.rsplit(":", 1)
-            yield host, int(port), cert
-        finally:
-            process.kill()
-            process.wait(timeout=30)
+    with running_gateway(make_config, require=("http", "h3")) as (fields, tmp):
+        host, port = fields["h3"].rsplit(":", 1)
+        yield host, int(port), os.path.join(tmp, "certs", "cert.pem")
 
 
 class H3Client(QuicConnectionProtocol):

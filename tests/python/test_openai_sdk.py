@@ -8,17 +8,13 @@ Run: python3 -m venv /tmp/hapax-venv && /tmp/hapax-venv/bin/pip install openai p
      /tmp/hapax-venv/bin/pytest tests/python
 """
 
-import os
-import queue
-import subprocess
-import tempfile
-import threading
 
 import openai
 import pytest
 
+from hapax_process import running_gateway
+
 API_KEY = "hk-python-sdk-key"
-READY_TIMEOUT_S = 30
 
 CONFIG = f"""\
 server: {{host: 127.0.0.1, port: 0}}
@@ -34,54 +30,11 @@ provider_preference: [mock]
 """
 
 
-def _hapax_bin():
-    return os.environ.get("HAPAX_BIN") or "/var/cache/hapax/target/debug/hapax"
-
-
 @pytest.fixture(scope="module")
 def gateway():
     """Yields the gateway's base URL (http://ADDR/v1); its output is printed on failure."""
-    binary = _hapax_bin()
-    assert os.path.isfile(binary), f"{binary} not found: run `cargo build --bins` or set HAPAX_BIN"
-    with tempfile.TemporaryDirectory() as tmp:
-        config = os.path.join(tmp, "config.yaml")
-        with open(config, "w", encoding="utf-8") as f:
-            f.write(CONFIG)
-        env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "RUST_LOG")}
-        stderr_path = os.path.join(tmp, "stderr.log")
-        with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(
-                [binary, "serve", "--config", config],
-                cwd=tmp,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        lines = queue.Queue()
-
-        def drain():
-            # Keeps reading so the pipe never fills; the first lines go to the queue.
-            for raw in process.stdout:
-                lines.put(raw.decode("utf-8", "replace"))
-
-        threading.Thread(target=drain, daemon=True).start()
-        try:
-            address = None
-            while address is None:
-                try:
-                    line = lines.get(timeout=READY_TIMEOUT_S)
-                except queue.Empty:
-                    break
-                if "listening http=" in line:
-                    address = line.split("listening http=", 1)[1].split()[0]
-            if address is None:
-                with open(stderr_path, encoding="utf-8", errors="replace") as f:
-                    pytest.fail(f"gateway did not report ready:\n{f.read()}")
-            yield f"http://{address}/v1"
-        finally:
-            process.kill()
-            process.wait(timeout=30)
+    with running_gateway(lambda _tmp: CONFIG) as (fields, _tmp):
+        yield f"http://{fields['http']}/v1"
 
 
 @pytest.fixture()
