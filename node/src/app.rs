@@ -205,14 +205,17 @@ impl App {
         let _ = self.cluster_limiter.set(limiter);
     }
 
-    /// Starts the background health checks; they stop when the handles are aborted.
+    /// Starts the background health checks and the memory trimmer; they stop when the handles are aborted.
     pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.health_checks
+        let mut tasks: Vec<_> = self
+            .health_checks
             .iter()
             .map(|(entry, schedule)| {
                 spawn_health_check(Arc::clone(entry), *schedule, Arc::clone(&self.metrics))
             })
-            .collect()
+            .collect();
+        tasks.push(crate::memory::spawn_trimmer(Arc::clone(&self.metrics)));
+        tasks
     }
 
     /// Hapax's `llm.system_prompt`: added when the request brings no system message.

@@ -12,6 +12,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod providers;
 pub mod ratelimit;

@@ -270,6 +270,14 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Requests answered so far, all endpoints together: a cheap activity signal.
+    pub fn requests_completed(&self) -> u64 {
+        self.endpoints
+            .iter()
+            .map(|e| e.duration.get_sample_count())
+            .sum()
+    }
+
     /// The registry, for other crates' metrics (the cluster's).
     pub fn registry(&self) -> &Registry {
         &self.registry
