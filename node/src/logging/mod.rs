@@ -1,28 +1,23 @@
 //! Structured logs through tracing: JSON (default) or text, level from config or RUST_LOG.
-//! Lines are written by a background thread (a bounded, lossy queue) so a request never waits
-//! on a `write(2)` to stderr.
+//! Lines are written in batches by a background thread (a bounded, lossy buffer: `writer.rs`)
+//! so a request never waits on a `write(2)` to stderr nor wakes a thread per line.
 
 mod json;
+pub mod writer;
 
 use hapax_config::{LogFormat, LoggingConfig};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-/// Lines buffered before new ones are dropped (and counted by tracing-appender) rather than
-/// slowing requests down.
-const QUEUE_LINES: usize = 64 * 1024;
+pub use writer::FlushGuard;
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for the ready line.
 /// Keep the guard alive until exit: dropping it flushes what is queued.
-pub fn init(config: &LoggingConfig) -> WorkerGuard {
+pub fn init(config: &LoggingConfig) -> FlushGuard {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&config.level));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUE_LINES)
-        .lossy(true)
-        .finish(std::io::stderr());
+    let (writer, guard) = writer::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

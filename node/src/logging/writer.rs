@@ -1,0 +1,234 @@
+//! The log sink: lines are appended to a bounded in-memory buffer and written to stderr in
+//! batches by one background thread.
+//!
+//! Why not a channel with a line per message (tracing-appender): waking the writer thread for
+//! every line costs a futex wake and, on a busy core, a context switch that can land before
+//! the response leaves. Here only the first line into an empty buffer wakes the thread, which
+//! then waits [`BATCH_DELAY`] for more before one `write(2)`: at most one wake-up per batch,
+//! none while idle. A line is on stderr at most [`BATCH_DELAY`] after it was logged (and at
+//! exit, when the guard is dropped). Past [`BUFFER_LIMIT`] lines are dropped, never waited
+//! for, and the count of dropped lines is written with the next batch.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long the writer waits after the first line of a batch for more lines to join it.
+pub const BATCH_DELAY: Duration = Duration::from_millis(20);
+/// Bytes buffered before new lines are dropped rather than slowing requests down.
+pub const BUFFER_LIMIT: usize = 8 * 1024 * 1024;
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    buffer: Vec<u8>,
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a valid buffer behind: keep logging.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Hands out writers to the subscriber; cheap to clone.
+#[derive(Clone)]
+pub struct BatchedStderr {
+    shared: Arc<Shared>,
+}
+
+/// Flushes what is buffered and stops the writer thread when dropped.
+pub struct FlushGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the writer thread over `sink` (stderr in the binary).
+pub fn batched(sink: impl Write + Send + 'static) -> (BatchedStderr, FlushGuard) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        ready: Condvar::new(),
+        dropped: AtomicU64::new(0),
+    });
+    let worker = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("hapax-log".into())
+        .spawn(move || write_batches(&worker, sink))
+        .ok();
+    (
+        BatchedStderr {
+            shared: Arc::clone(&shared),
+        },
+        FlushGuard { shared, thread },
+    )
+}
+
+fn write_batches(shared: &Shared, mut sink: impl Write) {
+    let mut batch = Vec::new();
+    loop {
+        let mut state = shared.lock();
+        while state.buffer.is_empty() && !state.closed {
+            state = shared
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let closing = state.closed;
+        if !closing {
+            drop(state);
+            std::thread::sleep(BATCH_DELAY);
+            state = shared.lock();
+        }
+        std::mem::swap(&mut batch, &mut state.buffer);
+        drop(state);
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writeln!(
+                sink,
+                "{{\"level\":\"WARN\",\"message\":\"{dropped} log lines dropped: the log buffer was full\"}}"
+            );
+        }
+        // Nowhere to report a failing stderr: the lines are lost, the gateway goes on.
+        let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+        batch.clear();
+        if closing {
+            return;
+        }
+    }
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One event's writer: tracing-subscriber formats a whole line, then writes it at once.
+pub struct LineWriter<'a> {
+    shared: &'a Shared,
+}
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut state = self.shared.lock();
+        if state.buffer.len() + line.len() > BUFFER_LIMIT {
+            drop(state);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(line.len());
+        }
+        let was_empty = state.buffer.is_empty();
+        state.buffer.extend_from_slice(line);
+        drop(state);
+        if was_empty {
+            self.shared.ready.notify_one();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchedStderr {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter {
+            shared: &self.shared,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_owned()
+        }
+    }
+
+    #[test]
+    fn lines_arrive_in_order_within_a_batch_delay_and_all_at_exit() {
+        let sink = Captured::default();
+        let (make, guard) = batched(sink.clone());
+        for i in 0..100 {
+            let _ = writeln!(make.make_writer(), "line {i}");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !sink.text().contains("line 99") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let expected: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(
+            sink.text(),
+            expected,
+            "written by the background thread, in order"
+        );
+        let _ = writeln!(make.make_writer(), "last words");
+        drop(guard);
+        assert!(
+            sink.text().ends_with("last words\n"),
+            "dropping the guard flushes"
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_drops_lines_and_says_how_many() {
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        };
+        let line = vec![b'x'; 1024 * 1024];
+        for _ in 0..12 {
+            let _ = LineWriter { shared: &shared }.write(&line);
+        }
+        assert_eq!(
+            shared.lock().buffer.len(),
+            BUFFER_LIMIT,
+            "never more than the limit"
+        );
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 4);
+        shared.lock().closed = true;
+        let sink = Captured::default();
+        write_batches(&shared, sink.clone());
+        let text = sink.text();
+        assert!(text.starts_with("{\"level\":\"WARN\",\"message\":\"4 log lines dropped"));
+        assert_eq!(text.len() - text.find('x').unwrap_or(0), BUFFER_LIMIT);
+    }
+}
