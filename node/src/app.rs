@@ -11,7 +11,7 @@ use crate::auth::Authenticator;
 use crate::cache::{Cache, CacheBuildError};
 use crate::dedup::Deduplicator;
 use crate::metrics::Metrics;
-use crate::providers::{build_http_client, build_provider, endpoints_of};
+use crate::providers::{HttpClient, HttpClientError, build_provider, endpoints_of};
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::routing::breaker::{Breaker, BreakerPhase, BreakerSettings, TransitionObserver};
 use crate::routing::checks::{CheckSchedule, spawn_health_check};
@@ -56,7 +56,7 @@ pub enum BuildError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    HttpClient(#[from] HttpClientError),
     #[error("{0}")]
     Cache(#[from] CacheBuildError),
 }
@@ -104,7 +104,7 @@ impl TransitionObserver for BreakerEvents {
 impl App {
     pub fn build(config: &Config) -> Result<Arc<Self>, BuildError> {
         let metrics = Arc::new(Metrics::new()?);
-        let http = build_http_client()?;
+        let http = HttpClient::new()?;
         let breaker_settings = BreakerSettings::from(&config.circuit_breaker);
         let shared_breakers = SharedBreakersSlot::default();
         let observer: Arc<dyn TransitionObserver> = Arc::new(BreakerEvents {

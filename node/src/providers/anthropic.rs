@@ -6,15 +6,19 @@ use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::http::{join, read_json, send, transport_error};
+use http::HeaderName;
+
+use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_json, send};
 use super::sse::SseDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
 use crate::wire::openai::{ChatChunk, ChatRequest, ChatResponse, Role, Usage, unix_now};
 
 const API_VERSION: &str = "2023-06-01";
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 pub struct AnthropicProvider {
-    http: reqwest::Client,
+    http: HttpClient,
     default_max_tokens: u32,
 }
 
@@ -140,21 +144,17 @@ pub(crate) fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 }
 
 impl AnthropicProvider {
-    pub fn new(http: reqwest::Client, default_max_tokens: u32) -> Self {
+    pub fn new(http: HttpClient, default_max_tokens: u32) -> Self {
         Self {
             http,
             default_max_tokens,
         }
     }
 
-    fn authed(
-        &self,
-        builder: reqwest::RequestBuilder,
-        endpoint: &Endpoint,
-    ) -> reqwest::RequestBuilder {
-        let builder = builder.header("anthropic-version", API_VERSION);
+    fn authed<'c>(&self, builder: UpstreamRequest<'c>, endpoint: &Endpoint) -> UpstreamRequest<'c> {
+        let builder = builder.header(ANTHROPIC_VERSION, API_VERSION);
         match &endpoint.api_key {
-            Some(key) => builder.header("x-api-key", key),
+            Some(key) => builder.header(X_API_KEY, key),
             None => builder,
         }
     }
@@ -354,11 +354,7 @@ impl StreamTranslator {
     }
 }
 
-fn translate_stream(
-    response: reqwest::Response,
-    model: String,
-    include_usage: bool,
-) -> ChunkStream {
+fn translate_stream(response: UpstreamResponse, model: String, include_usage: bool) -> ChunkStream {
     let state = (
         response.bytes_stream(),
         SseDecoder::default(),
@@ -396,10 +392,7 @@ fn translate_stream(
                     }
                     Some(Err(e)) => {
                         done = true;
-                        return Some((
-                            Err(transport_error(&e)),
-                            (body, decoder, translator, pending, done),
-                        ));
+                        return Some((Err(e), (body, decoder, translator, pending, done)));
                     }
                     None => {
                         done = true;

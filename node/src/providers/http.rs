@@ -1,53 +1,184 @@
 //! The one pooled HTTP client and the helpers every HTTP provider shares.
+//!
+//! A thin layer over hyper-util's pooled client rather than reqwest: on the request path it
+//! saves reqwest's three URL parses per request (into the `Url`, in its redirect policy, and
+//! back from the response), its redirect and retry layers, and their allocations; the gateway
+//! follows no redirects and does its own retries and timeouts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use reqwest::{RequestBuilder, Response, StatusCode};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::ProviderError;
 use super::redact::redact;
 
-/// One client for all upstreams: pooled keep-alive connections, rustls, TCP_NODELAY.
-pub fn build_http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .user_agent(concat!("hapax/", env!("CARGO_PKG_VERSION")))
-        .build()
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
+/// Why the client could not be built (the platform's certificate store, most likely).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS client setup: {0}")]
+pub struct HttpClientError(#[from] rustls::Error);
+
+/// One client for all upstreams: pooled keep-alive connections (HTTP/1.1, or HTTP/2 when a
+/// TLS upstream offers it), rustls with the platform's roots, TCP_NODELAY.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new() -> Result<Self, HttpClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_platform_verifier()?
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .build(connector);
+        Ok(Self { inner })
+    }
+
+    pub fn post(&self, url: String) -> UpstreamRequest<'_> {
+        UpstreamRequest::new(self, Method::POST, url)
+    }
+
+    pub fn get(&self, url: String) -> UpstreamRequest<'_> {
+        UpstreamRequest::new(self, Method::GET, url)
+    }
+}
+
+/// A request being built; a bad URL, header value or body is reported when it is sent.
+pub struct UpstreamRequest<'c> {
+    client: &'c HttpClient,
+    request: Result<Request<Full<Bytes>>, String>,
+}
+
+impl<'c> UpstreamRequest<'c> {
+    fn new(client: &'c HttpClient, method: Method, url: String) -> Self {
+        let request = Uri::try_from(url)
+            .map_err(|e| format!("invalid upstream URL: {e}"))
+            .map(|uri| {
+                let mut request = Request::new(Full::new(Bytes::new()));
+                *request.method_mut() = method;
+                *request.uri_mut() = uri;
+                request.headers_mut().insert(USER_AGENT, user_agent());
+                request
+            });
+        Self { client, request }
+    }
+
+    /// Sets the body to `body` as JSON.
+    pub fn json(mut self, body: &impl serde::Serialize) -> Self {
+        self.request = self.request.and_then(|mut request| {
+            let bytes = serde_json::to_vec(body).map_err(|e| format!("request body: {e}"))?;
+            *request.body_mut() = Full::new(Bytes::from(bytes));
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(request)
+        });
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: &str) -> Self {
+        self.request = self.request.and_then(|mut request| {
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("the {name} header has a character HTTP does not allow"))?;
+            request.headers_mut().insert(name, value);
+            Ok(request)
+        });
+        self
+    }
+
+    pub fn bearer_auth(self, token: &str) -> Self {
+        self.header(AUTHORIZATION, &format!("Bearer {token}"))
+    }
+}
+
+fn user_agent() -> HeaderValue {
+    HeaderValue::from_static(concat!("hapax/", env!("CARGO_PKG_VERSION")))
+}
+
+/// An upstream's answer, headers read, body not yet.
+pub struct UpstreamResponse(http::Response<Incoming>);
+
+impl UpstreamResponse {
+    pub fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    /// The body's data frames; a transport failure midway is `StreamBroken`.
+    pub fn bytes_stream(
+        self,
+    ) -> impl Stream<Item = Result<Bytes, ProviderError>> + Send + Unpin + 'static {
+        self.0
+            .into_body()
+            .into_data_stream()
+            .map_err(|e| ProviderError::StreamBroken(describe(&e)))
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        self.0
+            .headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
 }
 
 /// Sends a request and turns transport failures and non-2xx answers into `ProviderError`.
 pub async fn send(
-    builder: RequestBuilder,
+    request: UpstreamRequest<'_>,
     secret: Option<&str>,
-) -> Result<Response, ProviderError> {
-    let response = builder.send().await.map_err(|e| transport_error(&e))?;
+) -> Result<UpstreamResponse, ProviderError> {
+    let client = request.client;
+    let request = request
+        .request
+        .map_err(|problem| ProviderError::Connect(redact(&problem, secret.as_slice())))?;
+    let response = client
+        .inner
+        .request(request)
+        .await
+        .map_err(|e| ProviderError::Connect(redact(&describe(&e), secret.as_slice())))?;
+    let response = UpstreamResponse(response);
     if response.status().is_success() {
         return Ok(response);
     }
     Err(status_error(response, secret).await)
 }
 
-pub fn transport_error(error: &reqwest::Error) -> ProviderError {
-    if error.is_timeout() {
-        ProviderError::Timeout
-    } else if error.is_connect() {
-        ProviderError::Connect(describe(error))
-    } else if error.is_body() || error.is_decode() {
-        ProviderError::StreamBroken(describe(error))
-    } else {
-        ProviderError::Connect(describe(error))
-    }
-}
-
 /// The error chain as one line (keys travel in headers, never in URLs).
-fn describe(error: &reqwest::Error) -> String {
+fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(inner) = source {
         text.push_str(": ");
         text.push_str(&inner.to_string());
@@ -56,9 +187,9 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
-async fn status_error(response: Response, secret: Option<&str>) -> ProviderError {
+async fn status_error(response: UpstreamResponse, secret: Option<&str>) -> ProviderError {
     let status = response.status();
-    let retry_after = parse_retry_after(&response);
+    let retry_after = parse_retry_after(response.0.headers());
     let body = read_capped(response, 16 * 1024).await;
     let message = redact(&upstream_message(&body, status), secret.as_slice());
     ProviderError::Status {
@@ -68,8 +199,7 @@ async fn status_error(response: Response, secret: Option<&str>) -> ProviderError
     }
 }
 
-fn parse_retry_after(response: &Response) -> Option<Duration> {
-    let headers = response.headers();
+fn parse_retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -78,7 +208,7 @@ fn parse_retry_after(response: &Response) -> Option<Duration> {
         return Some(Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0)));
     }
     let secs = headers
-        .get(reqwest::header::RETRY_AFTER)?
+        .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()
@@ -88,7 +218,7 @@ fn parse_retry_after(response: &Response) -> Option<Duration> {
 }
 
 /// Reads at most `cap` bytes of a body; an error body is only for the message.
-async fn read_capped(response: Response, cap: usize) -> Bytes {
+async fn read_capped(response: UpstreamResponse, cap: usize) -> Bytes {
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -135,9 +265,8 @@ pub fn join(base: &str, path: &str) -> String {
 /// the gateway buffer without bound.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-pub async fn read_json<T: serde::de::DeserializeOwned>(
-    response: Response,
-) -> Result<T, ProviderError> {
+/// The whole body of a non-streamed answer, bounded by [`MAX_RESPONSE_BYTES`].
+pub async fn read_body(response: UpstreamResponse) -> Result<Vec<u8>, ProviderError> {
     let mut body = Vec::with_capacity(
         response
             .content_length()
@@ -146,7 +275,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     );
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| transport_error(&e))?;
+        let chunk = chunk?;
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(ProviderError::InvalidResponse(format!(
                 "the response is larger than {MAX_RESPONSE_BYTES} bytes"
@@ -154,5 +283,12 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    response: UpstreamResponse,
+) -> Result<T, ProviderError> {
+    let body = read_body(response).await?;
     serde_json::from_slice(&body).map_err(|e| ProviderError::InvalidResponse(e.to_string()))
 }

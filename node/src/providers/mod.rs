@@ -19,7 +19,7 @@ use hapax_config::{ProviderConfig, ProviderKind};
 
 use crate::wire::openai::{ChatRequest, ChatResponse, Usage};
 
-pub use self::http::build_http_client;
+pub use self::http::{HttpClient, HttpClientError};
 
 /// One item of a translated stream: the JSON text of an OpenAI `chat.completion.chunk`,
 /// plus the usage it reports (if any) so the gateway can account for tokens without
@@ -134,7 +134,7 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// Builds the client for one configured provider.
-pub fn build_provider(config: &ProviderConfig, http: &reqwest::Client) -> Arc<dyn Provider> {
+pub fn build_provider(config: &ProviderConfig, http: &HttpClient) -> Arc<dyn Provider> {
     match config.kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => Arc::new(
             openai::OpenAiProvider::new(http.clone(), config.kind == ProviderKind::Openai),

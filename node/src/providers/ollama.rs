@@ -6,13 +6,13 @@ use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::http::{join, read_json, send, transport_error};
+use super::http::{HttpClient, UpstreamResponse, join, read_json, send};
 use super::sse::NdjsonDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
 use crate::wire::openai::{ChatChunk, ChatRequest, ChatResponse, Role, Usage, unix_now};
 
 pub struct OllamaProvider {
-    http: reqwest::Client,
+    http: HttpClient,
 }
 
 #[derive(Serialize)]
@@ -109,7 +109,7 @@ fn finish_reason(done_reason: Option<&str>) -> &'static str {
 }
 
 impl OllamaProvider {
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: HttpClient) -> Self {
         Self { http }
     }
 }
@@ -263,7 +263,7 @@ fn chunk(chunk: ChatChunk, usage: Option<Usage>) -> Result<StreamItem, ProviderE
     })
 }
 
-fn translate_stream(response: reqwest::Response, include_usage: bool) -> ChunkStream {
+fn translate_stream(response: UpstreamResponse, include_usage: bool) -> ChunkStream {
     let state = (
         response.bytes_stream(),
         NdjsonDecoder::default(),
@@ -293,10 +293,7 @@ fn translate_stream(response: reqwest::Response, include_usage: bool) -> ChunkSt
                         }
                         Some(Err(e)) => {
                             done = true;
-                            return Some((
-                                Err(transport_error(&e)),
-                                (body, decoder, translator, pending, done),
-                            ));
+                            return Some((Err(e), (body, decoder, translator, pending, done)));
                         }
                         None => decoder.finish(),
                     },

@@ -5,13 +5,13 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 
-use super::http::{join, read_json, send, transport_error};
+use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_json, send};
 use super::sse::SseDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
 use crate::wire::openai::{ChatRequest, ChatResponse, StreamOptions, Usage};
 
 pub struct OpenAiProvider {
-    http: reqwest::Client,
+    http: HttpClient,
     /// Real OpenAI always supports `stream_options`; unknown compatible servers may not.
     inject_stream_usage: bool,
 }
@@ -33,7 +33,7 @@ const WITH_USAGE: StreamOptions = StreamOptions {
 };
 
 impl OpenAiProvider {
-    pub fn new(http: reqwest::Client, inject_stream_usage: bool) -> Self {
+    pub fn new(http: HttpClient, inject_stream_usage: bool) -> Self {
         Self {
             http,
             inject_stream_usage,
@@ -45,7 +45,7 @@ impl OpenAiProvider {
         call: &UpstreamCall<'_>,
         stream: bool,
         stream_options: Option<&StreamOptions>,
-    ) -> reqwest::RequestBuilder {
+    ) -> UpstreamRequest<'_> {
         let body = UpstreamBody {
             model: call.model,
             stream,
@@ -118,7 +118,7 @@ impl Provider for OpenAiProvider {
 
 /// Forwards each upstream `data:` payload as is (no re-serialisation), noting usage, and
 /// dropping the usage-only chunk when the gateway asked for it on its own behalf.
-fn passthrough_stream(response: reqwest::Response, hide_usage_chunk: bool) -> ChunkStream {
+fn passthrough_stream(response: UpstreamResponse, hide_usage_chunk: bool) -> ChunkStream {
     let state = (response.bytes_stream(), SseDecoder::default(), false);
     futures_util::stream::unfold(state, move |(mut body, mut decoder, mut done)| async move {
         loop {
@@ -160,7 +160,7 @@ fn passthrough_stream(response: reqwest::Response, hide_usage_chunk: bool) -> Ch
                 }
                 Some(Err(e)) => {
                     done = true;
-                    return Some((Err(transport_error(&e)), (body, decoder, done)));
+                    return Some((Err(e), (body, decoder, done)));
                 }
                 None => {
                     done = true;
