@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::observe::ObservedRouter;
 use anyhow::Context;
-use axum::Router;
 use axum::http::HeaderValue;
 use futures_util::FutureExt;
 use hapax_config::Config;
@@ -102,7 +102,7 @@ impl Front {
     /// (each for at most `shutdown_timeout`, concurrently).
     pub async fn serve(
         self,
-        router: Router,
+        router: ObservedRouter,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let shutdown = shutdown.shared();

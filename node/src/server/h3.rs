@@ -1,4 +1,4 @@
-//! HTTP/3: a QUIC endpoint (quinn + h3) bridged into the same axum [`Router`] as TCP, so
+//! HTTP/3: a QUIC endpoint (quinn + h3) bridged into the same router as TCP, so
 //! every endpoint, layer and limit is shared — there is one handler stack.
 //!
 //! One task per connection accepts request streams; one task per request turns the h3
@@ -29,11 +29,9 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use h3::error::{Code, StreamError};
@@ -46,6 +44,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use super::observe::ObservedRouter;
 use crate::error::ApiError;
 
 /// H3_NO_ERROR, the application close code of a clean HTTP/3 shutdown.
@@ -127,7 +126,7 @@ pub fn bind(
 /// Serves `router` over HTTP/3 on `endpoint` until `shutdown` resolves, then drains.
 pub async fn serve(
     endpoint: quinn::Endpoint,
-    router: Router,
+    router: ObservedRouter,
     settings: Http3Settings,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -169,7 +168,7 @@ pub async fn serve(
 /// or the server drains.
 async fn connection(
     incoming: quinn::Incoming,
-    router: Router,
+    router: ObservedRouter,
     settings: Arc<Http3Settings>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -312,13 +311,13 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Router layer: an unsafe method in early data may be a replay, so it gets 425 Too Early
-/// (the client retries once the handshake has completed).
-pub async fn refuse_unsafe_early_data(request: Request, next: Next) -> Response {
+/// Checked before routing: an unsafe method in early data may be a replay, so it gets 425 Too
+/// Early (the client retries once the handshake has completed).
+pub fn refuse_unsafe_early_data(request: &Request) -> Option<Response> {
     if request.extensions().get::<EarlyData>().is_some() && !is_safe(request.method()) {
-        return ApiError::TooEarly(request.method().to_string()).into_response();
+        return Some(ApiError::TooEarly(request.method().to_string()).into_response());
     }
-    next.run(request).await
+    None
 }
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
@@ -328,7 +327,7 @@ type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
 /// One request stream through the router.
 async fn request(
     resolver: Resolver,
-    router: Router,
+    router: ObservedRouter,
     handshake: Arc<Handshake>,
     header_read_timeout: Duration,
 ) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
@@ -32,20 +32,19 @@ use tower::ServiceExt;
 use crate::api;
 use crate::app::App;
 use crate::error::ApiError;
-use observe::ClientName;
+use observe::{ClientName, ObservedRouter};
 use overload::ConnectionLimit;
 
-/// The whole API. Layers run outside-in: observe (request id, metrics, log) -> early data
-/// (HTTP/3 0-RTT: 425 for unsafe methods) -> load shedding (client API only: 503 past the
-/// cap on requests in flight) -> auth (per route group) -> handler (body limits, validation,
-/// admission, routing).
-pub fn router(app: Arc<App>) -> Router {
+/// The whole API. Layers run outside-in: observe (request id, metrics, log; HTTP/3 0-RTT:
+/// 425 for unsafe methods) -> admission of client-API calls (load shedding: 503 past the cap
+/// on requests in flight, then auth) or auth per route group -> handler (body limits,
+/// validation, rate limits, routing).
+pub fn router(app: Arc<App>) -> ObservedRouter {
     let client_api = Router::new()
         .route("/v1/chat/completions", post(api::chat::chat_completions))
         .route("/v1/completions", post(api::completions::completions))
         .route("/v1/models", get(api::models::list_models))
-        .route_layer(from_fn_with_state(Arc::clone(&app), require_client))
-        .route_layer(from_fn_with_state(Arc::clone(&app), overload::shed_load));
+        .route_layer(from_fn_with_state(Arc::clone(&app), admit_client));
     let admin_api = Router::new()
         .route("/admin/breakers", get(api::admin::list_breakers))
         .route(
@@ -63,19 +62,32 @@ pub fn router(app: Arc<App>) -> Router {
     if app.auth.protect_metrics {
         metrics = metrics.route_layer(from_fn_with_state(Arc::clone(&app), require_client));
     }
-    Router::new()
+    let routes = Router::new()
         .merge(client_api)
         .merge(admin_api)
         .merge(health)
         .merge(metrics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn(h3::refuse_unsafe_early_data))
-        .layer(from_fn_with_state(Arc::clone(&app), observe::observe))
-        .with_state(app)
+        .with_state(Arc::clone(&app));
+    ObservedRouter::new(app, routes)
 }
 
-async fn require_client(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+/// The client API's admission, in one layer: load shedding first (an overloaded node answers
+/// 503 without spending a digest on the key), then the key.
+async fn admit_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let Some(permit) = app.inflight.try_acquire() else {
+        return overload::shed(&app, &request);
+    };
+    let response = authenticated(&app, request, next).await;
+    overload::hold_while_streaming(response, permit)
+}
+
+async fn require_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    authenticated(&app, request, next).await
+}
+
+async fn authenticated(app: &App, mut request: Request, next: Next) -> Response {
     match app.auth.client(request.headers()) {
         Ok(caller) => {
             let name = Arc::clone(&caller.name);
@@ -133,7 +145,7 @@ pub struct TcpOptions {
 /// requests and streams for at most `shutdown_timeout`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: ObservedRouter,
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -143,7 +155,7 @@ pub async fn serve(
 /// [`serve`] with TLS and/or an `Alt-Svc` header.
 pub async fn serve_tcp(
     listener: TcpListener,
-    router: Router,
+    router: ObservedRouter,
     settings: ListenerSettings,
     options: TcpOptions,
     shutdown: impl Future<Output = ()>,

@@ -5,10 +5,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{HeaderValue, Version};
-use axum::middleware::Next;
 use axum::response::Response;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::guarded_body::GuardedBody;
@@ -67,7 +74,46 @@ pub struct ClientName(pub Arc<str>);
 #[derive(Clone, Copy)]
 pub struct Streamed;
 
-pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+/// The router behind the observing layer, as one service for every listener (TCP, HTTP/3).
+///
+/// A plain service rather than axum's `Router::layer(from_fn(..))`: that would wrap every
+/// route and, per request, clone and box the inner service and box a `Next`; here a request
+/// costs one boxed future.
+#[derive(Clone)]
+pub struct ObservedRouter {
+    app: Arc<App>,
+    router: Router,
+}
+
+impl ObservedRouter {
+    pub fn new(app: Arc<App>, router: Router) -> Self {
+        Self { app, router }
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for ObservedRouter
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let app = Arc::clone(&self.app);
+        let router = self.router.clone();
+        Box::pin(async move { Ok(observe(app, request.map(Body::new), router).await) })
+    }
+}
+
+/// Request id, metrics and the log line around one request; HTTP/3 early data with an
+/// unsafe method is refused here (425) so the refusal is observed like any answer.
+async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     let started = Instant::now();
     let id = request_id::from_headers(request.headers());
     let endpoint_index = endpoint_index(request.uri().path());
@@ -84,8 +130,16 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
         method = method.as_str(),
         protocol
     );
-    let mut response =
-        request_id::scope(Arc::clone(&id), next.run(request).instrument(span.clone())).await;
+    let handle = async move {
+        if let Some(refusal) = super::h3::refuse_unsafe_early_data(&request) {
+            return refusal;
+        }
+        match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
+    let mut response = request_id::scope(Arc::clone(&id), handle.instrument(span.clone())).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(request_id::HEADER, value);
     }

@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::guarded_body::GuardedBody;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -53,24 +52,25 @@ impl InflightLimit {
         self.limit - self.permits.available_permits()
     }
 
-    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.permits).try_acquire_owned().ok()
     }
 }
 
 /// The load-shedding layer around the client API.
-pub async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let Some(permit) = app.inflight.try_acquire() else {
-        let endpoint = endpoint_label(request.uri().path());
-        app.metrics.load_shed.with_label_values(&[endpoint]).inc();
-        return ApiError::Overloaded {
-            limit: app.inflight.limit(),
-        }
-        .into_response();
-    };
-    let response = next.run(request).await;
+/// The 503 of a client-API request refused because the node is at its in-flight cap.
+pub fn shed(app: &App, request: &Request) -> Response {
+    let endpoint = endpoint_label(request.uri().path());
+    app.metrics.load_shed.with_label_values(&[endpoint]).inc();
+    ApiError::Overloaded {
+        limit: app.inflight.limit(),
+    }
+    .into_response()
+}
+
+/// Keeps the in-flight permit until a streamed body ends; a complete answer releases it now.
+pub fn hold_while_streaming(response: Response, permit: OwnedSemaphorePermit) -> Response {
     if response.extensions().get::<Streamed>().is_none() {
-        // The body is complete already: the request is done with the node's capacity.
         return response;
     }
     let (parts, body) = response.into_parts();
