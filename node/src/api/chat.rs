@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::body::{parse_json, read_json_body};
 use super::exec::{self, Settlement};
@@ -48,14 +47,14 @@ pub async fn chat_completions(
         _ => {
             let (served, shared) =
                 exec::complete(&app, &caller, request, ENDPOINT, &headers).await?;
-            settlement.tokens = served.response.usage.map(|u| u.total_tokens);
+            settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
             if !shared {
                 cache.store(&served).await;
             }
             (served, shared)
         }
     };
-    let mut response = Json(&*served.response).into_response();
+    let mut response = json_response(served.answer.json.clone());
     exec::decorate(
         &mut response,
         &served.served,
@@ -66,6 +65,16 @@ pub async fn chat_completions(
     );
     cache.mark(&mut response);
     Ok(response)
+}
+
+/// A JSON body already encoded (a passed-through or cached completion).
+pub fn json_response(json: bytes::Bytes) -> Response {
+    let mut response = Response::new(Body::from(json));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 pub fn sse_response(body: Body) -> Response {

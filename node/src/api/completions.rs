@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::providers::StreamItem;
 use crate::server::request_id::current_request_id;
 use crate::wire::openai::{
-    ChatChunk, ChatMessage, ChatRequest, Role, StopSequences, Usage, unix_now,
+    ChatChunk, ChatMessage, ChatRequest, ChatResponse, Role, StopSequences, Usage, unix_now,
 };
 
 pub const ENDPOINT: &str = "/v1/completions";
@@ -155,12 +155,13 @@ async fn hapax_completion(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
+    let completion = decoded(&served)?;
     let request_id = current_request_id();
     let payload = HapaxCompletionResponse {
-        content: served.response.first_text(),
-        model: &served.response.model,
+        content: completion.first_text(),
+        model: &completion.model,
         provider: &served.served.provider,
-        usage: served.response.usage,
+        usage: completion.usage,
         request_id: &request_id,
     };
     let mut response = Json(payload).into_response();
@@ -185,11 +186,24 @@ async fn run_plain(
         return Ok((served, false, cache));
     }
     let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
-    settlement.tokens = served.response.usage.map(|u| u.total_tokens);
+    settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
     if !shared {
         cache.store(&served).await;
     }
     Ok((served, shared, cache))
+}
+
+/// The completion decoded, to be reshaped; an upstream answer that only looked like one is
+/// the provider's fault (502).
+fn decoded(served: &exec::ChatServed) -> Result<ChatResponse, ApiError> {
+    served.answer.decode().map_err(|e| ApiError::Upstream {
+        status: StatusCode::BAD_GATEWAY,
+        message: format!(
+            "provider {} sent a response the gateway could not read: {e}",
+            served.served.provider
+        ),
+        retry_after: None,
+    })
 }
 
 fn legacy_chat_request(body: LegacyCompletionRequest) -> Result<ChatRequest, ApiError> {
@@ -224,7 +238,7 @@ async fn legacy_completion(
 ) -> Result<Response, ApiError> {
     if !request.is_stream() {
         let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
-        let r = &served.response;
+        let r = &decoded(&served)?;
         let choices: Vec<Value> = r
             .choices
             .iter()

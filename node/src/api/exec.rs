@@ -20,7 +20,8 @@ use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimite
 use crate::routing::{CommittedStream, RouteScope, Served};
 use crate::server::observe::{ClientName, ServedBy, Streamed};
 use crate::server::request_id::current_request_id;
-use crate::wire::openai::{ChatRequest, ChatResponse};
+use crate::wire::answer::ChatAnswer;
+use crate::wire::openai::ChatRequest;
 
 /// Tokens assumed for a completion whose request sets no `max_tokens`.
 const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
@@ -28,7 +29,7 @@ const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
 /// A non-streamed answer, shareable between deduplicated callers.
 #[derive(Clone)]
 pub struct ChatServed {
-    pub response: Arc<ChatResponse>,
+    pub answer: ChatAnswer,
     pub served: ServedBy,
 }
 
@@ -135,7 +136,7 @@ async fn dispatch(
     };
     let served = app.dispatcher.complete(&request, scope).await?;
     Ok(ChatServed {
-        response: Arc::new(served.value),
+        answer: served.value,
         served: ServedBy {
             provider: Arc::from(served.provider.name.as_str()),
             attempts: served.attempts,

@@ -344,7 +344,7 @@ impl CachePlan {
     pub async fn store(&self, served: &ChatServed) {
         if let Some((backend, key)) = self.writable() {
             let stored = ChatServed {
-                response: Arc::clone(&served.response),
+                answer: served.answer.clone(),
                 served: ServedBy {
                     provider: Arc::clone(&served.served.provider),
                     attempts: 0,

@@ -3,6 +3,7 @@
 //! outage costs requests nothing but the cache. The connection manager is created without
 //! connecting and reconnects on its own.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,11 +13,12 @@ use hapax_config::RedisCacheConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::{CacheError, CacheKey, CachedAnswer, CachedStream, ResponseCache};
 use crate::api::exec::ChatServed;
 use crate::server::observe::ServedBy;
-use crate::wire::openai::ChatResponse;
+use crate::wire::answer::ChatAnswer;
 
 /// Every key this cache writes starts with this (the version is also in the key's hash).
 const KEY_PREFIX: &str = "hapax:cache:";
@@ -171,7 +173,8 @@ fn connection_info(config: &RedisCacheConfig) -> Result<ConnectionInfo, redis::R
 enum StoredRef<'a> {
     Complete {
         provider: &'a str,
-        response: &'a ChatResponse,
+        /// The completion's own JSON, embedded as is.
+        response: &'a RawValue,
     },
     Stream {
         provider: &'a str,
@@ -179,27 +182,38 @@ enum StoredRef<'a> {
     },
 }
 
+/// The stored entry as read back: a plain struct rather than a tagged enum, because a tagged
+/// enum buffers its fields and a raw (verbatim) JSON value cannot be read from that buffer.
 #[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Stored {
-    Complete {
-        provider: String,
-        response: ChatResponse,
-    },
-    Stream {
-        provider: String,
-        events: Vec<String>,
-    },
+struct Stored {
+    kind: StoredKind,
+    provider: String,
+    #[serde(default)]
+    response: Option<Box<RawValue>>,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredKind {
+    Complete,
+    Stream,
 }
 
 fn encode(answer: &CachedAnswer) -> Result<Vec<u8>, CacheError> {
     let codec = |e: serde_json::Error| CacheError::Codec(e.to_string());
     match answer {
-        CachedAnswer::Complete(served) => serde_json::to_vec(&StoredRef::Complete {
-            provider: &served.served.provider,
-            response: &served.response,
-        })
-        .map_err(codec),
+        CachedAnswer::Complete(served) => {
+            let json = std::str::from_utf8(&served.answer.json)
+                .map_err(|e| CacheError::Codec(e.to_string()))?;
+            let response: &RawValue = serde_json::from_str(json).map_err(codec)?;
+            serde_json::to_vec(&StoredRef::Complete {
+                provider: &served.served.provider,
+                response,
+            })
+            .map_err(codec)
+        }
         CachedAnswer::Stream(stream) => {
             let events = stream
                 .events
@@ -219,20 +233,25 @@ fn encode(answer: &CachedAnswer) -> Result<Vec<u8>, CacheError> {
 fn decode(bytes: &[u8]) -> Result<CachedAnswer, CacheError> {
     let stored: Stored =
         serde_json::from_slice(bytes).map_err(|e| CacheError::Codec(e.to_string()))?;
-    Ok(match stored {
-        Stored::Complete { provider, response } => CachedAnswer::Complete(ChatServed {
-            response: std::sync::Arc::new(response),
+    let provider: Arc<str> = stored.provider.into();
+    Ok(match (stored.kind, stored.response) {
+        (StoredKind::Complete, Some(response)) => CachedAnswer::Complete(ChatServed {
+            answer: ChatAnswer::passthrough(String::from(Box::<str>::from(response)).into_bytes())
+                .map_err(|e| CacheError::Codec(e.to_string()))?,
             served: ServedBy {
-                provider: provider.into(),
+                provider,
                 attempts: 0,
             },
         }),
-        Stored::Stream { provider, events } => {
-            CachedAnswer::Stream(std::sync::Arc::new(CachedStream {
-                provider: provider.into(),
-                events: events.into_iter().map(Bytes::from).collect(),
-            }))
+        (StoredKind::Complete, None) => {
+            return Err(CacheError::Codec(
+                "a complete answer without its response".into(),
+            ));
         }
+        (StoredKind::Stream, _) => CachedAnswer::Stream(Arc::new(CachedStream {
+            provider,
+            events: stored.events.into_iter().map(Bytes::from).collect(),
+        })),
     })
 }
 
@@ -305,7 +324,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::wire::openai::Usage;
+    use crate::wire::openai::{ChatResponse, Usage};
 
     #[test]
     fn answers_survive_the_stored_format() {
@@ -317,7 +336,7 @@ mod tests {
             Usage::new(3, 1),
         );
         let complete = CachedAnswer::Complete(ChatServed {
-            response: Arc::new(response),
+            answer: ChatAnswer::encode(&response).unwrap(),
             served: ServedBy {
                 provider: Arc::from("primary"),
                 attempts: 2,
@@ -326,7 +345,8 @@ mod tests {
         let CachedAnswer::Complete(back) = decode(&encode(&complete).unwrap()).unwrap() else {
             panic!("kind changed");
         };
-        assert_eq!(back.response.first_text(), "hello");
+        assert_eq!(back.answer.decode().unwrap().first_text(), "hello");
+        assert_eq!(back.answer.usage, Some(Usage::new(3, 1)));
         assert_eq!(&*back.served.provider, "primary");
         assert_eq!(back.served.attempts, 0, "a cached answer took no attempts");
 

@@ -8,9 +8,11 @@ use serde_json::Value;
 
 use http::HeaderName;
 
+use super::encoded;
 use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_json, send};
 use super::sse::SseDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
+use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::{ChatChunk, ChatRequest, ChatResponse, Role, Usage, unix_now};
 
 const API_VERSION: &str = "2023-06-01";
@@ -164,7 +166,7 @@ impl Provider for AnthropicProvider {
     fn chat<'a>(
         &'a self,
         call: UpstreamCall<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    ) -> BoxFuture<'a, Result<ChatAnswer, ProviderError>> {
         async move {
             let body =
                 to_messages_request(call.request, call.model, self.default_max_tokens, false)?;
@@ -183,7 +185,7 @@ impl Provider for AnthropicProvider {
                 .filter_map(|b| b.text.as_deref())
                 .collect();
             let usage = Usage::new(response.usage.input_tokens, response.usage.output_tokens);
-            Ok(ChatResponse::assistant(
+            encoded(&ChatResponse::assistant(
                 response.id,
                 response.model,
                 text,

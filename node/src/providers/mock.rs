@@ -6,7 +6,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use hapax_mock_provider::reply;
 
+use super::encoded;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
+use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::{ChatChunk, ChatRequest, ChatResponse, Role, Usage, unix_now};
 
 pub struct MockProvider;
@@ -42,7 +44,7 @@ impl Provider for MockProvider {
     fn chat<'a>(
         &'a self,
         call: UpstreamCall<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    ) -> BoxFuture<'a, Result<ChatAnswer, ProviderError>> {
         let (text, usage) = answer(call.request);
         let response = ChatResponse::assistant(
             format!("chatcmpl-mock-{}", unix_now()),
@@ -51,7 +53,7 @@ impl Provider for MockProvider {
             "stop",
             usage,
         );
-        futures_util::future::ready(Ok(response)).boxed()
+        futures_util::future::ready(encoded(&response)).boxed()
     }
 
     fn chat_stream<'a>(

@@ -17,6 +17,7 @@ use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use hapax_config::{ProviderConfig, ProviderKind};
 
+use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::{ChatRequest, ChatResponse, Usage};
 
 pub use self::http::{HttpClient, HttpClientError};
@@ -118,7 +119,7 @@ pub trait Provider: Send + Sync + 'static {
     fn chat<'a>(
         &'a self,
         call: UpstreamCall<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+    ) -> BoxFuture<'a, Result<ChatAnswer, ProviderError>>;
 
     /// Starts a stream; resolves once upstream accepted the request (status 200).
     fn chat_stream<'a>(
@@ -131,6 +132,11 @@ pub trait Provider: Send + Sync + 'static {
         &'a self,
         endpoint: &'a Endpoint,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
+}
+
+/// A translated answer, encoded once for the client.
+fn encoded(response: &ChatResponse) -> Result<ChatAnswer, ProviderError> {
+    ChatAnswer::encode(response).map_err(|e| ProviderError::InvalidResponse(e.to_string()))
 }
 
 /// Builds the client for one configured provider.

@@ -6,9 +6,11 @@ use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::encoded;
 use super::http::{HttpClient, UpstreamResponse, join, read_json, send};
 use super::sse::NdjsonDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
+use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::{ChatChunk, ChatRequest, ChatResponse, Role, Usage, unix_now};
 
 pub struct OllamaProvider {
@@ -118,7 +120,7 @@ impl Provider for OllamaProvider {
     fn chat<'a>(
         &'a self,
         call: UpstreamCall<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    ) -> BoxFuture<'a, Result<ChatAnswer, ProviderError>> {
         async move {
             let body = to_ollama_request(call.request, call.model, false)?;
             let response: OllamaResponse = read_json(
@@ -137,7 +139,7 @@ impl Provider for OllamaProvider {
             let text = response.message.map(|m| m.content).unwrap_or_default();
             let usage = Usage::new(response.prompt_eval_count, response.eval_count);
             let id = format!("chatcmpl-ollama-{}", unix_now());
-            Ok(ChatResponse::assistant(
+            encoded(&ChatResponse::assistant(
                 id,
                 response.model,
                 text,

@@ -5,10 +5,11 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 
-use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_json, send};
+use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_body, send};
 use super::sse::SseDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
-use crate::wire::openai::{ChatRequest, ChatResponse, StreamOptions, Usage};
+use crate::wire::answer::ChatAnswer;
+use crate::wire::openai::{ChatRequest, StreamOptions, Usage};
 
 pub struct OpenAiProvider {
     http: HttpClient,
@@ -67,14 +68,15 @@ impl Provider for OpenAiProvider {
     fn chat<'a>(
         &'a self,
         call: UpstreamCall<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    ) -> BoxFuture<'a, Result<ChatAnswer, ProviderError>> {
         async move {
             let response = send(
                 self.post(&call, false, None),
                 call.endpoint.api_key.as_deref(),
             )
             .await?;
-            read_json(response).await
+            ChatAnswer::passthrough(read_body(response).await?)
+                .map_err(|e| ProviderError::InvalidResponse(e.to_string()))
         }
         .boxed()
     }

@@ -22,7 +22,8 @@ use self::entry::ProviderEntry;
 pub use self::stream::CommittedStream;
 use crate::metrics::Metrics;
 use crate::providers::{ProviderError, UpstreamCall};
-use crate::wire::openai::{ChatRequest, ChatResponse};
+use crate::wire::answer::ChatAnswer;
+use crate::wire::openai::ChatRequest;
 
 /// Routing knobs, resolved from config once.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +175,7 @@ impl Dispatcher {
         &self,
         request: &ChatRequest,
         scope: RouteScope<'_>,
-    ) -> Result<Served<ChatResponse>, DispatchError> {
+    ) -> Result<Served<ChatAnswer>, DispatchError> {
         let mut attempts = Attempts::new(self, request, scope);
         while let Some((entry, retry, permit)) = attempts.next().await? {
             let (deployment, _inflight) = entry.pick(self.settings.strategy, retry);

@@ -1,3 +1,4 @@
 //! Wire formats shared by the API and the providers.
 
+pub mod answer;
 pub mod openai;
