@@ -6,7 +6,8 @@ Three targets, measured side by side in one invocation so the machine's noise is
   direct : the load generator -> `hapax mock-provider`
   nginx  : the load generator -> nginx (proxy_pass, upstream keepalive) -> the same mock
   hapax  : the load generator -> one hapax node (auth on, rate limits, metrics, info logs) -> the same mock
-"Added latency" is a target's percentile minus direct's percentile in the same round.
+"Added latency" is a target's percentile minus direct's percentile in the same round; each cell
+runs ROUNDS rounds (rotating order) and reports the median over them.
 Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
 beside the single node) and run_h3 (one node with HTTP/3 on, bench/h3load over HTTP/1.1 and
 HTTP/3); both skipped by --smoke.
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import statistics
 import os
 import re
 import shutil
@@ -39,6 +41,7 @@ KEY = "hapax-bench-key-0123456789"
 GATEWAY_CORE = "0"   # the system under test (hapax or nginx, one at a time) owns core 0
 CLIENT_CORE = "1"    # load generator, stream client and mock share core 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROUNDS = 5  # rounds per fixed-rate cell (--rounds; 1 in --smoke)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 RUNNING: list["Proc"] = []
@@ -363,9 +366,17 @@ def measured(rig, target: str, fn):
     return res
 
 
-def fixed_rate(rig, loader, rates: list[int], latencies: list[int], duration: float) -> list[dict]:
+def fixed_rate(rig, loader, rates: list[int], latencies: list[int], duration: float,
+               rounds: int | None = None) -> list[dict]:
     """rig: urls() / pid(target) / fault(); loader: .run(url, duration, conns, rate) or, per
-    target, rig.load(target, duration, conns, rate) when rig has one."""
+    target, rig.load(target, duration, conns, rate) when rig has one.
+
+    Each (mock latency, rate) cell is measured in `rounds` rounds of duration / rounds seconds,
+    every target once per round in rotating order; a figure is the median over the rounds and
+    an added latency the median of (target - direct) within each round, so that one noisy
+    second on the shared machine moves one round, not the result."""
+    rounds = rounds or ROUNDS
+    per_round = duration if rounds == 1 else max(2.0, duration / rounds)
     rows = []
     targets = list(rig.urls())
     round_no = 0
@@ -375,17 +386,32 @@ def fixed_rate(rig, loader, rates: list[int], latencies: list[int], duration: fl
         else:
             rig.fault()
         for rate in rates:
-            order = targets[round_no % len(targets):] + targets[:round_no % len(targets)]
-            round_no += 1
             conns = max(50, rate * (lat + 5) // 1000 * 4)
-            res = {}
-            for t in order:
-                res[t] = measured(rig, t, lambda t=t: load_via(rig, loader, t, duration, conns, rate))
+            per_target: dict[str, list] = {t: [] for t in targets}
+            for _ in range(rounds):
+                order = targets[round_no % len(targets):] + targets[:round_no % len(targets)]
+                round_no += 1
+                for t in order:
+                    per_target[t].append(measured(rig, t, lambda t=t: load_via(rig, loader, t, per_round, conns, rate)))
+            res = {t: merge_rounds(rs) for t, rs in per_target.items()}
+            for t in targets:
                 log(f"  {lat:>2} ms mock, {rate} rps, {t:<6}: p50 {us(res[t]['p50'])} p90 {us(res[t]['p90'])} "
-                    f"p99 {us(res[t]['p99'])} errors {res[t]['errors']}/{res[t]['requests']}")
+                    f"p99 {us(res[t]['p99'])} errors {res[t]['errors']}/{res[t]['requests']} ({rounds} rounds)")
             rows.append({"latency_ms": lat, "rate": rate, "results": res})
     rig.fault()
     return rows
+
+
+def merge_rounds(rs: list[dict]) -> dict:
+    """Medians of the rounds' percentiles and CPU cost; counts summed; the rounds kept."""
+    def med(key):
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+    out = {k: med(k) for k in ("p50", "p90", "p99", "cpu_ms_per_1k", "cpu_pct", "rps")}
+    out["errors"] = sum(r.get("errors", 0) for r in rs)
+    out["requests"] = sum(r.get("requests", 0) for r in rs)
+    out["rounds"] = rs
+    return out
 
 
 def load_via(rig, loader, target: str, duration: float, conns: int, rate: int | None = None) -> dict:
@@ -823,7 +849,9 @@ def added_fn(fixed_rows: list[dict]):
         res = fr.get((lat, rate), {})
         if t not in res or "direct" not in res or res[t].get(p) is None or res["direct"].get(p) is None:
             return None
-        return res[t][p] - res["direct"][p]
+        pairs = list(zip(res[t].get("rounds", [res[t]]), res["direct"].get("rounds", [res["direct"]])))
+        diffs = [a[p] - b[p] for a, b in pairs if a.get(p) is not None and b.get(p) is not None]
+        return statistics.median(diffs) if diffs else res[t][p] - res["direct"][p]
     return added
 
 
@@ -1025,7 +1053,9 @@ def report(r: dict) -> str:
         L.append("## Added latency (open loop, oha `-q RATE --latency-correction`)\n")
     else:
         L.append(f"## Added latency ({r['loader']}: closed loop, one connection — no open-loop tool installed)\n")
-    L.append("Percentiles of each target; added = target minus direct in the same round.\n")
+    L.append(f"Each cell: {ROUNDS} rounds of every target (rotating order, duration / {ROUNDS} each); "
+             "percentiles are the median over the rounds, added = the median over the rounds of "
+             "(target minus direct in the same round).\n")
     fixed_rate_table(L, r["fixed_rate"])
 
     L.append("## Throughput (closed loop, 0 ms mock)\n")
@@ -1084,7 +1114,10 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--command", default="bash bench/run.sh")
     ap.add_argument("--noisy", default="")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per fixed-rate cell (medians reported)")
     a = ap.parse_args()
+    global ROUNDS
+    ROUNDS = 1 if a.smoke else max(1, a.rounds)
 
     workdir = Path(tempfile.mkdtemp(prefix="hapax-bench-"))
     smoke = a.smoke

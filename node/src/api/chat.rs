@@ -70,6 +70,9 @@ pub async fn chat_completions(
 /// A JSON body already encoded (a passed-through or cached completion).
 pub fn json_response(json: bytes::Bytes) -> Response {
     let mut response = Response::new(Body::from(json));
+    // Room for what the gateway adds (routing, rate-limit, cache, request-id headers), so
+    // the map is not rehashed as they arrive.
+    response.headers_mut().reserve(16);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -11,8 +11,25 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// Bytes that need escaping inside a JSON string: quote, backslash, control characters.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Writes `s` as the inside of a JSON string.
 fn escape(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    // Almost every field (ids, names, labels) needs no escaping: one write, no byte loop.
+    if !s.bytes().any(|b| NEEDS_ESCAPE[b as usize]) {
+        return out.write_str(s);
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let escaped = match b {

@@ -35,7 +35,20 @@ fn is_sane(id: &str) -> bool {
 /// Unique per process (random prefix) and cheap (a counter): no syscall, no lock.
 pub fn generate() -> Arc<str> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Arc::from(format!("req-{:08x}{:012x}", *PREFIX, n))
+    let mut id = [0u8; 24];
+    id[..4].copy_from_slice(b"req-");
+    hex_into(&mut id[4..12], u64::from(*PREFIX));
+    hex_into(&mut id[12..], n);
+    Arc::from(std::str::from_utf8(&id).unwrap_or("req-"))
+}
+
+/// Writes the low `out.len()` hex digits of `value`, zero-padded (what `{:0Nx}` would print).
+fn hex_into(out: &mut [u8], mut value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 pub async fn scope<F: Future>(id: Arc<str>, future: F) -> F::Output {
@@ -52,6 +65,22 @@ pub fn current_request_id() -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_read_like_the_formatted_ones() {
+        let mut out = [0u8; 12];
+        for value in [0u64, 1, 0xabc, u64::from(u32::MAX), 0x1234_5678_9abc_def0] {
+            hex_into(&mut out, value);
+            assert_eq!(
+                out,
+                *format!("{:012x}", value & 0xffff_ffff_ffff).as_bytes()
+            );
+        }
+        let id = generate();
+        assert_eq!(id.len(), 24);
+        assert!(id.starts_with("req-") && is_sane(&id), "{id}");
+        assert_ne!(generate(), id, "a counter makes each one new");
+    }
 
     #[test]
     fn keeps_sane_ids_and_replaces_others() {
