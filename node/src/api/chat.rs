@@ -59,7 +59,6 @@ pub async fn chat_completions(
         &mut response,
         &served.served,
         settlement.headers(),
-        &caller,
         shared,
         false,
     );

@@ -18,7 +18,7 @@ use crate::dedup::dedup_key;
 use crate::error::ApiError;
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
-use crate::server::observe::{ClientName, ServedBy, Streamed};
+use crate::server::observe::{ServedBy, Streamed};
 use crate::server::request_id::current_request_id;
 use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::ChatRequest;
@@ -160,7 +160,6 @@ pub fn decorate(
     response: &mut Response,
     served: &ServedBy,
     limits: Option<RateLimitHeaders>,
-    caller: &Caller,
     shared: bool,
     streamed: bool,
 ) {
@@ -177,7 +176,6 @@ pub fn decorate(
     }
     let extensions = response.extensions_mut();
     extensions.insert(served.clone());
-    extensions.insert(ClientName(Arc::clone(&caller.name)));
     if streamed {
         extensions.insert(Streamed);
     }
@@ -202,7 +200,7 @@ pub async fn stream_response(
             attempts: 0,
         };
         let mut response = sse_response(replay_body(&stored));
-        decorate(&mut response, &by, limits, caller, false, true);
+        decorate(&mut response, &by, limits, false, true);
         response
     } else {
         let served = start_stream(app, caller, request).await?;
@@ -218,7 +216,7 @@ pub async fn stream_response(
             reframe,
             recorder,
         ));
-        decorate(&mut response, &by, limits, caller, false, true);
+        decorate(&mut response, &by, limits, false, true);
         response
     };
     cache.mark(&mut response);
