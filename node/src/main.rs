@@ -66,8 +66,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Scheduler ticks between two looks at tokio's shared run queue (tokio's default: about 31,
+/// adapted to poll times). A worker's own queue holds 256 tasks; with a few hundred busy
+/// connections per worker it overflows into the shared queue, from which a worker whose own
+/// queue never empties takes one task per interval: at the default, ~9 % of requests waited
+/// 20-50 ms there (c=256 on one core: p99 47 ms); at 4, p99 22-25 ms (`BENCHMARKS.md`).
+const GLOBAL_QUEUE_INTERVAL: u32 = 4;
+
 fn run(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
         .enable_all()
         .build()
     {
