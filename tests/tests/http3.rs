@@ -340,6 +340,86 @@ providers:
 }
 
 /// Runs `hapax ARGS` to completion.
+/// A gateway whose provider is another gateway serving TLS (in front of the mock).
+fn gateway_behind_tls(upstream: &Gateway, envs: &[(&str, &str)]) -> Gateway {
+    let port = upstream.process.addr.rsplit(':').next().unwrap().to_owned();
+    let yaml = format!(
+        r#"
+server: {{host: 127.0.0.1, port: 0}}
+auth: {{enabled: false}}
+providers:
+  secure: {{type: openai_compatible, base_url: "https://localhost:{port}/v1", model: mock-1}}
+"#
+    );
+    Gateway::start_with_env(&yaml, envs)
+}
+
+#[tokio::test]
+async fn a_tls_upstream_is_verified_against_the_trust_store_and_an_untrusted_one_is_refused() {
+    let certs = dev_certs();
+    let mock = MockUpstream::start();
+    let upstream = Gateway::start(&format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: 0
+  tls: {{cert_file: "{}", key_file: "{}"}}
+auth: {{enabled: false}}
+providers:
+  primary: {{type: openai_compatible, base_url: "{}", model: mock-1}}
+"#,
+        certs.cert.display(),
+        certs.key.display(),
+        mock.openai_base()
+    ));
+
+    // Trusted (the dev certificate as the trust store): plain and streamed answers arrive.
+    let cert_file = certs.cert.display().to_string();
+    let trusting = gateway_behind_tls(&upstream, &[("SSL_CERT_FILE", &cert_file)]);
+    let response = client()
+        .post(trusting.url("/v1/chat/completions"))
+        .json(&chat_body("over tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-hapax-provider"], "secure");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("over tls"),
+        "{body}"
+    );
+    let mut streamed = chat_body("streamed over tls");
+    streamed["stream"] = json!(true);
+    let text = client()
+        .post(trusting.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_data(&text).last().map(String::as_str), Some("[DONE]"));
+
+    // Not trusted (a self-signed certificate the system store does not know): a 502 that says
+    // why, never an unverified connection.
+    let refusing = gateway_behind_tls(&upstream, &[]);
+    let response = client()
+        .post(refusing.url("/v1/chat/completions"))
+        .json(&chat_body("over tls"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("invalid peer certificate"), "{message}");
+}
+
 async fn run(args: &[&str]) -> std::process::Output {
     let mut command = tokio::process::Command::new(hapax_bin());
     command
