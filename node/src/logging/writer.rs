@@ -10,7 +10,7 @@
 //! for, and the count of dropped lines is written with the next batch.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,6 +26,9 @@ struct Shared {
     state: Mutex<State>,
     ready: Condvar,
     dropped: AtomicU64,
+    /// The writer thread could not be started: lines go straight to stderr instead of into a
+    /// buffer nobody would ever write out.
+    unbatched: AtomicBool,
 }
 
 #[derive(Default)]
@@ -59,11 +62,16 @@ pub fn batched(sink: impl Write + Send + 'static) -> (BatchedStderr, FlushGuard)
         state: Mutex::new(State::default()),
         ready: Condvar::new(),
         dropped: AtomicU64::new(0),
+        unbatched: AtomicBool::new(false),
     });
     let worker = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("hapax-log".into())
         .spawn(move || write_batches(&worker, sink))
+        .inspect_err(|error| {
+            eprintln!("hapax: no log writer thread ({error}): writing log lines directly");
+            shared.unbatched.store(true, Ordering::Relaxed);
+        })
         .ok();
     (
         BatchedStderr {
@@ -91,6 +99,9 @@ fn write_batches(shared: &Shared, mut sink: impl Write) {
         }
         std::mem::swap(&mut batch, &mut state.buffer);
         drop(state);
+        // Nowhere to report a failing stderr: the lines are lost, the gateway goes on.
+        let _ = sink.write_all(&batch);
+        // Lines were dropped after the buffered ones: say so after them.
         let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let _ = writeln!(
@@ -98,8 +109,7 @@ fn write_batches(shared: &Shared, mut sink: impl Write) {
                 "{{\"level\":\"WARN\",\"message\":\"{dropped} log lines dropped: the log buffer was full\"}}"
             );
         }
-        // Nowhere to report a failing stderr: the lines are lost, the gateway goes on.
-        let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+        let _ = sink.flush();
         batch.clear();
         if closing {
             return;
@@ -124,6 +134,9 @@ pub struct LineWriter<'a> {
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if self.shared.unbatched.load(Ordering::Relaxed) {
+            return std::io::stderr().write(line);
+        }
         let mut state = self.shared.lock();
         if state.buffer.len() + line.len() > BUFFER_LIMIT {
             drop(state);
@@ -213,6 +226,7 @@ mod tests {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
             dropped: AtomicU64::new(0),
+            unbatched: AtomicBool::new(false),
         };
         let line = vec![b'x'; 1024 * 1024];
         for _ in 0..12 {
@@ -228,7 +242,13 @@ mod tests {
         let sink = Captured::default();
         write_batches(&shared, sink.clone());
         let text = sink.text();
-        assert!(text.starts_with("{\"level\":\"WARN\",\"message\":\"4 log lines dropped"));
-        assert_eq!(text.len() - text.find('x').unwrap_or(0), BUFFER_LIMIT);
+        assert!(
+            text.starts_with(&"x".repeat(BUFFER_LIMIT)),
+            "the buffered lines first"
+        );
+        assert_eq!(
+            &text[BUFFER_LIMIT..],
+            "{\"level\":\"WARN\",\"message\":\"4 log lines dropped: the log buffer was full\"}\n"
+        );
     }
 }

@@ -156,7 +156,7 @@ impl AnthropicProvider {
     fn authed<'c>(&self, builder: UpstreamRequest<'c>, endpoint: &Endpoint) -> UpstreamRequest<'c> {
         let builder = builder.header(ANTHROPIC_VERSION, API_VERSION);
         match &endpoint.api_key {
-            Some(key) => builder.header(X_API_KEY, key),
+            Some(key) => builder.secret_header(X_API_KEY, key),
             None => builder,
         }
     }

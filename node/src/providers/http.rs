@@ -109,10 +109,20 @@ impl<'c> UpstreamRequest<'c> {
         self
     }
 
-    pub fn header(mut self, name: HeaderName, value: &str) -> Self {
+    pub fn header(self, name: HeaderName, value: &str) -> Self {
+        self.insert_header(name, value, false)
+    }
+
+    /// A header carrying a key: marked sensitive, so it never shows in debug output.
+    pub fn secret_header(self, name: HeaderName, value: &str) -> Self {
+        self.insert_header(name, value, true)
+    }
+
+    fn insert_header(mut self, name: HeaderName, value: &str, sensitive: bool) -> Self {
         self.request = self.request.and_then(|mut request| {
-            let value = HeaderValue::from_str(value)
+            let mut value = HeaderValue::from_str(value)
                 .map_err(|_| format!("the {name} header has a character HTTP does not allow"))?;
+            value.set_sensitive(sensitive);
             request.headers_mut().insert(name, value);
             Ok(request)
         });
@@ -120,7 +130,7 @@ impl<'c> UpstreamRequest<'c> {
     }
 
     pub fn bearer_auth(self, token: &str) -> Self {
-        self.header(AUTHORIZATION, &format!("Bearer {token}"))
+        self.secret_header(AUTHORIZATION, &format!("Bearer {token}"))
     }
 }
 
@@ -294,4 +304,42 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ProviderError> {
     let body = read_body(response).await?;
     serde_json::from_slice(&body).map_err(|e| ProviderError::InvalidResponse(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_travel_in_sensitive_headers_and_bad_values_fail_at_send() {
+        let client = HttpClient::new().ok();
+        let Some(client) = client else {
+            panic!("the client builds with the platform's trust store");
+        };
+        let request = client
+            .post("http://127.0.0.1:9/v1/messages".into())
+            .bearer_auth("sk-secret")
+            .secret_header(HeaderName::from_static("x-api-key"), "sk-other")
+            .header(HeaderName::from_static("anthropic-version"), "2023-06-01")
+            .request
+            .ok();
+        let headers = request.as_ref().map(Request::headers);
+        let sensitive = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(HeaderValue::is_sensitive)
+        };
+        assert_eq!(sensitive("authorization"), Some(true));
+        assert_eq!(sensitive("x-api-key"), Some(true));
+        assert_eq!(sensitive("anthropic-version"), Some(false));
+        let broken = client
+            .get("http://127.0.0.1:9/".into())
+            .bearer_auth("line\nbreak")
+            .request
+            .err();
+        assert_eq!(
+            broken.as_deref(),
+            Some("the authorization header has a character HTTP does not allow")
+        );
+    }
 }
