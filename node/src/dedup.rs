@@ -10,9 +10,9 @@ use parking_lot::Mutex;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::server::request_id;
 
 pub type DedupKey = [u8; 32];
 
@@ -55,14 +55,13 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
                     let (tx, rx) = watch::channel(None);
                     map.insert(key, rx.clone());
                     let inflight = Arc::clone(&self.inflight);
-                    tokio::spawn(
-                        async move {
-                            let outcome = work.await.map_err(Arc::new);
-                            inflight.lock().remove(&key);
-                            let _ = tx.send(Some(outcome));
-                        }
-                        .in_current_span(),
-                    );
+                    // The shared call's log lines carry the first caller's request id.
+                    let context = request_id::current();
+                    tokio::spawn(request_id::scope_if(context, async move {
+                        let outcome = work.await.map_err(Arc::new);
+                        inflight.lock().remove(&key);
+                        let _ = tx.send(Some(outcome));
+                    }));
                     (rx, false)
                 }
             }

@@ -62,6 +62,7 @@ async fn primary_outage_fails_over_and_the_breaker_opens_half_opens_and_closes()
         .set_fault(json!({"route": CHAT, "status": 500}))
         .await;
 
+    let mut request_ids = Vec::new();
     for i in 0..8 {
         let response = post_chat(&gateway, &chat_body(&format!("outage {i}"))).await;
         assert_eq!(
@@ -70,6 +71,22 @@ async fn primary_outage_fails_over_and_the_breaker_opens_half_opens_and_closes()
             "every client request succeeds through the backup"
         );
         assert_eq!(header(&response, "x-hapax-provider"), "backup");
+        request_ids.push(header(&response, "x-request-id"));
+    }
+    // Each decision is a log line carrying the id of the request that made it.
+    for (message, id) in [
+        ("failing over to the next provider", &request_ids[0]),
+        ("circuit breaker opened", &request_ids[2]),
+    ] {
+        let tagged = format!("\"request_id\":\"{id}\"");
+        eventually(Duration::from_secs(5), message, || async {
+            gateway
+                .logs()
+                .lines()
+                .any(|line| line.contains(message) && line.contains(&tagged))
+                .then_some(())
+        })
+        .await;
     }
     assert_eq!(
         primary.count(CHAT).await,

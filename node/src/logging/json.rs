@@ -11,6 +11,8 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::server::request_id::{self, RequestContext};
+
 /// Bytes that need escaping inside a JSON string: quote, backslash, control characters.
 const NEEDS_ESCAPE: [bool; 256] = {
     let mut table = [false; 256];
@@ -139,8 +141,9 @@ impl<'writer> FormatFields<'writer> for JsonFields {
     }
 }
 
-/// One JSON object per line: timestamp, level, the event's fields (`message` included), then
-/// the fields of every enclosing span (so `request_id` is on every line of a request).
+/// One JSON object per line: timestamp, level, the event's fields (`message` included), the
+/// fields of every enclosing span, then the request's context (so `request_id` is on every
+/// line of a request).
 pub struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -173,8 +176,23 @@ where
                 }
             }
         }
+        request_id::with_current(|context| write_context(&mut writer, context))
+            .unwrap_or(Ok(()))?;
         writer.write_str("}\n")
     }
+}
+
+/// The request's context as `,"key":value` fragments.
+fn write_context(out: &mut impl fmt::Write, context: &RequestContext) -> fmt::Result {
+    out.write_str(",\"request_id\":\"")?;
+    escape(out, &context.id)?;
+    write!(
+        out,
+        "\",\"endpoint\":\"{}\",\"method\":\"",
+        context.endpoint
+    )?;
+    escape(out, context.method.as_str())?;
+    write!(out, "\",\"protocol\":\"{}\"", context.protocol)
 }
 
 #[cfg(test)]

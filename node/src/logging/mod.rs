@@ -3,6 +3,7 @@
 //! so a request never waits on a `write(2)` to stderr nor wakes a thread per line.
 
 mod json;
+mod text;
 pub mod writer;
 
 use hapax_config::{LogFormat, LoggingConfig};
@@ -27,7 +28,10 @@ pub fn init(config: &LoggingConfig) -> FlushGuard {
             .fmt_fields(json::JsonFields)
             .event_format(json::JsonLines)
             .try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(false)
+            .event_format(text::TextLines)
+            .try_init(),
     };
     guard
 }

@@ -2,10 +2,12 @@
 //! batches by one background thread.
 //!
 //! Why not a channel with a line per message (tracing-appender): waking the writer thread for
-//! every line costs a futex wake and, on a busy core, a context switch that can land before
-//! the response leaves. Here only the first line into an empty buffer wakes the thread, which
-//! then waits [`BATCH_DELAY`] for more before one `write(2)`: at most one wake-up per batch,
-//! none while idle. A line is on stderr at most [`BATCH_DELAY`] after it was logged (and at
+//! every line costs a futex wake and, on a busy core, a context switch that lands before the
+//! response leaves (the request's line is logged before hyper writes the response). Here a
+//! line wakes the thread only when it sleeps, i.e. after a quiet period: an active writer
+//! writes what came in every [`BATCH_DELAY`] on its own clock, and goes to sleep after a
+//! round with nothing to write. Under steady traffic requests never wake it; while idle it
+//! never runs. A line is on stderr at most about [`BATCH_DELAY`] after it was logged (and at
 //! exit, when the guard is dropped). Past [`BUFFER_LIMIT`] lines are dropped, never waited
 //! for, and the count of dropped lines is written with the next batch.
 
@@ -26,6 +28,8 @@ struct Shared {
     state: Mutex<State>,
     ready: Condvar,
     dropped: AtomicU64,
+    /// Times a line had to wake the writer (a test reads it: steady traffic must not).
+    wakeups: AtomicU64,
     /// The writer thread could not be started: lines go straight to stderr instead of into a
     /// buffer nobody would ever write out.
     unbatched: AtomicBool,
@@ -35,6 +39,8 @@ struct Shared {
 struct State {
     buffer: Vec<u8>,
     closed: bool,
+    /// The writer waits on the condvar (not on its clock): the next line must wake it.
+    asleep: bool,
 }
 
 impl Shared {
@@ -62,6 +68,7 @@ pub fn batched(sink: impl Write + Send + 'static) -> (BatchedStderr, FlushGuard)
         state: Mutex::new(State::default()),
         ready: Condvar::new(),
         dropped: AtomicU64::new(0),
+        wakeups: AtomicU64::new(0),
         unbatched: AtomicBool::new(false),
     });
     let worker = Arc::clone(&shared);
@@ -83,38 +90,53 @@ pub fn batched(sink: impl Write + Send + 'static) -> (BatchedStderr, FlushGuard)
 
 fn write_batches(shared: &Shared, mut sink: impl Write) {
     let mut batch = Vec::new();
+    let mut state = shared.lock();
     loop {
-        let mut state = shared.lock();
-        while state.buffer.is_empty() && !state.closed {
-            state = shared
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+        if state.buffer.is_empty() && !state.closed {
+            // Nothing came in during the last round: sleep until a line wakes us.
+            state.asleep = true;
+            while state.asleep && !state.closed {
+                state = shared
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
         }
-        let closing = state.closed;
-        if !closing {
+        // Awake: one batch per round; lines do not wake an awake writer.
+        loop {
+            if !state.closed {
+                drop(state);
+                std::thread::sleep(BATCH_DELAY);
+                state = shared.lock();
+            }
+            let closing = state.closed;
+            if state.buffer.is_empty() && !closing {
+                break;
+            }
+            std::mem::swap(&mut batch, &mut state.buffer);
             drop(state);
-            std::thread::sleep(BATCH_DELAY);
+            write_batch(shared, &mut sink, &batch);
+            batch.clear();
+            if closing {
+                return;
+            }
             state = shared.lock();
         }
-        std::mem::swap(&mut batch, &mut state.buffer);
-        drop(state);
-        // Nowhere to report a failing stderr: the lines are lost, the gateway goes on.
-        let _ = sink.write_all(&batch);
-        // Lines were dropped after the buffered ones: say so after them.
-        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let _ = writeln!(
-                sink,
-                "{{\"level\":\"WARN\",\"message\":\"{dropped} log lines dropped: the log buffer was full\"}}"
-            );
-        }
-        let _ = sink.flush();
-        batch.clear();
-        if closing {
-            return;
-        }
     }
+}
+
+fn write_batch(shared: &Shared, sink: &mut impl Write, batch: &[u8]) {
+    // Nowhere to report a failing stderr: the lines are lost, the gateway goes on.
+    let _ = sink.write_all(batch);
+    // Lines were dropped after the buffered ones: say so after them.
+    let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let _ = writeln!(
+            sink,
+            "{{\"level\":\"WARN\",\"message\":\"{dropped} log lines dropped: the log buffer was full\"}}"
+        );
+    }
+    let _ = sink.flush();
 }
 
 impl Drop for FlushGuard {
@@ -143,10 +165,11 @@ impl Write for LineWriter<'_> {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(line.len());
         }
-        let was_empty = state.buffer.is_empty();
         state.buffer.extend_from_slice(line);
+        let wake = std::mem::take(&mut state.asleep);
         drop(state);
-        if was_empty {
+        if wake {
+            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
             self.shared.ready.notify_one();
         }
         Ok(line.len())
@@ -221,11 +244,45 @@ mod tests {
     }
 
     #[test]
+    fn steady_lines_do_not_wake_the_writer_and_a_quiet_one_sleeps() {
+        let sink = Captured::default();
+        let (make, guard) = batched(sink.clone());
+        // One line every 2 ms for ~300 ms: many rounds of BATCH_DELAY, never a quiet one.
+        for i in 0..150 {
+            let _ = writeln!(make.make_writer(), "line {i}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Waking per batch would be ~15 wakes; only the first line should (a stall of the
+        // test thread longer than a round, on a loaded machine, may add one).
+        let steady = make.shared.wakeups.load(Ordering::Relaxed);
+        assert!(steady <= 3, "{steady} wakes for steady lines");
+        // A quiet period: the writer goes to sleep, and the next line wakes it again.
+        std::thread::sleep(BATCH_DELAY * 4);
+        assert!(
+            sink.text().ends_with("line 149\n"),
+            "written without a wake"
+        );
+        let _ = writeln!(make.make_writer(), "after a pause");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !sink.text().contains("after a pause") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sink.text().ends_with("after a pause\n"));
+        assert_eq!(
+            make.shared.wakeups.load(Ordering::Relaxed),
+            steady + 1,
+            "the line after the pause woke the sleeping writer"
+        );
+        drop(guard);
+    }
+
+    #[test]
     fn a_full_buffer_drops_lines_and_says_how_many() {
         let shared = Shared {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
             dropped: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
             unbatched: AtomicBool::new(false),
         };
         let line = vec![b'x'; 1024 * 1024];

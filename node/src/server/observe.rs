@@ -16,10 +16,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use super::guarded_body::GuardedBody;
-use super::request_id;
+use super::request_id::{self, RequestContext};
 use crate::app::App;
 use crate::error::ErrorMarker;
 
@@ -118,18 +117,16 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     let id = request_id::from_headers(request.headers());
     let endpoint_index = endpoint_index(request.uri().path());
     let endpoint = crate::metrics::ENDPOINTS[endpoint_index];
-    let method = request.method().clone();
     let version = request.version();
     let protocol = protocol_label(version);
     let handles = &app.metrics.endpoints[endpoint_index];
     handles.active.inc();
-    let span = tracing::info_span!(
-        "request",
-        request_id = &*id,
+    let context = RequestContext {
+        id,
         endpoint,
-        method = method.as_str(),
-        protocol
-    );
+        method: request.method().clone(),
+        protocol,
+    };
     let handle = async move {
         if let Some(refusal) = super::h3::refuse_unsafe_early_data(&request) {
             return refusal;
@@ -139,19 +136,17 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
             Err(never) => match never {},
         }
     };
-    let mut response = request_id::scope(Arc::clone(&id), handle.instrument(span.clone())).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    let mut response = request_id::scope(context.clone(), handle).await;
+    if let Ok(value) = HeaderValue::from_str(&context.id) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
     let record = Record {
         app,
-        endpoint,
-        protocol,
         status: response.status().as_u16(),
         started,
         endpoint_index,
         protocol_index: protocol_index(version),
-        span,
+        context,
         error: response.extensions().get::<ErrorMarker>().map(|m| m.0),
         served: response.extensions().get::<ServedBy>().cloned(),
         client: response.extensions().get::<ClientName>().cloned(),
@@ -166,13 +161,11 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
 
 struct Record {
     app: Arc<App>,
-    endpoint: &'static str,
-    protocol: &'static str,
     status: u16,
     started: Instant,
     endpoint_index: usize,
     protocol_index: usize,
-    span: tracing::Span,
+    context: RequestContext,
     error: Option<&'static str>,
     served: Option<ServedBy>,
     client: Option<ClientName>,
@@ -189,41 +182,46 @@ impl Record {
         } else {
             metrics
                 .http_requests
-                .with_label_values(&[self.endpoint, status_label(self.status), self.protocol])
+                .with_label_values(&[
+                    self.context.endpoint,
+                    status_label(self.status),
+                    self.context.protocol,
+                ])
                 .inc();
         }
         handles.duration.observe(elapsed.as_secs_f64());
         if let Some(kind) = self.error {
             metrics.errors.with_label_values(&[kind]).inc();
         }
-        let _entered = self.span.enter();
         let provider = self.served.as_ref().map(|s| &*s.provider).unwrap_or("");
         let attempts = self.served.as_ref().map(|s| s.attempts).unwrap_or(0);
         let client = self.client.as_ref().map(|c| &*c.0).unwrap_or("");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        if self.status >= 500 {
-            tracing::warn!(
-                status = self.status,
-                latency_ms,
-                provider,
-                attempts,
-                client,
-                streamed,
-                error = self.error.unwrap_or(""),
-                "request finished"
-            );
-        } else {
-            tracing::info!(
-                status = self.status,
-                latency_ms,
-                provider,
-                attempts,
-                client,
-                streamed,
-                error = self.error.unwrap_or(""),
-                "request finished"
-            );
-        }
+        request_id::sync_scope(self.context, || {
+            if self.status >= 500 {
+                tracing::warn!(
+                    status = self.status,
+                    latency_ms,
+                    provider,
+                    attempts,
+                    client,
+                    streamed,
+                    error = self.error.unwrap_or(""),
+                    "request finished"
+                );
+            } else {
+                tracing::info!(
+                    status = self.status,
+                    latency_ms,
+                    provider,
+                    attempts,
+                    client,
+                    streamed,
+                    error = self.error.unwrap_or(""),
+                    "request finished"
+                );
+            }
+        });
     }
 }
 
