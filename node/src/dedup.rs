@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
-use crate::server::request_id;
+use crate::server::scope;
 
 pub type DedupKey = [u8; 32];
 
@@ -56,8 +56,8 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
                     map.insert(key, rx.clone());
                     let inflight = Arc::clone(&self.inflight);
                     // The shared call's log lines carry the first caller's request id.
-                    let context = request_id::current();
-                    tokio::spawn(request_id::scope_if(context, async move {
+                    let context = scope::current();
+                    tokio::spawn(scope::run_if(context, async move {
                         let outcome = work.await.map_err(Arc::new);
                         inflight.lock().remove(&key);
                         let _ = tx.send(Some(outcome));

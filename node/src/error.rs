@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::providers::ProviderError;
 use crate::ratelimit::RateLimitHeaders;
 use crate::routing::DispatchError;
-use crate::server::request_id::current_request_id;
+use crate::server::scope::current_request_id;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {

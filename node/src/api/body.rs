@@ -3,7 +3,8 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
@@ -20,17 +21,41 @@ pub async fn read_json_body(app: &App, headers: &HeaderMap, body: Body) -> Resul
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match tokio::time::timeout(app.limits.read_timeout, axum::body::to_bytes(body, limit)).await {
+    match tokio::time::timeout(app.limits.read_timeout, collect(body, limit)).await {
         Err(_) => Err(ApiError::BodyTimeout(app.limits.read_timeout)),
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge { limit }),
+        Ok(Err(error)) if is_length_limit(&*error) => Err(ApiError::PayloadTooLarge { limit }),
         Ok(Err(error)) => Err(ApiError::bad_request(format!(
             "could not read the request body: {error}"
         ))),
     }
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
+/// The body's bytes, at most `limit`. A body that arrives in one frame (the usual case) is
+/// returned as that frame, without the list of buffers and the copy a general collector makes.
+async fn collect(body: Body, limit: usize) -> Result<Bytes, axum::BoxError> {
+    let mut body = std::pin::pin!(http_body_util::Limited::new(body, limit));
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers carry nothing we read
+        };
+        match (&mut joined, first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut both = BytesMut::with_capacity(earlier.len() + data.len());
+                both.extend_from_slice(&earlier);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
+}
+
+fn is_length_limit(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
@@ -48,18 +73,22 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             "missing Content-Type: send `Content-Type: application/json`".into(),
         ));
     };
-    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let value = value.to_str().unwrap_or("");
     let mut parts = value.split(';').map(str::trim);
     let mime = parts.next().unwrap_or("");
     let charset_ok = parts.all(|p| match p.split_once('=') {
-        Some(("charset", cs)) => matches!(cs.trim_matches('"'), "utf-8" | "utf8"),
+        Some((name, cs)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let cs = cs.trim().trim_matches('"');
+            cs.eq_ignore_ascii_case("utf-8") || cs.eq_ignore_ascii_case("utf8")
+        }
         _ => true,
     });
-    if mime == "application/json" && charset_ok {
+    if mime.eq_ignore_ascii_case("application/json") && charset_ok {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "unsupported Content-Type `{value}`: send `Content-Type: application/json`"
+            "unsupported Content-Type `{}`: send `Content-Type: application/json`",
+            value.to_ascii_lowercase()
         )))
     }
 }

@@ -20,33 +20,40 @@ use crate::wire::openai::ChatRequest;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
 
+/// The route's handler (the observing layer calls [`chat`] directly for `POST`).
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Arc<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_json_body(&app, &headers, body).await?;
+    chat(&app, &caller, &headers, body).await
+}
+
+pub async fn chat(
+    app: &Arc<App>,
+    caller: &Arc<Caller>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_json_body(app, headers, body).await?;
     let mut request: ChatRequest = parse_json(&bytes)?;
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
     app.apply_system_prompt(&mut request);
-    let admission = exec::admit(&app, &caller, ENDPOINT, &request).await?;
-    let mut settlement = Settlement::new(&app, admission);
+    let admission = exec::admit(app, caller, ENDPOINT, &request).await?;
+    let mut settlement = Settlement::new(app, admission);
     // A hit still counted as a request above; it settles with 0 tokens (no provider spent any).
-    let mut cache = app.cache.plan(&caller, ENDPOINT, &request, &headers);
+    let mut cache = app.cache.plan(caller, ENDPOINT, &request, headers);
     let hit = cache.lookup().await;
     if request.is_stream() {
-        return exec::stream_response(
-            &app, &caller, &request, settlement, &mut cache, hit, identity,
-        )
-        .await;
+        return exec::stream_response(app, caller, &request, settlement, &mut cache, hit, identity)
+            .await;
     }
     let (served, shared) = match hit {
         Some(CachedAnswer::Complete(served)) => (served, false),
         _ => {
-            let (served, shared) =
-                exec::complete(&app, &caller, request, ENDPOINT, &headers).await?;
+            let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
             settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
             if !shared {
                 cache.store(&served).await;
@@ -54,10 +61,10 @@ pub async fn chat_completions(
             (served, shared)
         }
     };
-    let mut response = json_response(served.answer.json.clone());
+    let mut response = json_response(served.answer.json);
     exec::decorate(
         &mut response,
-        &served.served,
+        served.served,
         settlement.headers(),
         shared,
         false,

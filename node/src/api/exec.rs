@@ -18,8 +18,9 @@ use crate::dedup::dedup_key;
 use crate::error::ApiError;
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
-use crate::server::observe::{ServedBy, Streamed};
-use crate::server::request_id::current_request_id;
+use crate::server::number_header::number_header;
+use crate::server::scope::current_request_id;
+use crate::server::scope::{self, ServedBy};
 use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::ChatRequest;
 
@@ -138,7 +139,7 @@ async fn dispatch(
     Ok(ChatServed {
         answer: served.value,
         served: ServedBy {
-            provider: Arc::from(served.provider.name.as_str()),
+            provider: Arc::clone(&served.provider.label),
             attempts: served.attempts,
         },
     })
@@ -158,7 +159,7 @@ pub async fn start_stream(
 /// Adds who-served-it, rate-limit and caller details to a successful response.
 pub fn decorate(
     response: &mut Response,
-    served: &ServedBy,
+    served: ServedBy,
     limits: Option<RateLimitHeaders>,
     shared: bool,
     streamed: bool,
@@ -167,18 +168,17 @@ pub fn decorate(
     if let Ok(value) = HeaderValue::from_str(&served.provider) {
         headers.insert(X_HAPAX_PROVIDER, value);
     }
-    headers.insert(X_HAPAX_ATTEMPTS, HeaderValue::from(served.attempts));
+    headers.insert(X_HAPAX_ATTEMPTS, number_header(u64::from(served.attempts)));
     if shared {
         headers.insert(X_HAPAX_DEDUPLICATED, HeaderValue::from_static("true"));
     }
     if let Some(limits) = limits {
         limits.apply(headers);
     }
-    let extensions = response.extensions_mut();
-    extensions.insert(served.clone());
-    if streamed {
-        extensions.insert(Streamed);
-    }
+    scope::record(|outcome| {
+        outcome.served = Some(served);
+        outcome.streamed = streamed;
+    });
 }
 
 /// A streamed answer: replayed from the cache on a hit, else started upstream (failover is
@@ -200,12 +200,12 @@ pub async fn stream_response(
             attempts: 0,
         };
         let mut response = sse_response(replay_body(&stored));
-        decorate(&mut response, &by, limits, false, true);
+        decorate(&mut response, by, limits, false, true);
         response
     } else {
         let served = start_stream(app, caller, request).await?;
         let by = ServedBy {
-            provider: Arc::from(served.provider.name.as_str()),
+            provider: Arc::clone(&served.provider.label),
             attempts: served.attempts,
         };
         let recorder = cache.recorder(&by.provider);
@@ -216,7 +216,7 @@ pub async fn stream_response(
             reframe,
             recorder,
         ));
-        decorate(&mut response, &by, limits, false, true);
+        decorate(&mut response, by, limits, false, true);
         response
     };
     cache.mark(&mut response);

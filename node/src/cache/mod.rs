@@ -26,7 +26,7 @@ pub use redis::RedisCache;
 use crate::api::exec::ChatServed;
 use crate::auth::Caller;
 use crate::metrics::Metrics;
-use crate::server::observe::ServedBy;
+use crate::server::scope::ServedBy;
 use crate::wire::openai::ChatRequest;
 
 /// Entries larger than this are not stored (a runaway stream must not fill the cache).

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use super::{CacheError, CacheKey, CachedAnswer, CachedStream, ResponseCache};
 use crate::api::exec::ChatServed;
-use crate::server::observe::ServedBy;
+use crate::server::scope::ServedBy;
 use crate::wire::answer::ChatAnswer;
 
 /// Every key this cache writes starts with this (the version is also in the key's hash).

@@ -11,7 +11,7 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::server::request_id::{self, RequestContext};
+use crate::server::scope::{self, RequestContext};
 
 /// Bytes that need escaping inside a JSON string: quote, backslash, control characters.
 const NEEDS_ESCAPE: [bool; 256] = {
@@ -176,8 +176,7 @@ where
                 }
             }
         }
-        request_id::with_current(|context| write_context(&mut writer, context))
-            .unwrap_or(Ok(()))?;
+        scope::with_context(|context| write_context(&mut writer, context)).unwrap_or(Ok(()))?;
         writer.write_str("}\n")
     }
 }

@@ -8,7 +8,7 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::server::request_id;
+use crate::server::scope;
 
 /// `2026-11-27T10:00:00.000000Z  INFO request{request_id=.. endpoint=..}: message key=value`
 pub struct TextLines;
@@ -26,7 +26,7 @@ where
     ) -> fmt::Result {
         let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
         write!(writer, "{now} {:>5} ", event.metadata().level())?;
-        request_id::with_current(|c| {
+        scope::with_context(|c| {
             write!(
                 writer,
                 "request{{request_id={} endpoint={} method={} protocol={}}}: ",

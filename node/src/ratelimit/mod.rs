@@ -10,7 +10,9 @@ mod local;
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName};
+
+use crate::server::number_header::number_header;
 
 // Header names parsed once, not per response.
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -59,14 +61,14 @@ pub struct RateLimitHeaders {
 
 impl RateLimitHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(self.reset_secs));
+        headers.insert(X_RATELIMIT_LIMIT, number_header(self.limit));
+        headers.insert(X_RATELIMIT_REMAINING, number_header(self.remaining));
+        headers.insert(X_RATELIMIT_RESET, number_header(self.reset_secs));
         if let Some(limit) = self.token_limit {
-            headers.insert(X_RATELIMIT_LIMIT_TOKENS, HeaderValue::from(limit));
+            headers.insert(X_RATELIMIT_LIMIT_TOKENS, number_header(limit));
         }
         if let Some(remaining) = self.token_remaining {
-            headers.insert(X_RATELIMIT_REMAINING_TOKENS, HeaderValue::from(remaining));
+            headers.insert(X_RATELIMIT_REMAINING_TOKENS, number_header(remaining));
         }
     }
 }

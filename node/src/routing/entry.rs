@@ -68,6 +68,8 @@ pub struct ProviderMetrics {
 
 pub struct ProviderEntry {
     pub name: String,
+    /// `name`, shared: what a served answer records (no copy per request).
+    pub label: Arc<str>,
     pub kind: ProviderKind,
     pub client: Arc<dyn Provider>,
     /// The model sent upstream unless the client named one this provider serves.
@@ -111,6 +113,7 @@ impl ProviderEntry {
         provider_metrics.healthy.set(1);
         Self {
             deployments: endpoints.into_iter().map(Deployment::new).collect(),
+            label: Arc::from(n),
             name,
             kind,
             client,

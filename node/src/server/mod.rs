@@ -6,9 +6,11 @@
 pub mod front;
 mod guarded_body;
 pub mod h3;
+pub mod number_header;
 pub mod observe;
 pub mod overload;
 pub mod request_id;
+pub mod scope;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -31,8 +33,9 @@ use tower::ServiceExt;
 
 use crate::api;
 use crate::app::App;
+use crate::auth::Caller;
 use crate::error::ApiError;
-use observe::{ClientName, ObservedRouter};
+use observe::ObservedRouter;
 use overload::ConnectionLimit;
 
 /// The whole API. Layers run outside-in: observe (request id, metrics, log; HTTP/3 0-RTT:
@@ -76,25 +79,51 @@ pub fn router(app: Arc<App>) -> ObservedRouter {
 /// The client API's admission, in one layer: load shedding first (an overloaded node answers
 /// 503 without spending a digest on the key), then the key.
 async fn admit_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    admitted(&app, request, |mut request, caller| {
+        request.extensions_mut().insert(caller);
+        next.run(request)
+    })
+    .await
+}
+
+/// `POST /v1/chat/completions` without the router: the same admission and handler.
+async fn chat_direct(app: Arc<App>, request: Request) -> Response {
+    admitted(&Arc::clone(&app), request, |request, caller| async move {
+        let (parts, body) = request.into_parts();
+        api::chat::chat(&app, &caller, &parts.headers, body)
+            .await
+            .into_response()
+    })
+    .await
+}
+
+/// Load shedding, then the client key, then `handler` with the caller.
+async fn admitted<F, R>(app: &App, request: Request, handler: F) -> Response
+where
+    F: FnOnce(Request, Arc<Caller>) -> R,
+    R: Future<Output = Response>,
+{
     let Some(permit) = app.inflight.try_acquire() else {
-        return overload::shed(&app, &request);
+        return overload::shed(app, &request);
     };
-    let response = authenticated(&app, request, next).await;
+    let response = match app.auth.client(request.headers()) {
+        Ok(caller) => {
+            let name = Arc::clone(&caller.name);
+            scope::record(|outcome| outcome.client = Some(name));
+            handler(request, caller).await
+        }
+        Err(error) => error.into_response(),
+    };
     overload::hold_while_streaming(response, permit)
 }
 
-async fn require_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    authenticated(&app, request, next).await
-}
-
-async fn authenticated(app: &App, mut request: Request, next: Next) -> Response {
+async fn require_client(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     match app.auth.client(request.headers()) {
         Ok(caller) => {
             let name = Arc::clone(&caller.name);
+            scope::record(|outcome| outcome.client = Some(name));
             request.extensions_mut().insert(caller);
-            let mut response = next.run(request).await;
-            response.extensions_mut().insert(ClientName(name));
-            response
+            next.run(request).await
         }
         Err(error) => error.into_response(),
     }

@@ -11,14 +11,15 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Version};
+use axum::http::{HeaderValue, Method, Version};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tower::ServiceExt;
 
 use super::guarded_body::GuardedBody;
-use super::request_id::{self, RequestContext};
+use super::request_id;
+use super::scope::{self, Outcome, RequestContext};
 use crate::app::App;
 use crate::error::ErrorMarker;
 
@@ -57,21 +58,6 @@ pub fn protocol_label(version: Version) -> &'static str {
         _ => "h1",
     }
 }
-
-/// Who served a response, set by handlers for the log line.
-#[derive(Clone)]
-pub struct ServedBy {
-    pub provider: Arc<str>,
-    pub attempts: u32,
-}
-
-/// The caller's key name, set by the auth layer for the log line.
-#[derive(Clone)]
-pub struct ClientName(pub Arc<str>);
-
-/// Marks a streamed response so its figures are recorded when the body ends.
-#[derive(Clone, Copy)]
-pub struct Streamed;
 
 /// The router behind the observing layer, as one service for every listener (TCP, HTTP/3).
 ///
@@ -114,32 +100,37 @@ where
 /// unsafe method is refused here (425) so the refusal is observed like any answer.
 async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     let started = Instant::now();
-    let id = request_id::from_headers(request.headers());
     let endpoint_index = endpoint_index(request.uri().path());
-    let endpoint = crate::metrics::ENDPOINTS[endpoint_index];
     let version = request.version();
-    let protocol = protocol_label(version);
-    let handles = &app.metrics.endpoints[endpoint_index];
-    handles.active.inc();
     let context = RequestContext {
-        id,
-        endpoint,
+        id: request_id::from_headers(request.headers()),
+        endpoint: crate::metrics::ENDPOINTS[endpoint_index],
         method: request.method().clone(),
-        protocol,
+        protocol: protocol_label(version),
     };
+    app.metrics.endpoints[endpoint_index].active.inc();
+    let handler_app = Arc::clone(&app);
     let handle = async move {
         if let Some(refusal) = super::h3::refuse_unsafe_early_data(&request) {
             return refusal;
+        }
+        if endpoint_index == CHAT_ENDPOINT && request.method() == Method::POST {
+            // The hot endpoint skips the router's dispatch (route matching, boxed services
+            // cloned per request, a copy of the headers for the extractor): same admission,
+            // same handler. Boxed, as the router boxes its handlers: the handler's future is
+            // large and would otherwise be copied with this one at every move.
+            return Box::pin(super::chat_direct(handler_app, request)).await;
         }
         match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     };
-    let mut response = request_id::scope(context.clone(), handle).await;
+    let (mut response, outcome) = scope::run(context.clone(), handle).await;
     if let Ok(value) = HeaderValue::from_str(&context.id) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
+    let streamed = outcome.streamed;
     let record = Record {
         app,
         status: response.status().as_u16(),
@@ -148,16 +139,18 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
         protocol_index: protocol_index(version),
         context,
         error: response.extensions().get::<ErrorMarker>().map(|m| m.0),
-        served: response.extensions().get::<ServedBy>().cloned(),
-        client: response.extensions().get::<ClientName>().cloned(),
+        outcome,
     };
-    if response.extensions().get::<Streamed>().is_some() {
+    if streamed {
         let (parts, body) = response.into_parts();
         return Response::from_parts(parts, GuardedBody::wrap(body, FinishOnDrop(Some(record))));
     }
     record.finish(false);
     response
 }
+
+/// [`crate::metrics::ENDPOINTS`] index of `POST /v1/chat/completions`.
+const CHAT_ENDPOINT: usize = 0;
 
 struct Record {
     app: Arc<App>,
@@ -167,8 +160,7 @@ struct Record {
     protocol_index: usize,
     context: RequestContext,
     error: Option<&'static str>,
-    served: Option<ServedBy>,
-    client: Option<ClientName>,
+    outcome: Outcome,
 }
 
 impl Record {
@@ -193,11 +185,12 @@ impl Record {
         if let Some(kind) = self.error {
             metrics.errors.with_label_values(&[kind]).inc();
         }
-        let provider = self.served.as_ref().map(|s| &*s.provider).unwrap_or("");
-        let attempts = self.served.as_ref().map(|s| s.attempts).unwrap_or(0);
-        let client = self.client.as_ref().map(|c| &*c.0).unwrap_or("");
+        let served = self.outcome.served.as_ref();
+        let provider = served.map(|s| &*s.provider).unwrap_or("");
+        let attempts = served.map(|s| s.attempts).unwrap_or(0);
+        let client = self.outcome.client.as_deref().unwrap_or("");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        request_id::sync_scope(self.context, || {
+        scope::run_sync(self.context, || {
             if self.status >= 500 {
                 tracing::warn!(
                     status = self.status,

@@ -24,7 +24,8 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::observe::{Streamed, endpoint_label};
+use super::observe::endpoint_label;
+use super::scope;
 use crate::app::App;
 use crate::error::ApiError;
 
@@ -70,7 +71,7 @@ pub fn shed(app: &App, request: &Request) -> Response {
 
 /// Keeps the in-flight permit until a streamed body ends; a complete answer releases it now.
 pub fn hold_while_streaming(response: Response, permit: OwnedSemaphorePermit) -> Response {
-    if response.extensions().get::<Streamed>().is_none() {
+    if !scope::is_streamed() {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -1,29 +1,10 @@
-//! Request ids: a sane incoming `X-Request-ID` is kept, else one is generated. The id, with
-//! the endpoint, method and protocol, is carried in a task-local [`RequestContext`] so errors
-//! rendered anywhere in the handler can include it and every log line of the request carries
-//! it (the log formatters read it; see `logging`).
-//!
-//! A task-local rather than a tracing span: a span is allocated in the subscriber's registry,
-//! its fields formatted, and it is entered and exited on every poll of the request; the
-//! task-local costs one pointer swap per poll.
+//! Request ids: a sane incoming `X-Request-ID` is kept, else one is generated. The id is
+//! carried in the request's scope (`scope.rs`) so errors and log lines can include it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::http::{HeaderMap, Method};
-
-tokio::task_local! {
-    static CONTEXT: RequestContext;
-}
-
-/// What every log line of a request says about it.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    pub id: Arc<str>,
-    pub endpoint: &'static str,
-    pub method: Method,
-    pub protocol: &'static str,
-}
+use axum::http::HeaderMap;
 
 pub const HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
@@ -64,41 +45,6 @@ fn hex_into(out: &mut [u8], mut value: u64) {
         *slot = DIGITS[(value & 0xf) as usize];
         value >>= 4;
     }
-}
-
-/// Runs `future` as the request `context`.
-pub async fn scope<F: Future>(context: RequestContext, future: F) -> F::Output {
-    CONTEXT.scope(context, future).await
-}
-
-/// Runs `future` in `context` when there is one (work spawned on behalf of a request).
-pub async fn scope_if<F: Future>(context: Option<RequestContext>, future: F) -> F::Output {
-    match context {
-        Some(context) => CONTEXT.scope(context, future).await,
-        None => future.await,
-    }
-}
-
-/// Runs `f` as the request `context` (its last log line, written after the handler).
-pub fn sync_scope<R>(context: RequestContext, f: impl FnOnce() -> R) -> R {
-    CONTEXT.sync_scope(context, f)
-}
-
-/// The context of the request being handled, if any.
-pub fn current() -> Option<RequestContext> {
-    CONTEXT.try_with(RequestContext::clone).ok()
-}
-
-/// `f` of the current request's context, without cloning it; `None` outside of a request.
-pub fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
-    CONTEXT.try_with(f).ok()
-}
-
-/// The id of the request being handled, or `-` outside of one.
-pub fn current_request_id() -> Arc<str> {
-    CONTEXT
-        .try_with(|context| Arc::clone(&context.id))
-        .unwrap_or_else(|_| Arc::from("-"))
 }
 
 #[cfg(test)]
