@@ -27,7 +27,7 @@ const NEEDS_ESCAPE: [bool; 256] = {
 };
 
 /// Writes `s` as the inside of a JSON string.
-fn escape(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
+pub(super) fn escape(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
     // Almost every field (ids, names, labels) needs no escaping: one write, no byte loop.
     if !s.bytes().any(|b| NEEDS_ESCAPE[b as usize]) {
         return out.write_str(s);
@@ -182,7 +182,7 @@ where
 }
 
 /// The request's context as `,"key":value` fragments.
-fn write_context(out: &mut impl fmt::Write, context: &RequestContext) -> fmt::Result {
+pub(super) fn write_context(out: &mut impl fmt::Write, context: &RequestContext) -> fmt::Result {
     out.write_str(",\"request_id\":\"")?;
     escape(out, &context.id)?;
     write!(

@@ -3,6 +3,7 @@
 //! so a request never waits on a `write(2)` to stderr nor wakes a thread per line.
 
 mod json;
+pub mod request_line;
 mod text;
 pub mod writer;
 
@@ -21,13 +22,14 @@ pub fn init(config: &LoggingConfig) -> FlushGuard {
     let (writer, guard) = writer::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .with_target(false);
     let _ = match config.format {
         LogFormat::Json => builder
             .fmt_fields(json::JsonFields)
             .event_format(json::JsonLines)
-            .try_init(),
+            .try_init()
+            .map(|()| request_line::install(writer)),
         LogFormat::Text => builder
             .with_ansi(false)
             .event_format(text::TextLines)

@@ -22,6 +22,7 @@ use super::request_id;
 use super::scope::{self, Outcome, RequestContext};
 use crate::app::App;
 use crate::error::ErrorMarker;
+use crate::logging::request_line::{self, RequestLine};
 
 /// Endpoint labels are a fixed set, so metric cardinality stays bounded.
 pub fn endpoint_label(path: &str) -> &'static str {
@@ -190,8 +191,36 @@ impl Record {
         let attempts = served.map(|s| s.attempts).unwrap_or(0);
         let client = self.outcome.client.as_deref().unwrap_or("");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let failed = self.status >= 500;
+        let enabled = if failed {
+            tracing::enabled!(tracing::Level::WARN)
+        } else {
+            tracing::enabled!(tracing::Level::INFO)
+        };
+        if !enabled {
+            return;
+        }
+        let line = RequestLine {
+            level: if failed {
+                tracing::Level::WARN
+            } else {
+                tracing::Level::INFO
+            },
+            status: self.status,
+            latency_ms,
+            provider,
+            attempts,
+            client,
+            streamed,
+            error: self.error.unwrap_or(""),
+            context: &self.context,
+        };
+        if request_line::write(&line) {
+            return;
+        }
+        // Text logs: the same line through tracing.
         scope::run_sync(self.context, || {
-            if self.status >= 500 {
+            if failed {
                 tracing::warn!(
                     status = self.status,
                     latency_ms,
