@@ -20,7 +20,7 @@ use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How long the writer waits after the first line of a batch for more lines to join it.
-pub const BATCH_DELAY: Duration = Duration::from_millis(20);
+pub const BATCH_DELAY: Duration = Duration::from_millis(50);
 /// Bytes buffered before new lines are dropped rather than slowing requests down.
 pub const BUFFER_LIMIT: usize = 8 * 1024 * 1024;
 
