@@ -106,24 +106,30 @@ where
     let Some(permit) = app.inflight.try_acquire() else {
         return overload::shed(app, &request);
     };
-    let response = match app.auth.client(request.headers()) {
-        Ok(caller) => {
-            let name = Arc::clone(&caller.name);
-            scope::record(|outcome| outcome.client = Some(name));
-            handler(request, caller).await
-        }
-        Err(error) => error.into_response(),
-    };
+    let response = authenticated(app, request, handler).await;
     overload::hold_while_streaming(response, permit)
 }
 
-async fn require_client(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+async fn require_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    authenticated(&app, request, |mut request, caller| {
+        request.extensions_mut().insert(caller);
+        next.run(request)
+    })
+    .await
+}
+
+/// `handler` with the caller of a valid client key (named in the request's log line), else
+/// the 401.
+async fn authenticated<F, R>(app: &App, request: Request, handler: F) -> Response
+where
+    F: FnOnce(Request, Arc<Caller>) -> R,
+    R: Future<Output = Response>,
+{
     match app.auth.client(request.headers()) {
         Ok(caller) => {
             let name = Arc::clone(&caller.name);
             scope::record(|outcome| outcome.client = Some(name));
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+            handler(request, caller).await
         }
         Err(error) => error.into_response(),
     }
