@@ -219,29 +219,26 @@ impl Record {
             return;
         }
         // Text logs: the same line through tracing.
+        let error = self.error.unwrap_or("");
+        macro_rules! finished {
+            ($level:ident) => {
+                tracing::$level!(
+                    status = self.status,
+                    latency_ms,
+                    provider,
+                    attempts,
+                    client,
+                    streamed,
+                    error,
+                    "request finished"
+                )
+            };
+        }
         scope::run_sync(self.context, || {
             if failed {
-                tracing::warn!(
-                    status = self.status,
-                    latency_ms,
-                    provider,
-                    attempts,
-                    client,
-                    streamed,
-                    error = self.error.unwrap_or(""),
-                    "request finished"
-                );
+                finished!(warn)
             } else {
-                tracing::info!(
-                    status = self.status,
-                    latency_ms,
-                    provider,
-                    attempts,
-                    client,
-                    streamed,
-                    error = self.error.unwrap_or(""),
-                    "request finished"
-                );
+                finished!(info)
             }
         });
     }
