@@ -165,7 +165,7 @@ async fn hapax_completion(
         request_id: &request_id,
     };
     let mut response = Json(payload).into_response();
-    exec::decorate(&mut response, served.served.clone(), None, shared, false);
+    exec::decorate(&mut response, served.served, None, shared, false);
     cache.mark(&mut response);
     Ok(response)
 }
@@ -246,7 +246,7 @@ async fn legacy_completion(
             .collect();
         let payload = serde_json::json!({"id": r.id.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": r.created, "model": r.model, "choices": choices, "usage": r.usage});
         let mut response = Json(payload).into_response();
-        exec::decorate(&mut response, served.served.clone(), None, shared, false);
+        exec::decorate(&mut response, served.served, None, shared, false);
         cache.mark(&mut response);
         return Ok(response);
     }

@@ -19,8 +19,7 @@ use crate::error::ApiError;
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
 use crate::server::number_header::number_header;
-use crate::server::scope::current_request_id;
-use crate::server::scope::{self, ServedBy};
+use crate::server::scope::{self, ServedBy, current_request_id};
 use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::ChatRequest;
 

@@ -87,10 +87,10 @@ async fn admit_client(State(app): State<Arc<App>>, request: Request, next: Next)
 }
 
 /// `POST /v1/chat/completions` without the router: the same admission and handler.
-async fn chat_direct(app: Arc<App>, request: Request) -> Response {
-    admitted(&Arc::clone(&app), request, |request, caller| async move {
+async fn chat_direct(app: &Arc<App>, request: Request) -> Response {
+    admitted(app, request, |request, caller| async move {
         let (parts, body) = request.into_parts();
-        api::chat::chat(&app, &caller, &parts.headers, body)
+        api::chat::chat(app, &caller, &parts.headers, body)
             .await
             .into_response()
     })

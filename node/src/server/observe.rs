@@ -120,7 +120,7 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
             // cloned per request, a copy of the headers for the extractor): same admission,
             // same handler. Boxed, as the router boxes its handlers: the handler's future is
             // large and would otherwise be copied with this one at every move.
-            return Box::pin(super::chat_direct(handler_app, request)).await;
+            return Box::pin(super::chat_direct(&handler_app, request)).await;
         }
         match router.oneshot(request).await {
             Ok(response) => response,
@@ -276,5 +276,19 @@ impl Drop for FinishOnDrop {
         if let Some(record) = self.0.take() {
             record.finish(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_fast_path_index_names_the_chat_endpoint() {
+        assert_eq!(
+            crate::metrics::ENDPOINTS[CHAT_ENDPOINT],
+            crate::api::chat::ENDPOINT
+        );
+        assert_eq!(endpoint_index(crate::api::chat::ENDPOINT), CHAT_ENDPOINT);
     }
 }
