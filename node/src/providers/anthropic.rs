@@ -9,7 +9,7 @@ use serde_json::Value;
 use http::HeaderName;
 
 use super::encoded;
-use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_json, send};
+use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, read_json, send};
 use super::sse::SseDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
 use crate::wire::answer::ChatAnswer;
@@ -171,9 +171,7 @@ impl Provider for AnthropicProvider {
             let body =
                 to_messages_request(call.request, call.model, self.default_max_tokens, false)?;
             let builder = self.authed(
-                self.http
-                    .post(join(&call.endpoint.base_url, "/v1/messages"))
-                    .json(&body),
+                self.http.post(call.endpoint, "/v1/messages").json(&body),
                 call.endpoint,
             );
             let response: MessagesResponse =
@@ -204,9 +202,7 @@ impl Provider for AnthropicProvider {
             let body =
                 to_messages_request(call.request, call.model, self.default_max_tokens, true)?;
             let builder = self.authed(
-                self.http
-                    .post(join(&call.endpoint.base_url, "/v1/messages"))
-                    .json(&body),
+                self.http.post(call.endpoint, "/v1/messages").json(&body),
                 call.endpoint,
             );
             let response = send(builder, call.endpoint.api_key.as_deref()).await?;
@@ -224,10 +220,7 @@ impl Provider for AnthropicProvider {
         endpoint: &'a Endpoint,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
-            let builder = self.authed(
-                self.http.get(join(&endpoint.base_url, "/v1/models")),
-                endpoint,
-            );
+            let builder = self.authed(self.http.get(endpoint, "/v1/models"), endpoint);
             send(builder, endpoint.api_key.as_deref()).await.map(drop)
         }
         .boxed()

@@ -5,30 +5,33 @@
 //! back from the response), its redirect and retry layers, and their allocations; the gateway
 //! follows no redirects and does its own retries and timeouts.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
+use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
 
-use super::ProviderError;
+use super::pool::{Lease, OriginPool};
 use super::redact::redact;
+use super::{Endpoint, ProviderError};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle keep-alive connections kept per upstream: above a busy node's concurrency, so a burst's
 /// connections are kept for the next one rather than closed and opened again (nginx's
 /// `keepalive` in the benchmark keeps 512). Idle ones close after [`POOL_IDLE_TIMEOUT`].
-const POOL_MAX_IDLE_PER_HOST: usize = 1024;
+pub(super) const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 
 /// Why the client could not be built (the platform's certificate store, most likely).
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +39,8 @@ const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 pub struct HttpClientError(#[from] rustls::Error);
 
 /// One client for all upstreams: pooled keep-alive connections (HTTP/1.1, or HTTP/2 when a
-/// TLS upstream offers it), rustls with the platform's roots, TCP_NODELAY.
+/// TLS upstream offers it), rustls with the platform's roots, TCP_NODELAY. Plain-HTTP
+/// endpoints use their own [`OriginPool`] instead.
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -67,33 +71,43 @@ impl HttpClient {
         Ok(Self { inner })
     }
 
-    pub fn post(&self, url: String) -> UpstreamRequest<'_> {
-        UpstreamRequest::new(self, Method::POST, url)
+    /// A `POST` of `path` under the endpoint's base URL.
+    pub fn post<'c>(&'c self, endpoint: &Endpoint, path: &str) -> UpstreamRequest<'c> {
+        UpstreamRequest::new(self, Method::POST, endpoint, path)
     }
 
-    pub fn get(&self, url: String) -> UpstreamRequest<'_> {
-        UpstreamRequest::new(self, Method::GET, url)
+    pub fn get<'c>(&'c self, endpoint: &Endpoint, path: &str) -> UpstreamRequest<'c> {
+        UpstreamRequest::new(self, Method::GET, endpoint, path)
     }
 }
 
 /// A request being built; a bad URL, header value or body is reported when it is sent.
 pub struct UpstreamRequest<'c> {
     client: &'c HttpClient,
+    plain_pool: Option<Arc<OriginPool>>,
     request: Result<Request<Full<Bytes>>, String>,
 }
 
 impl<'c> UpstreamRequest<'c> {
-    fn new(client: &'c HttpClient, method: Method, url: String) -> Self {
-        let request = Uri::try_from(url)
-            .map_err(|e| format!("invalid upstream URL: {e}"))
-            .map(|uri| {
-                let mut request = Request::new(Full::new(Bytes::new()));
-                *request.method_mut() = method;
-                *request.uri_mut() = uri;
-                request.headers_mut().insert(USER_AGENT, user_agent());
-                request
-            });
-        Self { client, request }
+    fn new(client: &'c HttpClient, method: Method, endpoint: &Endpoint, path: &str) -> Self {
+        let plain_pool = endpoint.plain_pool.clone();
+        let uri = match &plain_pool {
+            Some(pool) => pool.target(path),
+            None => Uri::try_from(join(&endpoint.base_url, path))
+                .map_err(|e| format!("invalid upstream URL: {e}")),
+        };
+        let request = uri.map(|uri| {
+            let mut request = Request::new(Full::new(Bytes::new()));
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            request.headers_mut().insert(USER_AGENT, user_agent());
+            request
+        });
+        Self {
+            client,
+            plain_pool,
+            request,
+        }
     }
 
     /// Sets the body to `body` as JSON.
@@ -139,25 +153,29 @@ fn user_agent() -> HeaderValue {
 }
 
 /// An upstream's answer, headers read, body not yet.
-pub struct UpstreamResponse(http::Response<Incoming>);
+pub struct UpstreamResponse {
+    response: http::Response<Incoming>,
+    /// The plain-HTTP connection it came on, back to its pool once the body is read.
+    lease: Option<Lease>,
+}
 
 impl UpstreamResponse {
     pub fn status(&self) -> StatusCode {
-        self.0.status()
+        self.response.status()
     }
 
     /// The body's data frames; a transport failure midway is `StreamBroken`.
     pub fn bytes_stream(
         self,
     ) -> impl Stream<Item = Result<Bytes, ProviderError>> + Send + Unpin + 'static {
-        self.0
-            .into_body()
-            .into_data_stream()
-            .map_err(|e| ProviderError::StreamBroken(describe(&e)))
+        BodyFrames {
+            body: self.response.into_body(),
+            lease: self.lease,
+        }
     }
 
     fn content_length(&self) -> Option<u64> {
-        self.0
+        self.response
             .headers()
             .get(http::header::CONTENT_LENGTH)?
             .to_str()
@@ -167,21 +185,67 @@ impl UpstreamResponse {
     }
 }
 
+/// The data frames of a body; the connection's lease is given back at its end.
+struct BodyFrames {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+impl Stream for BodyFrames {
+    type Item = Result<Bytes, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => return Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Some(Err(e)) => {
+                    self.lease = None;
+                    return Poll::Ready(Some(Err(ProviderError::StreamBroken(describe(&e)))));
+                }
+                None => {
+                    if let Some(lease) = self.lease.take() {
+                        lease.give_back();
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
 /// Sends a request and turns transport failures and non-2xx answers into `ProviderError`.
 pub async fn send(
     request: UpstreamRequest<'_>,
     secret: Option<&str>,
 ) -> Result<UpstreamResponse, ProviderError> {
-    let client = request.client;
-    let request = request
-        .request
-        .map_err(|problem| ProviderError::Connect(redact(&problem, secret.as_slice())))?;
-    let response = client
-        .inner
-        .request(request)
-        .await
-        .map_err(|e| ProviderError::Connect(redact(&describe(&e), secret.as_slice())))?;
-    let response = UpstreamResponse(response);
+    let UpstreamRequest {
+        client,
+        plain_pool,
+        request,
+    } = request;
+    let connect_error =
+        |problem: String| ProviderError::Connect(redact(&problem, secret.as_slice()));
+    let request = request.map_err(connect_error)?;
+    let response = match plain_pool {
+        Some(pool) => {
+            let (response, lease) = pool.send(request).await.map_err(connect_error)?;
+            UpstreamResponse {
+                response,
+                lease: Some(lease),
+            }
+        }
+        None => UpstreamResponse {
+            response: client
+                .inner
+                .request(request)
+                .await
+                .map_err(|e| connect_error(describe(&e)))?,
+            lease: None,
+        },
+    };
     if response.status().is_success() {
         return Ok(response);
     }
@@ -189,7 +253,7 @@ pub async fn send(
 }
 
 /// The error chain as one line (keys travel in headers, never in URLs).
-fn describe(error: &dyn std::error::Error) -> String {
+pub(super) fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
@@ -202,7 +266,7 @@ fn describe(error: &dyn std::error::Error) -> String {
 
 async fn status_error(response: UpstreamResponse, secret: Option<&str>) -> ProviderError {
     let status = response.status();
-    let retry_after = parse_retry_after(response.0.headers());
+    let retry_after = parse_retry_after(response.response.headers());
     let body = read_capped(response, 16 * 1024).await;
     let message = redact(&upstream_message(&body, status), secret.as_slice());
     ProviderError::Status {
@@ -267,7 +331,7 @@ fn upstream_message(body: &[u8], status: StatusCode) -> String {
 }
 
 /// Joins a base URL and a path without doubling slashes.
-pub fn join(base: &str, path: &str) -> String {
+fn join(base: &str, path: &str) -> String {
     let mut url = String::with_capacity(base.len() + path.len());
     url.push_str(base.trim_end_matches('/'));
     url.push_str(path);
@@ -316,8 +380,9 @@ mod tests {
         let Some(client) = client else {
             panic!("the client builds with the platform's trust store");
         };
+        let endpoint = Endpoint::new("http://127.0.0.1:9".into(), None);
         let request = client
-            .post("http://127.0.0.1:9/v1/messages".into())
+            .post(&endpoint, "/v1/messages")
             .bearer_auth("sk-secret")
             .secret_header(HeaderName::from_static("x-api-key"), "sk-other")
             .header(HeaderName::from_static("anthropic-version"), "2023-06-01")
@@ -333,7 +398,7 @@ mod tests {
         assert_eq!(sensitive("x-api-key"), Some(true));
         assert_eq!(sensitive("anthropic-version"), Some(false));
         let broken = client
-            .get("http://127.0.0.1:9/".into())
+            .get(&endpoint, "/")
             .bearer_auth("line\nbreak")
             .request
             .err();

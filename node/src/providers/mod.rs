@@ -5,6 +5,7 @@ mod http;
 mod mock;
 pub(crate) mod ollama;
 mod openai;
+mod pool;
 pub mod redact;
 pub mod sse;
 
@@ -38,6 +39,19 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<StreamItem, ProviderErro
 pub struct Endpoint {
     pub base_url: String,
     pub api_key: Option<String>,
+    /// Kept-alive connections when the base URL is plain HTTP (see [`pool`]).
+    plain_pool: Option<Arc<pool::OriginPool>>,
+}
+
+impl Endpoint {
+    pub fn new(base_url: String, api_key: Option<String>) -> Self {
+        let plain_pool = pool::OriginPool::for_base_url(&base_url);
+        Self {
+            base_url,
+            api_key,
+            plain_pool,
+        }
+    }
 }
 
 /// Everything a provider needs for one upstream call.
@@ -166,26 +180,24 @@ pub fn endpoints_of(config: &ProviderConfig) -> Vec<Endpoint> {
         .map(|k| k.expose().to_owned())
         .filter(|k| !k.is_empty());
     if config.deployments.is_empty() {
-        return vec![Endpoint {
-            base_url: base,
-            api_key: key,
-        }];
+        return vec![Endpoint::new(base, key)];
     }
     config
         .deployments
         .iter()
-        .map(|d| Endpoint {
-            base_url: d
+        .map(|d| {
+            let base_url = d
                 .base_url
                 .clone()
                 .map(|u| u.trim_end_matches('/').to_owned())
-                .unwrap_or_else(|| base.clone()),
-            api_key: d
+                .unwrap_or_else(|| base.clone());
+            let api_key = d
                 .api_key
                 .as_ref()
                 .map(|k| k.expose().to_owned())
                 .filter(|k| !k.is_empty())
-                .or_else(|| key.clone()),
+                .or_else(|| key.clone());
+            Endpoint::new(base_url, api_key)
         })
         .collect()
 }

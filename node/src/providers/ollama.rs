@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::encoded;
-use super::http::{HttpClient, UpstreamResponse, join, read_json, send};
+use super::http::{HttpClient, UpstreamResponse, read_json, send};
 use super::sse::NdjsonDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
 use crate::wire::answer::ChatAnswer;
@@ -124,13 +124,7 @@ impl Provider for OllamaProvider {
         async move {
             let body = to_ollama_request(call.request, call.model, false)?;
             let response: OllamaResponse = read_json(
-                send(
-                    self.http
-                        .post(join(&call.endpoint.base_url, "/api/chat"))
-                        .json(&body),
-                    None,
-                )
-                .await?,
+                send(self.http.post(call.endpoint, "/api/chat").json(&body), None).await?,
             )
             .await?;
             if let Some(error) = response.error {
@@ -156,13 +150,8 @@ impl Provider for OllamaProvider {
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         async move {
             let body = to_ollama_request(call.request, call.model, true)?;
-            let response = send(
-                self.http
-                    .post(join(&call.endpoint.base_url, "/api/chat"))
-                    .json(&body),
-                None,
-            )
-            .await?;
+            let response =
+                send(self.http.post(call.endpoint, "/api/chat").json(&body), None).await?;
             Ok(translate_stream(
                 response,
                 call.request.wants_stream_usage(),
@@ -176,7 +165,7 @@ impl Provider for OllamaProvider {
         endpoint: &'a Endpoint,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
-            send(self.http.get(join(&endpoint.base_url, "/api/tags")), None)
+            send(self.http.get(endpoint, "/api/tags"), None)
                 .await
                 .map(drop)
         }

@@ -5,7 +5,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 
-use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, join, read_body, send};
+use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, read_body, send};
 use super::sse::SseDecoder;
 use super::{ChunkStream, Endpoint, Provider, ProviderError, StreamItem, UpstreamCall};
 use crate::wire::answer::ChatAnswer;
@@ -55,7 +55,7 @@ impl OpenAiProvider {
         };
         let mut builder = self
             .http
-            .post(join(&call.endpoint.base_url, "/chat/completions"))
+            .post(call.endpoint, "/chat/completions")
             .json(&body);
         if let Some(key) = &call.endpoint.api_key {
             builder = builder.bearer_auth(key);
@@ -108,7 +108,7 @@ impl Provider for OpenAiProvider {
         endpoint: &'a Endpoint,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         async move {
-            let mut builder = self.http.get(join(&endpoint.base_url, "/models"));
+            let mut builder = self.http.get(endpoint, "/models");
             if let Some(key) = &endpoint.api_key {
                 builder = builder.bearer_auth(key);
             }
