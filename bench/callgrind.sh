@@ -2,12 +2,16 @@
 # Instructions per request on the gateway's hot path, counted by callgrind: a figure that
 # does not depend on machine noise, for before/after comparisons of optimisations.
 #   bash bench/callgrind.sh [BIN]   (default: the release binary)
+#   BODY=file.json bash bench/callgrind.sh   (another request body; default: one short message)
+#   KEEP=dir bash bench/callgrind.sh   (keeps the callgrind outputs for callgrind_annotate)
 # Runs the gateway under callgrind twice (N1 and N2 requests, realistic config: auth, rate
 # limits, metrics, JSON logs at info) and reports (I(N2) - I(N1)) / (N2 - N1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-${CARGO_TARGET_DIR:-/var/cache/hapax/target}/release/hapax}
 n1=${N1:-500}; n2=${N2:-2500}
+body='{"model":"mock-1","messages":[{"role":"user","content":"hello there, how are you"}]}'
+[ -n "${BODY:-}" ] && body=$(cat "$BODY")
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)"; exit 1; }
 command -v oha >/dev/null || { echo "oha is needed (cargo install oha --locked)"; exit 1; }
@@ -32,11 +36,12 @@ instructions() {
   for _ in $(seq 300); do grep -q 'http=' "$work/gw.out" 2>/dev/null && break; sleep 0.1; done
   local gw; gw=$(grep -o 'http=[^ ]*' "$work/gw.out" | cut -d= -f2)
   oha -n "$n" -c 4 --no-tui -m POST -H 'Authorization: Bearer bench-key-123' -H 'x-hapax-dedup: off' \
-    -H 'content-type: application/json' -d '{"model":"mock-1","messages":[{"role":"user","content":"hello there, how are you"}]}' \
+    -H 'content-type: application/json' -d "$body" \
     "http://$gw/v1/chat/completions" > "$work/oha.$n" 2>&1
   grep -q '\[200\] '"$n"' responses' "$work/oha.$n" || { echo "load failed:"; cat "$work/oha.$n"; exit 1; }
   kill -INT "$pid"; wait "$pid" || true
   grep -m1 '^summary:' "$out" | awk '{print $2}'
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$out" "$KEEP/"; fi
 }
 i1=$(instructions "$n1"); i2=$(instructions "$n2")
 echo "instructions: ${n1} requests: $i1, ${n2} requests: $i2"

@@ -229,6 +229,7 @@ impl App {
             request
                 .messages
                 .insert(0, ChatMessage::new(Role::System, prompt.clone()));
+            request.source = None;
         }
     }
 }

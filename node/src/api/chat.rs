@@ -38,6 +38,7 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let bytes = read_json_body(app, headers, body).await?;
     let mut request: ChatRequest = parse_json(&bytes)?;
+    request.source = Some(bytes);
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
     app.apply_system_prompt(&mut request);

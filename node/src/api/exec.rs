@@ -49,7 +49,11 @@ pub async fn admit(
         endpoint,
         estimated_tokens,
     };
-    let admission = app.limiter().admit(&request).await;
+    let limiter = app.limiter();
+    let admission = match limiter.admit_without_waiting(&request) {
+        Some(answer) => answer,
+        None => limiter.admit(&request).await,
+    };
     admission.map_err(|rejection| {
         app.metrics.rate_limit_hits.with_label_values(&[&caller.name]).inc();
         tracing::warn!(client = %caller.name, scope = rejection.scope, unit = rejection.unit, retry_after_ms = rejection.retry_after.as_millis() as u64, "rate limit rejected a request");
@@ -109,7 +113,12 @@ pub async fn complete(
             false,
         ));
     }
-    let body = serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // The body as the client sent it when it is still that (identical retries are identical
+    // bytes); else the decoded request encoded again.
+    let body = match &request.source {
+        Some(source) => source.to_vec(),
+        None => serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?,
+    };
     let model = request.model.clone().unwrap_or_default();
     let key = dedup_key(&[
         caller.name.as_bytes(),

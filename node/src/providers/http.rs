@@ -123,6 +123,17 @@ impl<'c> UpstreamRequest<'c> {
         self
     }
 
+    /// Sets the body to `json`, already encoded.
+    pub fn json_bytes(mut self, json: Vec<u8>) -> Self {
+        if let Ok(request) = &mut self.request {
+            *request.body_mut() = Full::new(Bytes::from(json));
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        self
+    }
+
     pub fn header(self, name: HeaderName, value: &str) -> Self {
         self.insert_header(name, value, false)
     }

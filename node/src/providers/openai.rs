@@ -29,6 +29,23 @@ struct UpstreamBody<'a> {
     request: &'a ChatRequest,
 }
 
+impl UpstreamBody<'_> {
+    /// The client's body as sent, with the gateway's members in front (see `wire::splice`).
+    fn spliced(&self) -> Option<Vec<u8>> {
+        let mut head = Vec::with_capacity(96);
+        head.extend_from_slice(b"\"model\":");
+        serde_json::to_writer(&mut head, self.model).ok()?;
+        if self.stream {
+            head.extend_from_slice(b",\"stream\":true");
+        }
+        if let Some(options) = self.stream_options {
+            head.extend_from_slice(b",\"stream_options\":");
+            serde_json::to_writer(&mut head, options).ok()?;
+        }
+        self.request.source_with(&head)
+    }
+}
+
 const WITH_USAGE: StreamOptions = StreamOptions {
     include_usage: true,
 };
@@ -53,10 +70,11 @@ impl OpenAiProvider {
             stream_options,
             request: call.request,
         };
-        let mut builder = self
-            .http
-            .post(call.endpoint, "/chat/completions")
-            .json(&body);
+        let builder = self.http.post(call.endpoint, "/chat/completions");
+        let mut builder = match body.spliced() {
+            Some(json) => builder.json_bytes(json),
+            None => builder.json(&body),
+        };
         if let Some(key) = &call.endpoint.api_key {
             builder = builder.bearer_auth(key);
         }

@@ -2,3 +2,5 @@
 
 pub mod answer;
 pub mod openai;
+mod request_de;
+mod splice;

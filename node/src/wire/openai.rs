@@ -2,36 +2,47 @@
 //! not interpret are kept in `extra` and forwarded untouched.
 
 use serde::{Deserialize, Serialize};
+
+use super::splice::rewrite_object;
 use serde_json::{Map, Value};
 
+/// The members of a request body that the gateway decides for the upstream itself.
+const GATEWAY_SET_MEMBERS: &[&str] = &["model", "stream", "stream_options"];
+
 /// A client's `POST /v1/chat/completions` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+/// Decoded by hand (`request_de.rs`), without serde's buffering of flattened fields.
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct ChatRequest {
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub stream: Option<bool>,
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopSequences>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tools: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// The client's body this was decoded from, kept while no field above has been changed
+    /// (whoever changes one clears it): an OpenAI-compatible upstream then gets the members
+    /// as the client sent them instead of an encoding of the decoded request.
+    #[serde(skip)]
+    pub source: Option<bytes::Bytes>,
 }
 
 impl ChatRequest {
@@ -48,6 +59,12 @@ impl ChatRequest {
     /// The completion budget the client asked for, under either of OpenAI's names.
     pub fn completion_limit(&self) -> Option<u64> {
         self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// The client's body with `head` (members without braces) in place of the members the
+    /// gateway sets itself, when the body is still what the client sent.
+    pub fn source_with(&self, head: &[u8]) -> Option<Vec<u8>> {
+        rewrite_object(self.source.as_ref()?, head, GATEWAY_SET_MEMBERS)
     }
 
     /// Characters of text in all messages; a cheap stand-in for prompt size.
@@ -78,10 +95,10 @@ impl StopSequences {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// Decoded by hand (`request_de.rs`).
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
     pub role: Role,
-    #[serde(default)]
     pub content: MessageContent,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -109,7 +126,8 @@ pub enum Role {
 }
 
 /// Message content: a string, an array of typed parts, or null (assistant tool calls).
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+/// Decoded by hand (`request_de.rs`).
+#[derive(Debug, Clone, Serialize, Default)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
