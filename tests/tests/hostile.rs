@@ -383,9 +383,12 @@ async fn deeply_nested_json_is_a_400_not_a_stack_overflow() {
     for body in &bodies {
         for path in [CHAT, "/v1/completions"] {
             let error = expect_error(post_bytes(&gateway, path, body.clone()).await, 400).await;
-            // A top-level array is refused as the wrong type before it is read further;
-            // everything else hits serde_json's recursion limit.
-            let code = if body.starts_with('[') && path == CHAT {
+            // A top-level array, and an array of arrays as message content, are refused as
+            // the wrong type before they are read further; everything else hits
+            // serde_json's recursion limit.
+            let wrong_type = body.starts_with('[')
+                || body.starts_with(r#"{"messages": [{"role": "user", "content": [["#);
+            let code = if wrong_type && path == CHAT {
                 "invalid_request"
             } else {
                 "invalid_json"

@@ -30,8 +30,8 @@ struct UpstreamBody<'a> {
 }
 
 impl UpstreamBody<'_> {
-    /// The client's body as sent, with the gateway's members in front (see `wire::splice`).
-    fn spliced(&self) -> Option<Vec<u8>> {
+    /// The client's body as sent, with the gateway's members in front (see `wire::raw_json`).
+    fn as_sent(&self) -> Option<Vec<u8>> {
         let mut head = Vec::with_capacity(96);
         head.extend_from_slice(b"\"model\":");
         serde_json::to_writer(&mut head, self.model).ok()?;
@@ -71,7 +71,7 @@ impl OpenAiProvider {
             request: call.request,
         };
         let builder = self.http.post(call.endpoint, "/chat/completions");
-        let mut builder = match body.spliced() {
+        let mut builder = match body.as_sent() {
             Some(json) => builder.json_bytes(json),
             None => builder.json(&body),
         };

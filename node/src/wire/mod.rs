@@ -2,5 +2,5 @@
 
 pub mod answer;
 pub mod openai;
+mod raw_json;
 mod request_de;
-mod splice;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::splice::rewrite_object;
+use super::raw_json::rewrite_object;
 use serde_json::{Map, Value};
 
 /// The members of a request body that the gateway decides for the upstream itself.

@@ -1,4 +1,4 @@
-//! Forwarding a client's JSON object without encoding it again.
+//! Reading and forwarding JSON objects by their bounds, without decoding them.
 //!
 //! An OpenAI-compatible upstream takes the client's body with a few members set by the
 //! gateway (`model`, `stream`, `stream_options`). Encoding the decoded request again costs
@@ -17,45 +17,75 @@ pub fn rewrite_object(source: &[u8], head: &[u8], replaced: &[&str]) -> Option<V
     let mut out = Vec::with_capacity(source.len() + head.len() + 2);
     out.push(b'{');
     out.extend_from_slice(head);
-    let mut at = skip_space(source, 0);
-    if source.get(at) != Some(&b'{') {
-        return None;
-    }
-    at += 1;
-    loop {
-        at = skip_space(source, at);
-        match source.get(at)? {
-            b'}' => break,
-            b',' => {
-                at += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let member_start = at;
-        let key_end = string_end(source, at)?;
-        let key = &source[at + 1..key_end - 1];
-        if key.contains(&b'\\') {
-            return None;
-        }
-        at = skip_space(source, key_end);
-        if source.get(at) != Some(&b':') {
-            return None;
-        }
-        at = value_end(source, skip_space(source, at + 1))?;
-        if !replaced.iter().any(|r| r.as_bytes() == key) {
+    for member in object_members(source)? {
+        if !replaced.iter().any(|r| r.as_bytes() == member.key) {
             if out.len() > 1 {
                 out.push(b',');
             }
-            out.extend_from_slice(&source[member_start..at]);
+            out.extend_from_slice(member.raw);
         }
-    }
-    if source[at + 1..].iter().any(|b| !b.is_ascii_whitespace()) {
-        return None;
     }
     out.push(b'}');
     Some(out)
+}
+
+/// One member of a JSON object, as slices of its text.
+pub struct Member<'a> {
+    /// The key, between its quotes (never containing an escape).
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    /// `"key": value` as written.
+    pub raw: &'a [u8],
+}
+
+/// The members of the JSON object that is the whole of `json` (whitespace aside).
+///
+/// `None` when it is not one: not an object, cut short, text after it, a scalar that is not a
+/// JSON literal or number, or a key spelled with an escape. Strings, and arrays and objects
+/// inside the members, are bounded, not checked inside (that is the decoder's business).
+pub fn object_members(json: &[u8]) -> Option<Vec<Member<'_>>> {
+    let mut members = Vec::with_capacity(16);
+    let mut at = skip_space(json, 0);
+    if json.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_space(json, at + 1);
+    if json.get(at) == Some(&b'}') {
+        return whole(json, at).then_some(members);
+    }
+    loop {
+        if json.get(at) != Some(&b'"') {
+            return None;
+        }
+        let member_start = at;
+        let key_end = string_end(json, at)?;
+        let key = &json[at + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        at = skip_space(json, key_end);
+        if json.get(at) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_space(json, at + 1);
+        at = value_end(json, value_start)?;
+        members.push(Member {
+            key,
+            value: &json[value_start..at],
+            raw: &json[member_start..at],
+        });
+        at = skip_space(json, at);
+        match json.get(at)? {
+            b',' => at = skip_space(json, at + 1),
+            b'}' => return whole(json, at).then_some(members),
+            _ => return None,
+        }
+    }
+}
+
+/// Nothing but whitespace after the closing bracket at `close`.
+fn whole(json: &[u8], close: usize) -> bool {
+    skip_space(json, close + 1) == json.len()
 }
 
 fn skip_space(json: &[u8], mut at: usize) -> usize {
@@ -103,16 +133,49 @@ fn value_end(json: &[u8], at: usize) -> Option<usize> {
             }
         }
         _ => {
-            let mut i = at;
+            let mut end = at;
             while json
-                .get(i)
+                .get(end)
                 .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
             {
-                i += 1;
+                end += 1;
             }
-            (i > at).then_some(i)
+            is_scalar(&json[at..end]).then_some(end)
         }
     }
+}
+
+/// A JSON literal or number.
+fn is_scalar(token: &[u8]) -> bool {
+    if matches!(token, b"true" | b"false" | b"null") {
+        return true;
+    }
+    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut rest = token.strip_prefix(b"-").unwrap_or(token);
+    let integer = digits(rest);
+    if integer == 0 || (integer > 1 && rest[0] == b'0') {
+        return false;
+    }
+    rest = &rest[integer..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = digits(fraction);
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    if let Some(exponent) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let exponent = exponent
+            .strip_prefix(b"+")
+            .or_else(|| exponent.strip_prefix(b"-"))
+            .unwrap_or(exponent);
+        let n = digits(exponent);
+        if n == 0 {
+            return false;
+        }
+        rest = &exponent[n..];
+    }
+    rest.is_empty()
 }
 
 #[cfg(test)]
@@ -154,6 +217,11 @@ mod tests {
             r#"{"messages":[]"#,
             r#"{"messages":[] } x"#,
             r#"{"a" 1}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":"b" "c":1}"#,
         ] {
             assert_eq!(
                 rewrite_object(source.as_bytes(), b"", REPLACED),
@@ -161,5 +229,33 @@ mod tests {
                 "{source}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn scalars_are_json_literals_and_numbers() {
+        for good in [
+            "0", "-1", "12", "1.5", "-0.25e-3", "1E9", "true", "false", "null",
+        ] {
+            assert!(is_scalar(good.as_bytes()), "{good}");
+        }
+        for bad in ["", "-", "01", "1.", ".5", "1e", "+1", "nul", "NaN", "1x"] {
+            assert!(!is_scalar(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn members_are_split_into_key_value_and_raw_text() {
+        let members = object_members(br#"{"k" : {"n":[1,"]"]}, "e":[]}"#);
+        let first = members.as_ref().and_then(|m| m.first());
+        assert_eq!(first.map(|m| m.key), Some(&b"k"[..]));
+        assert_eq!(first.map(|m| m.value), Some(&br#"{"n":[1,"]"]}"#[..]));
+        assert_eq!(first.map(|m| m.raw), Some(&br#""k" : {"n":[1,"]"]}"#[..]));
+        assert_eq!(members.map(|m| m.len()), Some(2));
+        assert_eq!(object_members(b" {} ").map(|m| m.len()), Some(0));
     }
 }
