@@ -115,16 +115,21 @@ pub async fn complete(
     }
     // The body as the client sent it when it is still that (identical retries are identical
     // bytes); else the decoded request encoded again.
-    let body = match &request.source {
-        Some(source) => source.to_vec(),
-        None => serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?,
+    let encoded;
+    let body: &[u8] = match &request.source {
+        Some(source) => source,
+        None => {
+            encoded =
+                serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
+            &encoded
+        }
     };
-    let model = request.model.clone().unwrap_or_default();
+    let model = request.model.as_deref().unwrap_or_default();
     let key = dedup_key(&[
         caller.name.as_bytes(),
         endpoint.as_bytes(),
         model.as_bytes(),
-        &body,
+        body,
     ]);
     let (outcome, shared) = app
         .dedup

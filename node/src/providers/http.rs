@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -180,7 +180,7 @@ impl UpstreamResponse {
         self,
     ) -> impl Stream<Item = Result<Bytes, ProviderError>> + Send + Unpin + 'static {
         BodyFrames {
-            body: self.response.into_body(),
+            body: Some(self.response.into_body()),
             lease: self.lease,
         }
     }
@@ -198,16 +198,26 @@ impl UpstreamResponse {
 
 /// The data frames of a body; the connection's lease is given back at its end.
 struct BodyFrames {
-    body: Incoming,
+    /// `None` only once dropped.
+    body: Option<Incoming>,
     lease: Option<Lease>,
 }
+
+/// How much of a body dropped before its end is still read to keep its connection (a stream's
+/// translator stops at `[DONE]`, before the chunked terminator; an error body is read up to a
+/// cap), and for how long.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 impl Stream for BodyFrames {
     type Item = Result<Bytes, ProviderError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
         loop {
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => return Poll::Ready(Some(Ok(data))),
                     Err(_trailers) => continue,
@@ -224,6 +234,50 @@ impl Stream for BodyFrames {
                 }
             }
         }
+    }
+}
+
+impl Drop for BodyFrames {
+    /// A pooled connection whose body was not read to its end: what is already there is read
+    /// now, the rest in the background (bounded); the connection goes back if the end comes.
+    fn drop(&mut self) {
+        let (Some(lease), Some(mut body)) = (self.lease.take(), self.body.take()) else {
+            return;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut read = 0;
+        loop {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(None) => return lease.give_back(),
+                Poll::Ready(Some(Ok(frame))) => {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                    if read > DRAIN_LIMIT {
+                        return;
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return,
+                Poll::Pending => break,
+            }
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body, lease, read));
+        }
+    }
+}
+
+async fn drain(mut body: Incoming, lease: Lease, mut read: usize) {
+    let to_the_end = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    };
+    if let Ok(true) = tokio::time::timeout(DRAIN_TIME, to_the_end).await {
+        lease.give_back();
     }
 }
 
@@ -417,5 +471,71 @@ mod tests {
             broken.as_deref(),
             Some("the authorization header has a character HTTP does not allow")
         );
+    }
+
+    /// A stream's reader stops before the chunked terminator arrives (as the translators
+    /// do at `[DONE]`): the connection is still given back and reused.
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_keeps_its_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("the test upstream binds");
+        };
+        let Ok(address) = listener.local_addr() else {
+            panic!("the test upstream has an address");
+        };
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 4096];
+                    loop {
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        let head =
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                        if socket.write_all(head).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if socket.write_all(b"0\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let Ok(client) = HttpClient::new() else {
+            panic!("the client builds");
+        };
+        let endpoint = Endpoint::new(format!("http://{address}"), None);
+        for _ in 0..3 {
+            let response = send(client.get(&endpoint, "/stream"), None).await;
+            let Ok(response) = response else {
+                panic!("the upstream answers");
+            };
+            let mut frames = response.bytes_stream();
+            let first = frames.next().await;
+            assert_eq!(first.and_then(Result::ok).as_deref(), Some(&b"first"[..]));
+            drop(frames);
+            let pool = endpoint.plain_pool.as_deref();
+            for _ in 0..100 {
+                if pool.is_some_and(|p| p.idle_count() == 1) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(pool.map(|p| p.idle_count()), Some(1));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HOST;
@@ -25,6 +25,9 @@ use tokio::net::TcpStream;
 use super::http::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST, describe};
 
 type Sender = SendRequest<Full<Bytes>>;
+
+/// How long a checkout waits for an idle connection to finish its previous exchange.
+const READY_WAIT: Duration = Duration::from_millis(10);
 
 /// The idle connections of one `http://` origin, and how to reach it.
 pub struct OriginPool {
@@ -71,7 +74,9 @@ impl OriginPool {
         }
         let authority: &Authority = uri.authority()?;
         let port = authority.port_u16().unwrap_or(80);
-        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        // `user:password@` (if the URL has one) is not part of the Host header.
+        let host_and_port = authority.as_str().rsplit('@').next()?;
+        let host = HeaderValue::from_str(host_and_port).ok()?;
         Some(Arc::new(Self {
             address: format!("{}:{port}", authority.host()),
             host,
@@ -125,14 +130,19 @@ impl OriginPool {
         }
     }
 
-    /// The most recently used live connection, waiting for it to finish its last answer.
+    /// The most recently used live connection. One given back a moment ago may still be
+    /// finishing its last exchange: it gets [`READY_WAIT`], then the next one is tried.
     async fn check_out(&self) -> Option<Sender> {
         loop {
             let mut idle = self.lock().pop_back()?;
             if idle.sender.is_closed() || idle.since.elapsed() >= POOL_IDLE_TIMEOUT {
                 continue;
             }
-            if idle.sender.is_ready() || idle.sender.ready().await.is_ok() {
+            if idle.sender.is_ready() {
+                return Some(idle.sender);
+            }
+            let ready = tokio::time::timeout(READY_WAIT, idle.sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
                 return Some(idle.sender);
             }
         }
@@ -153,6 +163,11 @@ impl OriginPool {
         if idle.len() < POOL_MAX_IDLE_PER_HOST {
             idle.push_back(Idle { sender, since: now });
         }
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
@@ -216,6 +231,11 @@ mod tests {
         assert_eq!(
             pool.map(|p| p.host.as_bytes()),
             Some(&b"127.0.0.1:8000"[..])
+        );
+        let with_user = OriginPool::for_base_url("http://user:secret@10.0.0.1:8000/v1");
+        assert_eq!(
+            with_user.as_deref().map(|p| p.host.as_bytes()),
+            Some(&b"10.0.0.1:8000"[..])
         );
         let target = pool.and_then(|p| p.target("/chat/completions").ok());
         assert_eq!(
