@@ -477,47 +477,20 @@ mod tests {
     /// do at `[DONE]`): the connection is still given back and reused.
     #[tokio::test]
     async fn a_body_dropped_before_its_end_keeps_its_connection() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use std::sync::atomic::Ordering;
 
-        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        const CHUNKED: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+            b"0\r\n\r\n",
+        ];
+        let upstream = super::super::pool::tests::scripted_upstream(usize::MAX, CHUNKED).await;
+        let Some((base_url, accepted)) = upstream else {
             panic!("the test upstream binds");
         };
-        let Ok(address) = listener.local_addr() else {
-            panic!("the test upstream has an address");
-        };
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buffer = vec![0; 4096];
-                    loop {
-                        let mut seen = Vec::new();
-                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match socket.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => seen.extend_from_slice(&buffer[..n]),
-                            }
-                        }
-                        let head =
-                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
-                        if socket.write_all(head).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        if socket.write_all(b"0\r\n\r\n").await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
         let Ok(client) = HttpClient::new() else {
             panic!("the client builds");
         };
-        let endpoint = Endpoint::new(format!("http://{address}"), None);
+        let endpoint = Endpoint::new(base_url, None);
         for _ in 0..3 {
             let response = send(client.get(&endpoint, "/stream"), None).await;
             let Ok(response) = response else {

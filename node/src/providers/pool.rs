@@ -216,7 +216,7 @@ async fn reap_idle(pool: Weak<OriginPool>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -257,9 +257,13 @@ mod tests {
         assert!(OriginPool::for_base_url("not a url").is_none());
     }
 
-    /// A server that answers each request `ok` on a kept-alive connection, closing each
-    /// connection after `per_connection` answers without saying so; counts connections.
-    async fn upstream(per_connection: usize) -> Option<(String, Arc<AtomicUsize>)> {
+    /// A server that answers each request with `parts` (50 ms apart) on a kept-alive
+    /// connection, closing each connection after `per_connection` answers without saying
+    /// so; counts connections.
+    pub(crate) async fn scripted_upstream(
+        per_connection: usize,
+        parts: &'static [&'static [u8]],
+    ) -> Option<(String, Arc<AtomicUsize>)> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
         let address = listener.local_addr().ok()?;
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -277,9 +281,13 @@ mod tests {
                                 Ok(n) => seen.extend_from_slice(&buffer[..n]),
                             }
                         }
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if socket.write_all(answer).await.is_err() {
-                            return;
+                        for (i, part) in parts.iter().enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                            if socket.write_all(part).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 });
@@ -287,6 +295,8 @@ mod tests {
         });
         Some((format!("http://{address}"), accepted))
     }
+
+    const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
 
     async fn get(pool: &Arc<OriginPool>) -> Result<Vec<u8>, String> {
         let request = Request::get(pool.target("/")?)
@@ -302,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_answer_is_read() {
-        let Some((base, accepted)) = upstream(usize::MAX).await else {
+        let Some((base, accepted)) = scripted_upstream(usize::MAX, OK).await else {
             panic!("the test upstream binds");
         };
         let Some(pool) = OriginPool::for_base_url(&base) else {
@@ -317,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
-        let Some((base, accepted)) = upstream(1).await else {
+        let Some((base, accepted)) = scripted_upstream(1, OK).await else {
             panic!("the test upstream binds");
         };
         let Some(pool) = OriginPool::for_base_url(&base) else {
