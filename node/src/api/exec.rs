@@ -49,11 +49,7 @@ pub async fn admit(
         endpoint,
         estimated_tokens,
     };
-    let limiter = app.limiter();
-    let admission = match limiter.admit_without_waiting(&request) {
-        Some(answer) => answer,
-        None => limiter.admit(&request).await,
-    };
+    let admission = app.limiter().admit(&request).await;
     admission.map_err(|rejection| {
         app.metrics.rate_limit_hits.with_label_values(&[&caller.name]).inc();
         tracing::warn!(client = %caller.name, scope = rejection.scope, unit = rejection.unit, retry_after_ms = rejection.retry_after.as_millis() as u64, "rate limit rejected a request");

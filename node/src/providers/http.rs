@@ -238,34 +238,20 @@ impl Stream for BodyFrames {
 }
 
 impl Drop for BodyFrames {
-    /// A pooled connection whose body was not read to its end: what is already there is read
-    /// now, the rest in the background (bounded); the connection goes back if the end comes.
+    /// A pooled connection whose body was not read to its end: the rest is read in the
+    /// background (bounded), and the connection goes back if the end comes.
     fn drop(&mut self) {
-        let (Some(lease), Some(mut body)) = (self.lease.take(), self.body.take()) else {
+        let (Some(lease), Some(body)) = (self.lease.take(), self.body.take()) else {
             return;
         };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut read = 0;
-        loop {
-            match Pin::new(&mut body).poll_frame(&mut cx) {
-                Poll::Ready(None) => return lease.give_back(),
-                Poll::Ready(Some(Ok(frame))) => {
-                    read += frame.data_ref().map_or(0, Bytes::len);
-                    if read > DRAIN_LIMIT {
-                        return;
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => return,
-                Poll::Pending => break,
-            }
-        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain(body, lease, read));
+            runtime.spawn(drain(body, lease));
         }
     }
 }
 
-async fn drain(mut body: Incoming, lease: Lease, mut read: usize) {
+async fn drain(mut body: Incoming, lease: Lease) {
+    let mut read = 0;
     let to_the_end = async {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { return false };

@@ -104,13 +104,6 @@ impl RateLimiter for LocalRateLimiter {
         futures_util::future::ready(self.admit_now(request)).boxed()
     }
 
-    fn admit_without_waiting(
-        &self,
-        request: &AdmissionRequest<'_>,
-    ) -> Option<Result<Admission, Rejection>> {
-        Some(self.admit_now(request))
-    }
-
     fn settle(&self, admission: Admission, actual_tokens: Option<u64>) {
         super::settle_reservations(admission, actual_tokens);
     }

@@ -115,15 +115,6 @@ pub trait RateLimiter: Send + Sync {
         request: &'a AdmissionRequest<'a>,
     ) -> futures_util::future::BoxFuture<'a, Result<Admission, Rejection>>;
 
-    /// The answer when it needs no waiting (a single node's buckets): saves boxing a future
-    /// that is ready anyway. `None`: call [`RateLimiter::admit`].
-    fn admit_without_waiting(
-        &self,
-        _request: &AdmissionRequest<'_>,
-    ) -> Option<Result<Admission, Rejection>> {
-        None
-    }
-
     /// Corrects token reservations with the tokens really used.
     fn settle(&self, admission: Admission, actual_tokens: Option<u64>);
 }

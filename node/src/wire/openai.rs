@@ -2,9 +2,9 @@
 //! not interpret are kept in `extra` and forwarded untouched.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::raw_json::rewrite_object;
-use serde_json::{Map, Value};
 
 /// The members of a request body that the gateway decides for the upstream itself.
 const GATEWAY_SET_MEMBERS: &[&str] = &["model", "stream", "stream_options"];
