@@ -10,6 +10,7 @@ mod anthropic;
 mod clock;
 mod content;
 mod control;
+mod delay;
 mod faults;
 mod ollama;
 mod openai;

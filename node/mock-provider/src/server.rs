@@ -157,7 +157,7 @@ async fn serve_api(
     let mut stream_faults = StreamFaults::default();
     if let Some(fault) = state.faults.take(route) {
         if let Some(latency) = fault.latency() {
-            tokio::time::sleep(latency).await;
+            crate::delay::sleep(latency).await;
         }
         if fault.hang {
             // Hyper drops this future when the client disconnects.

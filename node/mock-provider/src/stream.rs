@@ -136,7 +136,7 @@ fn faulty_body(frames: Vec<Bytes>, faults: StreamFaults, conn: &Arc<ConnAbort>) 
             std::future::pending::<()>().await;
         }
         if let Some(delay) = state.faults.chunk_delay {
-            tokio::time::sleep(delay).await;
+            crate::delay::sleep(delay).await;
         }
         let frame = state.frames.next()?;
         state.sent = state.sent.saturating_add(1);
