@@ -132,16 +132,21 @@ def pids_of_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process tree (/proc/PID/stat fields 14 and 15)."""
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process tree (/proc/PID/stat fields 14 and 15)."""
+    user = system = 0
     for p in pids_of_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def rss_mib(pid: int) -> float:
@@ -355,14 +360,17 @@ def measured(rig, target: str, fn):
     list of pids whose CPU is summed, or None)."""
     pid = rig.pid(target)
     pids = [] if not pid else [pid] if isinstance(pid, int) else list(pid)
+    u0 = sum(cpu_times(p)[0] for p in pids)
     c0 = sum(cpu_seconds(p) for p in pids)
     t0 = time.monotonic()
     res = fn()
     if pids:
         res["cpu_s"] = sum(cpu_seconds(p) for p in pids) - c0
+        user_s = sum(cpu_times(p)[0] for p in pids) - u0
         res["cpu_pct"] = 100 * res["cpu_s"] / max(time.monotonic() - t0, 1e-9)
         ok = res.get("requests", 0) - res.get("errors", 0)
         res["cpu_ms_per_1k"] = res["cpu_s"] * 1000 / ok * 1000 if ok else None
+        res["cpu_user_ms_per_1k"] = user_s * 1000 / ok * 1000 if ok else None
     return res
 
 
@@ -407,7 +415,7 @@ def merge_rounds(rs: list[dict]) -> dict:
     def med(key):
         vals = [r[key] for r in rs if r.get(key) is not None]
         return statistics.median(vals) if vals else None
-    out = {k: med(k) for k in ("p50", "p90", "p99", "cpu_ms_per_1k", "cpu_pct", "rps")}
+    out = {k: med(k) for k in ("p50", "p90", "p99", "cpu_ms_per_1k", "cpu_user_ms_per_1k", "cpu_pct", "rps")}
     out["errors"] = sum(r.get("errors", 0) for r in rs)
     out["requests"] = sum(r.get("requests", 0) for r in rs)
     out["rounds"] = rs
@@ -885,21 +893,30 @@ def added_fn(fixed_rows: list[dict]):
     return added
 
 
+def cpu_cell(v: dict) -> str:
+    """CPU per 1000 requests, with the user-space part: the kernel's (TCP, epoll) is the floor
+    every proxy pays; the user-space part is what the proxy's own code costs."""
+    cpu, user = v.get("cpu_ms_per_1k"), v.get("cpu_user_ms_per_1k")
+    if cpu is None:
+        return "—"
+    return f"{cpu:.0f} ({user:.0f})" if user is not None else f"{cpu:.0f}"
+
+
 def fixed_rate_table(L: list[str], fixed_rows: list[dict]) -> None:
     added = added_fn(fixed_rows)
-    L.append("| mock latency | rate | target | p50 | p90 | p99 | added p50 | added p90 | added p99 | errors | CPU ms / 1000 req |")
+    L.append("| mock latency | rate | target | p50 | p90 | p99 | added p50 | added p90 | added p99 | errors | CPU ms / 1000 req (user) |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in fixed_rows:
         for t, v in x["results"].items():
             cpu = v.get("cpu_ms_per_1k")
             ad = ["—"] * 3 if t == "direct" else [us(added(x["latency_ms"], x["rate"], t, p)) for p in ("p50", "p90", "p99")]
             L.append(f"| {x['latency_ms']} ms | {x['rate']} | {t} | {us(v['p50'])} | {us(v['p90'])} | {us(v['p99'])} | "
-                     f"{' | '.join(ad)} | {v['errors']}/{v['requests']} | {f'{cpu:.0f}' if cpu is not None else '—'} |")
+                     f"{' | '.join(ad)} | {v['errors']}/{v['requests']} | {cpu_cell(v)} |")
     L.append("")
 
 
 def throughput_table(L: list[str], runs: dict[str, list]) -> None:
-    L.append("| target | concurrency | req/s | errors | p50 | p99 | CPU ms / 1000 req | CPU % | one-core ceiling |")
+    L.append("| target | concurrency | req/s | errors | p50 | p99 | CPU ms / 1000 req (user) | CPU % | one-core ceiling |")
     L.append("|---|---|---|---|---|---|---|---|---|")
     for t, rs in runs.items():
         for v in rs:
@@ -907,7 +924,7 @@ def throughput_table(L: list[str], runs: dict[str, list]) -> None:
             pct_ = v.get("cpu_pct")
             ceil = f"{1e6 / cpu:.0f} rps" if cpu else "—"
             L.append(f"| {t} | {v['concurrency']} | {v['rps']:.0f} | {v['errors']}/{v['requests']} | {us(v['p50'])} | "
-                     f"{us(v['p99'])} | {f'{cpu:.0f}' if cpu is not None else '—'} | "
+                     f"{us(v['p99'])} | {cpu_cell(v)} | "
                      f"{f'{pct_:.0f}%' if pct_ is not None else '—'} | {ceil} |")
     L.append("")
 
@@ -1100,6 +1117,9 @@ def report(r: dict) -> str:
     L.append(f"Each cell: {ROUNDS} rounds of every target (rotating order, duration / {ROUNDS} each); "
              "percentiles are the median over the rounds, added = the median over the rounds of "
              "(target minus direct in the same round).\n")
+    L.append("CPU ms / 1000 req: the target's CPU time (user + system) per 1000 answered requests; in brackets its "
+             "user-space part. The system part (loopback TCP, epoll) is what any proxy pays for the extra hop; the "
+             "user-space part is the proxy's own code.\n")
     fixed_rate_table(L, r["fixed_rate"])
 
     L.append("## Throughput (closed loop, 0 ms mock)\n")
