@@ -185,13 +185,13 @@ where
 pub(super) fn write_context(out: &mut impl fmt::Write, context: &RequestContext) -> fmt::Result {
     out.write_str(",\"request_id\":\"")?;
     escape(out, &context.id)?;
-    write!(
-        out,
-        "\",\"endpoint\":\"{}\",\"method\":\"",
-        context.endpoint
-    )?;
+    out.write_str("\",\"endpoint\":\"")?;
+    out.write_str(context.endpoint)?;
+    out.write_str("\",\"method\":\"")?;
     escape(out, context.method.as_str())?;
-    write!(out, "\",\"protocol\":\"{}\"", context.protocol)
+    out.write_str("\",\"protocol\":\"")?;
+    out.write_str(context.protocol)?;
+    out.write_str("\"")
 }
 
 #[cfg(test)]
