@@ -254,4 +254,25 @@ mod scan_tests {
         assert_eq!(members.map(|m| m.len()), Some(2));
         assert_eq!(object_members(b" {} ").map(|m| m.len()), Some(0));
     }
+
+    #[test]
+    fn strings_end_at_their_closing_quote_whatever_their_length_and_escapes() {
+        let mut texts: Vec<String> = Vec::new();
+        for len in [0, 1, 14, 15, 16, 17, 40] {
+            for escape_at in [None, Some(0), Some(7), Some(15), Some(16), Some(len)] {
+                let mut text: String = "x".repeat(len);
+                if let Some(at) = escape_at.filter(|at| *at <= len) {
+                    text.insert_str(at, "\\\"\n");
+                }
+                texts.push(text);
+            }
+        }
+        for text in texts {
+            let encoded = serde_json::to_string(&text).unwrap_or_default();
+            let json = format!("{encoded},1");
+            assert_eq!(string_end(json.as_bytes(), 0), Some(encoded.len()), "{json}");
+            let cut = &encoded[..encoded.len() - 1];
+            assert_eq!(string_end(cut.as_bytes(), 0), None, "{cut}");
+        }
+    }
 }
