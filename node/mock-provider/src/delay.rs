@@ -20,7 +20,10 @@ use tokio::sync::oneshot;
 
 /// Waits `delay` on the shared precise timer (tokio's timer if that thread could not start).
 pub(crate) async fn sleep(delay: Duration) {
-    let deadline = Instant::now() + delay;
+    let Some(deadline) = Instant::now().checked_add(delay) else {
+        // Past what the clock can represent: a delay that never ends.
+        return std::future::pending().await;
+    };
     let Some(timer) = timer() else {
         return tokio::time::sleep_until(deadline.into()).await;
     };

@@ -270,7 +270,11 @@ mod scan_tests {
         for text in texts {
             let encoded = serde_json::to_string(&text).unwrap_or_default();
             let json = format!("{encoded},1");
-            assert_eq!(string_end(json.as_bytes(), 0), Some(encoded.len()), "{json}");
+            assert_eq!(
+                string_end(json.as_bytes(), 0),
+                Some(encoded.len()),
+                "{json}"
+            );
             let cut = &encoded[..encoded.len() - 1];
             assert_eq!(string_end(cut.as_bytes(), 0), None, "{cut}");
         }
