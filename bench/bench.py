@@ -145,10 +145,6 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_times(pid))
-
-
 def rss_mib(pid: int) -> float:
     total = 0
     for p in pids_of_tree(pid):
@@ -360,13 +356,17 @@ def measured(rig, target: str, fn):
     list of pids whose CPU is summed, or None)."""
     pid = rig.pid(target)
     pids = [] if not pid else [pid] if isinstance(pid, int) else list(pid)
-    u0 = sum(cpu_times(p)[0] for p in pids)
-    c0 = sum(cpu_seconds(p) for p in pids)
+    def times() -> tuple[float, float]:
+        user_system = [cpu_times(p) for p in pids]
+        return sum(u for u, _ in user_system), sum(u + s for u, s in user_system)
+
+    u0, c0 = times()
     t0 = time.monotonic()
     res = fn()
     if pids:
-        res["cpu_s"] = sum(cpu_seconds(p) for p in pids) - c0
-        user_s = sum(cpu_times(p)[0] for p in pids) - u0
+        u1, c1 = times()
+        res["cpu_s"] = c1 - c0
+        user_s = u1 - u0
         res["cpu_pct"] = 100 * res["cpu_s"] / max(time.monotonic() - t0, 1e-9)
         ok = res.get("requests", 0) - res.get("errors", 0)
         res["cpu_ms_per_1k"] = res["cpu_s"] * 1000 / ok * 1000 if ok else None
@@ -908,7 +908,6 @@ def fixed_rate_table(L: list[str], fixed_rows: list[dict]) -> None:
     L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in fixed_rows:
         for t, v in x["results"].items():
-            cpu = v.get("cpu_ms_per_1k")
             ad = ["—"] * 3 if t == "direct" else [us(added(x["latency_ms"], x["rate"], t, p)) for p in ("p50", "p90", "p99")]
             L.append(f"| {x['latency_ms']} ms | {x['rate']} | {t} | {us(v['p50'])} | {us(v['p90'])} | {us(v['p99'])} | "
                      f"{' | '.join(ad)} | {v['errors']}/{v['requests']} | {cpu_cell(v)} |")

@@ -8,9 +8,7 @@
 //! way. One thread sleeps on the kernel's high-resolution timer (futex wait, 1 µs timer slack)
 //! until the earliest deadline and wakes the delayed tasks as their deadlines pass.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -47,9 +45,8 @@ struct Timer {
 
 #[derive(Default)]
 struct Pending {
-    /// Deadlines, earliest first; `sequence` keeps equal deadlines apart and in order.
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    wakers: HashMap<u64, oneshot::Sender<()>>,
+    /// Wake-ups by deadline, earliest first; the sequence number keeps equal deadlines apart.
+    wakers: BTreeMap<(Instant, u64), oneshot::Sender<()>>,
     next_sequence: u64,
 }
 
@@ -90,31 +87,26 @@ fn schedule(pending: &Mutex<Pending>, deadline: Instant, wake: oneshot::Sender<(
     let sequence = pending.next_sequence;
     pending.next_sequence = sequence.wrapping_add(1);
     let earliest = pending
-        .queue
-        .peek()
-        .is_none_or(|Reverse((first, _))| deadline < *first);
-    pending.queue.push(Reverse((deadline, sequence)));
-    pending.wakers.insert(sequence, wake);
+        .wakers
+        .first_key_value()
+        .is_none_or(|((first, _), _)| deadline < *first);
+    pending.wakers.insert((deadline, sequence), wake);
     earliest
 }
 
 /// Wakes every delay whose deadline is at or before `now`; returns the next deadline.
 fn fire_due(pending: &Mutex<Pending>, now: Instant) -> Option<Instant> {
-    let mut due = Vec::new();
-    let next = {
+    let (due, next) = {
         let mut pending = pending.lock();
-        while let Some(Reverse((deadline, sequence))) = pending.queue.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            pending.queue.pop();
-            if let Some(wake) = pending.wakers.remove(&sequence) {
-                due.push(wake);
-            }
-        }
-        pending.queue.peek().map(|Reverse((deadline, _))| *deadline)
+        let later = pending.wakers.split_off(&(now, u64::MAX));
+        let due = std::mem::replace(&mut pending.wakers, later);
+        let next = pending
+            .wakers
+            .first_key_value()
+            .map(|((deadline, _), _)| *deadline);
+        (due, next)
     };
-    for wake in due {
+    for wake in due.into_values() {
         // The delayed request may be gone (its client disconnected): nothing to wake then.
         let _ = wake.send(());
     }
