@@ -192,12 +192,7 @@ impl LeasedRateLimiter {
             Exhausted,
             NeedLease,
         }
-        // Until taken or refused: a lease that lands can be spent by this node's other requests
-        // before this one looks again, and giving up then would refuse a request while the
-        // ledger still has budget (a fixed three tries did, under load). Every pass follows a
-        // lease that added to the balance, found it already refilled, or marked the window
-        // exhausted, so the passes are bounded by the window's limit.
-        loop {
+        for _ in 0..3 {
             let next = {
                 let mut state = bucket.state.lock();
                 if state.window != window {
@@ -233,6 +228,7 @@ impl LeasedRateLimiter {
                 }
             }
         }
+        false
     }
 
     fn first_chunk(&self, limit: u64) -> u64 {
