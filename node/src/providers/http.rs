@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -213,21 +213,26 @@ impl Stream for BodyFrames {
     type Item = Result<Bytes, ProviderError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(body) = self.body.as_mut() else {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
         loop {
-            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            let frame = match this.lease.as_mut() {
+                Some(lease) => lease.poll_frame(body, cx),
+                None => Pin::new(&mut *body).poll_frame(cx),
+            };
+            match ready!(frame) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => return Poll::Ready(Some(Ok(data))),
                     Err(_trailers) => continue,
                 },
                 Some(Err(e)) => {
-                    self.lease = None;
+                    this.lease = None;
                     return Poll::Ready(Some(Err(ProviderError::StreamBroken(describe(&e)))));
                 }
                 None => {
-                    if let Some(lease) = self.lease.take() {
+                    if let Some(lease) = this.lease.take() {
                         lease.give_back();
                     }
                     return Poll::Ready(None);
@@ -250,10 +255,10 @@ impl Drop for BodyFrames {
     }
 }
 
-async fn drain(mut body: Incoming, lease: Lease) {
+async fn drain(mut body: Incoming, mut lease: Lease) {
     let mut read = 0;
     let to_the_end = async {
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = lease.next_frame(&mut body).await {
             let Ok(frame) = frame else { return false };
             read += frame.data_ref().map_or(0, Bytes::len);
             if read > DRAIN_LIMIT {

@@ -6,10 +6,18 @@
 //! spawns a task per request to put the connection back. This pool belongs to one endpoint,
 //! so a checkout is a pop under an uncontended lock, and the connection goes back as soon as
 //! its answer has been read. TLS upstreams keep hyper-util's client (ALPN, HTTP/2).
+//!
+//! A connection has no task of its own: the request that holds it runs its reads and writes
+//! while it waits for the answer and reads the body ([`Lease::poll_frame`]). A spawned connection
+//! task costs two task hand-offs per exchange (the request to the connection's task, the
+//! answer back), each a wake-up and a scheduler pass on the hot path. An idle connection is
+//! polled once at check-out, which is when a close by the upstream is noticed.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,14 +25,15 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::http::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST, describe};
 
 type Sender = SendRequest<Full<Bytes>>;
+type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
 /// How long a checkout waits for an idle connection to finish its previous exchange.
 const READY_WAIT: Duration = Duration::from_millis(10);
@@ -49,19 +58,96 @@ impl std::fmt::Debug for OriginPool {
 }
 
 struct Idle {
-    sender: Sender,
+    link: Link,
     since: Instant,
 }
 
-/// A connection lent to one request; goes back to its pool once the answer has been read.
-pub struct Lease {
+/// One connection: the handle requests are sent on, and the connection itself, which only
+/// reads and writes while someone polls it.
+struct Link {
     sender: Sender,
+    /// `None` once the connection has ended. Boxed: its buffers and state are ~1 KB, and a
+    /// link moves from the pool to a request, its answer and back.
+    conn: Option<Box<Conn>>,
+}
+
+impl Link {
+    /// Runs the connection's pending reads and writes; wakes `cx` when there is more to do.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if let Poll::Ready(result) = Pin::new(&mut **conn).poll(cx) {
+            if let Err(error) = result {
+                tracing::debug!(error = %error, "upstream connection ended");
+            }
+            self.conn = None;
+        }
+    }
+
+    /// Runs the connection until `answer`, a request sent on it, is answered. Only the
+    /// connection answers it, and only while driven here, so `answer` is polled without a
+    /// waker (with one, its completion would wake this task again for nothing).
+    async fn answer<T>(&mut self, answer: impl Future<Output = T>) -> T {
+        let mut answer = std::pin::pin!(answer);
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            answer
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        })
+        .await
+    }
+
+    /// Polled once without a waker: notices an answer's end or a close by the upstream.
+    fn drive_now(&mut self) {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+    }
+
+    fn is_usable(&self) -> bool {
+        self.conn.is_some() && !self.sender.is_closed()
+    }
+}
+
+/// A connection lent to one request; goes back to its pool once the answer has been read.
+/// Its body is read through [`Lease::poll_frame`], which runs the connection.
+pub struct Lease {
+    link: Link,
     pool: Arc<OriginPool>,
 }
 
 impl Lease {
+    /// The body's next frame. The connection's reads and writes run here, on the caller's
+    /// task (it has no task of its own); the caller is woken when it can make progress.
+    ///
+    /// Only this connection fills the body, and only while it is driven here, so the body is
+    /// polled without a waker: waking on the body too would only wake this task again for a
+    /// frame it has just been given.
+    pub fn poll_frame(
+        &mut self,
+        body: &mut Incoming,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut no_waker = Context::from_waker(Waker::noop());
+        if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(&mut no_waker) {
+            return Poll::Ready(frame);
+        }
+        self.link.drive(cx);
+        Pin::new(body).poll_frame(&mut no_waker)
+    }
+
+    /// The body's next frame (see [`Lease::poll_frame`]).
+    pub async fn next_frame(
+        &mut self,
+        body: &mut Incoming,
+    ) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+        std::future::poll_fn(|cx| self.poll_frame(body, cx)).await
+    }
+
+    /// Back to the pool; the connection moves to its next exchange when it is next driven,
+    /// at check-out.
     pub fn give_back(self) {
-        self.pool.check_in(self.sender);
+        self.pool.check_in(self.link);
     }
 }
 
@@ -103,53 +189,62 @@ impl OriginPool {
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), String> {
         request.headers_mut().insert(HOST, self.host.clone());
-        let (mut sender, reused) = match self.check_out().await {
-            Some(sender) => (sender, true),
+        let (mut link, reused) = match self.check_out().await {
+            Some(link) => (link, true),
             None => (self.connect().await?, false),
         };
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, self.lease(sender))),
+        let answer = link.sender.try_send_request(request);
+        match link.answer(answer).await {
+            Ok(response) => Ok((response, self.lease(link))),
             Err(mut failed) => match failed.take_message() {
                 Some(request) if reused => {
-                    let mut sender = self.connect().await?;
-                    let response = sender
-                        .send_request(request)
-                        .await
-                        .map_err(|e| describe(&e))?;
-                    Ok((response, self.lease(sender)))
+                    let mut link = self.connect().await?;
+                    let answer = link.sender.send_request(request);
+                    let response = link.answer(answer).await.map_err(|e| describe(&e))?;
+                    Ok((response, self.lease(link)))
                 }
                 _ => Err(describe(&failed.into_error())),
             },
         }
     }
 
-    fn lease(self: &Arc<Self>, sender: Sender) -> Lease {
+    fn lease(self: &Arc<Self>, link: Link) -> Lease {
         Lease {
-            sender,
+            link,
             pool: Arc::clone(self),
         }
     }
 
     /// The most recently used live connection. One given back a moment ago may still be
     /// finishing its last exchange: it gets [`READY_WAIT`], then the next one is tried.
-    async fn check_out(&self) -> Option<Sender> {
+    async fn check_out(&self) -> Option<Link> {
         loop {
-            let mut idle = self.lock().pop_back()?;
-            if idle.sender.is_closed() || idle.since.elapsed() >= POOL_IDLE_TIMEOUT {
+            let Idle { mut link, since } = self.lock().pop_back()?;
+            if since.elapsed() >= POOL_IDLE_TIMEOUT {
                 continue;
             }
-            if idle.sender.is_ready() {
-                return Some(idle.sender);
+            link.drive_now();
+            if !link.is_usable() {
+                continue;
             }
-            let ready = tokio::time::timeout(READY_WAIT, idle.sender.ready()).await;
-            if matches!(ready, Ok(Ok(()))) {
-                return Some(idle.sender);
+            if link.sender.is_ready() {
+                return Some(link);
+            }
+            let ready = std::future::poll_fn(|cx| {
+                link.drive(cx);
+                if link.conn.is_none() {
+                    return Poll::Ready(false);
+                }
+                link.sender.poll_ready(cx).map(|ready| ready.is_ok())
+            });
+            if let Ok(true) = tokio::time::timeout(READY_WAIT, ready).await {
+                return Some(link);
             }
         }
     }
 
-    fn check_in(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn check_in(&self, link: Link) {
+        if !link.is_usable() {
             return;
         }
         let now = Instant::now();
@@ -161,7 +256,7 @@ impl OriginPool {
             idle.pop_front();
         }
         if idle.len() < POOL_MAX_IDLE_PER_HOST {
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle { link, since: now });
         }
     }
 
@@ -177,7 +272,7 @@ impl OriginPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Sender, String> {
+    async fn connect(self: &Arc<Self>) -> Result<Link, String> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| format!("connecting to {} timed out", self.address))?
@@ -185,23 +280,21 @@ impl OriginPool {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("connecting to {}: {e}", self.address))?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| describe(&e))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "upstream connection ended");
-            }
-        });
         if !self.reaper_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap_idle(Arc::downgrade(self)));
         }
-        Ok(sender)
+        Ok(Link {
+            sender,
+            conn: Some(Box::new(conn)),
+        })
     }
 }
 
-/// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`] while no request comes to
-/// take them; ends with the pool.
+/// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`], or closed by the upstream,
+/// while no request comes to take them; ends with the pool.
 async fn reap_idle(pool: Weak<OriginPool>) {
     let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -209,8 +302,9 @@ async fn reap_idle(pool: Weak<OriginPool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        pool.lock().retain(|idle| {
-            !idle.sender.is_closed() && now.duration_since(idle.since) < POOL_IDLE_TIMEOUT
+        pool.lock().retain_mut(|idle| {
+            idle.link.drive_now();
+            idle.link.is_usable() && now.duration_since(idle.since) < POOL_IDLE_TIMEOUT
         });
     }
 }
@@ -302,12 +396,15 @@ pub(crate) mod tests {
         let request = Request::get(pool.target("/")?)
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let (response, lease) = pool.send(request).await?;
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .map_err(|e| e.to_string())?;
+        let (response, mut lease) = pool.send(request).await?;
+        let mut body = response.into_body();
+        let mut read = Vec::new();
+        while let Some(frame) = lease.next_frame(&mut body).await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            read.extend_from_slice(frame.data_ref().map_or(&[][..], |data| &data[..]));
+        }
         lease.give_back();
-        Ok(body.to_bytes().to_vec())
+        Ok(read)
     }
 
     #[tokio::test]
@@ -337,6 +434,52 @@ pub(crate) mod tests {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_closes_its_connection_is_read_whole_and_not_reused() {
+        const CLOSING: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhel",
+            b"lo",
+        ];
+        let Some((base, accepted)) = scripted_upstream(1, CLOSING).await else {
+            panic!("the test upstream binds");
+        };
+        let Some(pool) = OriginPool::for_base_url(&base) else {
+            panic!("a plain-HTTP base URL gets a pool");
+        };
+        for _ in 0..2 {
+            assert_eq!(get(&pool).await.as_deref(), Ok(&b"hello"[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    /// Requests on tasks of their own, each driving its connection: every one is answered and
+    /// the connections they opened are all kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_each_drive_their_own_connection() {
+        let Some((base, accepted)) = scripted_upstream(usize::MAX, OK).await else {
+            panic!("the test upstream binds");
+        };
+        let Some(pool) = OriginPool::for_base_url(&base) else {
+            panic!("a plain-HTTP base URL gets a pool");
+        };
+        for _ in 0..3 {
+            let requests: Vec<_> = (0..16)
+                .map(|_| {
+                    let pool = Arc::clone(&pool);
+                    tokio::spawn(async move { get(&pool).await })
+                })
+                .collect();
+            for request in requests {
+                let answer = request.await.map_err(|e| e.to_string());
+                assert_eq!(answer.and_then(|a| a).as_deref(), Ok(&b"ok"[..]));
+            }
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!((1..=48).contains(&opened), "{opened}");
+        assert_eq!(pool.idle_count(), opened);
     }
 
     #[tokio::test]
