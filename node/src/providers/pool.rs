@@ -392,6 +392,20 @@ pub(crate) mod tests {
 
     const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
 
+    /// A pool on a [`scripted_upstream`], and the upstream's connection count.
+    async fn pool_on_scripted_upstream(
+        per_connection: usize,
+        parts: &'static [&'static [u8]],
+    ) -> (Arc<OriginPool>, Arc<AtomicUsize>) {
+        let Some((base, accepted)) = scripted_upstream(per_connection, parts).await else {
+            panic!("the test upstream binds");
+        };
+        let Some(pool) = OriginPool::for_base_url(&base) else {
+            panic!("a plain-HTTP base URL gets a pool");
+        };
+        (pool, accepted)
+    }
+
     async fn get(pool: &Arc<OriginPool>) -> Result<Vec<u8>, String> {
         let request = Request::get(pool.target("/")?)
             .body(Full::new(Bytes::new()))
@@ -409,12 +423,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_answer_is_read() {
-        let Some((base, accepted)) = scripted_upstream(usize::MAX, OK).await else {
-            panic!("the test upstream binds");
-        };
-        let Some(pool) = OriginPool::for_base_url(&base) else {
-            panic!("a plain-HTTP base URL gets a pool");
-        };
+        let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, OK).await;
         for _ in 0..5 {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
         }
@@ -424,12 +433,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
-        let Some((base, accepted)) = scripted_upstream(1, OK).await else {
-            panic!("the test upstream binds");
-        };
-        let Some(pool) = OriginPool::for_base_url(&base) else {
-            panic!("a plain-HTTP base URL gets a pool");
-        };
+        let (pool, accepted) = pool_on_scripted_upstream(1, OK).await;
         for _ in 0..3 {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
         }
@@ -442,12 +446,7 @@ pub(crate) mod tests {
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhel",
             b"lo",
         ];
-        let Some((base, accepted)) = scripted_upstream(1, CLOSING).await else {
-            panic!("the test upstream binds");
-        };
-        let Some(pool) = OriginPool::for_base_url(&base) else {
-            panic!("a plain-HTTP base URL gets a pool");
-        };
+        let (pool, accepted) = pool_on_scripted_upstream(1, CLOSING).await;
         for _ in 0..2 {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"hello"[..]));
         }
@@ -459,12 +458,7 @@ pub(crate) mod tests {
     /// the connections they opened are all kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_each_drive_their_own_connection() {
-        let Some((base, accepted)) = scripted_upstream(usize::MAX, OK).await else {
-            panic!("the test upstream binds");
-        };
-        let Some(pool) = OriginPool::for_base_url(&base) else {
-            panic!("a plain-HTTP base URL gets a pool");
-        };
+        let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, OK).await;
         for _ in 0..3 {
             let requests: Vec<_> = (0..16)
                 .map(|_| {
