@@ -446,7 +446,8 @@ pub(crate) mod tests {
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhel",
             b"lo",
         ];
-        let (pool, accepted) = pool_on_scripted_upstream(1, CLOSING).await;
+        // The upstream would keep the connection: only its `connection: close` says not to.
+        let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, CLOSING).await;
         for _ in 0..2 {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"hello"[..]));
         }
