@@ -49,3 +49,38 @@ impl OllamaStream {
         self.0.translate(line)
     }
 }
+
+/// An upstream's HTTP/1.1 answer read the way a pooled connection reads it, arriving in
+/// `pieces`: its status and whole body, or why it cannot be read. The connection's end comes
+/// after the last piece.
+pub fn read_upstream_answer<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(u16, Vec<u8>), String> {
+    use crate::providers::h1::{BodyDecoder, Decoded, parse_head};
+    let mut pieces = pieces.into_iter();
+    let mut read = bytes::BytesMut::new();
+    let head = loop {
+        if let Some(head) = parse_head(&mut read)? {
+            break head;
+        }
+        match pieces.next() {
+            Some(piece) => read.extend_from_slice(piece),
+            None => return Err("the connection ended before the answer's head".into()),
+        }
+    };
+    let mut decoder = BodyDecoder::new(head.framing);
+    let mut body = Vec::new();
+    loop {
+        match decoder.decode(&mut read)? {
+            Decoded::Data(data) => body.extend_from_slice(&data),
+            Decoded::End => return Ok((head.status.as_u16(), body)),
+            Decoded::NeedMore => match pieces.next() {
+                Some(piece) => read.extend_from_slice(piece),
+                None => {
+                    decoder.at_eof()?;
+                    return Ok((head.status.as_u16(), body));
+                }
+            },
+        }
+    }
+}

@@ -1,9 +1,11 @@
-//! The one pooled HTTP client and the helpers every HTTP provider shares.
+//! The upstream HTTP client and the helpers every HTTP provider shares.
 //!
-//! A thin layer over hyper-util's pooled client rather than reqwest: on the request path it
-//! saves reqwest's three URL parses per request (into the `Url`, in its redirect policy, and
-//! back from the response), its redirect and retry layers, and their allocations; the gateway
-//! follows no redirects and does its own retries and timeouts.
+//! Plain `http://` endpoints go through their own [`OriginPool`], which speaks HTTP/1.1 itself
+//! (see [`super::h1`]). TLS endpoints share a thin layer over hyper-util's pooled client rather
+//! than reqwest: on the request path it saves reqwest's three URL parses per request (into the
+//! `Url`, in its redirect policy, and back from the response), its redirect and retry layers,
+//! and their allocations; the gateway follows no redirects and does its own retries and
+//! timeouts.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
 
-use super::pool::{Lease, OriginPool};
+use super::pool::{OriginPool, PooledBody};
 use super::redact::redact;
 use super::{Endpoint, ProviderError};
 
@@ -85,7 +87,7 @@ impl HttpClient {
 pub struct UpstreamRequest<'c> {
     client: &'c HttpClient,
     plain_pool: Option<Arc<OriginPool>>,
-    request: Result<Request<Full<Bytes>>, String>,
+    request: Result<Request<Bytes>, String>,
 }
 
 impl<'c> UpstreamRequest<'c> {
@@ -97,7 +99,7 @@ impl<'c> UpstreamRequest<'c> {
                 .map_err(|e| format!("invalid upstream URL: {e}")),
         };
         let request = uri.map(|uri| {
-            let mut request = Request::new(Full::new(Bytes::new()));
+            let mut request = Request::new(Bytes::new());
             *request.method_mut() = method;
             *request.uri_mut() = uri;
             request.headers_mut().insert(USER_AGENT, user_agent());
@@ -114,7 +116,7 @@ impl<'c> UpstreamRequest<'c> {
     pub fn json(mut self, body: &impl serde::Serialize) -> Self {
         self.request = self.request.and_then(|mut request| {
             let bytes = serde_json::to_vec(body).map_err(|e| format!("request body: {e}"))?;
-            *request.body_mut() = Full::new(Bytes::from(bytes));
+            *request.body_mut() = Bytes::from(bytes);
             request
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -126,7 +128,7 @@ impl<'c> UpstreamRequest<'c> {
     /// Sets the body to `json`, already encoded.
     pub fn json_bytes(mut self, json: Vec<u8>) -> Self {
         if let Ok(request) = &mut self.request {
-            *request.body_mut() = Full::new(Bytes::from(json));
+            *request.body_mut() = Bytes::from(json);
             request
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -165,110 +167,64 @@ fn user_agent() -> HeaderValue {
 
 /// An upstream's answer, headers read, body not yet.
 pub struct UpstreamResponse {
-    response: http::Response<Incoming>,
-    /// The plain-HTTP connection it came on, back to its pool once the body is read.
-    lease: Option<Lease>,
+    status: StatusCode,
+    /// Every header of a TLS upstream's answer; a pooled answer keeps them only when it is not
+    /// a success (see [`super::h1::AnswerHead`]).
+    headers: http::HeaderMap,
+    content_length: Option<u64>,
+    body: AnswerBody,
+}
+
+enum AnswerBody {
+    /// On a pooled plain-HTTP connection, which goes back once the body has been read.
+    Pooled(PooledBody),
+    /// From hyper-util's client (TLS upstreams).
+    Client(Incoming),
 }
 
 impl UpstreamResponse {
     pub fn status(&self) -> StatusCode {
-        self.response.status()
+        self.status
     }
 
     /// The body's data frames; a transport failure midway is `StreamBroken`.
     pub fn bytes_stream(
         self,
     ) -> impl Stream<Item = Result<Bytes, ProviderError>> + Send + Unpin + 'static {
-        BodyFrames {
-            body: Some(self.response.into_body()),
-            lease: self.lease,
-        }
+        BodyFrames { body: self.body }
     }
 
     fn content_length(&self) -> Option<u64> {
-        self.response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()
+        self.content_length
     }
 }
 
-/// The data frames of a body; the connection's lease is given back at its end.
+/// The data frames of a body.
 struct BodyFrames {
-    /// `None` only once dropped.
-    body: Option<Incoming>,
-    lease: Option<Lease>,
+    body: AnswerBody,
 }
-
-/// How much of a body dropped before its end is still read to keep its connection (a stream's
-/// translator stops at `[DONE]`, before the chunked terminator; an error body is read up to a
-/// cap), and for how long.
-const DRAIN_LIMIT: usize = 64 * 1024;
-const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 impl Stream for BodyFrames {
     type Item = Result<Bytes, ProviderError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let Some(body) = this.body.as_mut() else {
-            return Poll::Ready(None);
-        };
-        loop {
-            let frame = match this.lease.as_mut() {
-                Some(lease) => lease.poll_frame(body, cx),
-                None => Pin::new(&mut *body).poll_frame(cx),
-            };
-            match ready!(frame) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => return Poll::Ready(Some(Ok(data))),
-                    Err(_trailers) => continue,
-                },
-                Some(Err(e)) => {
-                    this.lease = None;
-                    return Poll::Ready(Some(Err(ProviderError::StreamBroken(describe(&e)))));
-                }
-                None => {
-                    if let Some(lease) = this.lease.take() {
-                        lease.give_back();
+        match &mut self.body {
+            AnswerBody::Pooled(body) => body
+                .poll_frame(cx)
+                .map(|piece| piece.map(|piece| piece.map_err(ProviderError::StreamBroken))),
+            AnswerBody::Client(body) => loop {
+                match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => return Poll::Ready(Some(Ok(data))),
+                        Err(_trailers) => continue,
+                    },
+                    Some(Err(e)) => {
+                        return Poll::Ready(Some(Err(ProviderError::StreamBroken(describe(&e)))));
                     }
-                    return Poll::Ready(None);
+                    None => return Poll::Ready(None),
                 }
-            }
+            },
         }
-    }
-}
-
-impl Drop for BodyFrames {
-    /// A pooled connection whose body was not read to its end: the rest is read in the
-    /// background (bounded), and the connection goes back if the end comes.
-    fn drop(&mut self) {
-        let (Some(lease), Some(body)) = (self.lease.take(), self.body.take()) else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain(body, lease));
-        }
-    }
-}
-
-async fn drain(mut body: Incoming, mut lease: Lease) {
-    let mut read = 0;
-    let to_the_end = async {
-        while let Some(frame) = lease.next_frame(&mut body).await {
-            let Ok(frame) = frame else { return false };
-            read += frame.data_ref().map_or(0, Bytes::len);
-            if read > DRAIN_LIMIT {
-                return false;
-            }
-        }
-        true
-    };
-    if let Ok(true) = tokio::time::timeout(DRAIN_TIME, to_the_end).await {
-        lease.give_back();
     }
 }
 
@@ -287,20 +243,28 @@ pub async fn send(
     let request = request.map_err(connect_error)?;
     let response = match plain_pool {
         Some(pool) => {
-            let (response, lease) = pool.send(request).await.map_err(connect_error)?;
+            let answer = pool.send(&request).await.map_err(connect_error)?;
             UpstreamResponse {
-                response,
-                lease: Some(lease),
+                status: answer.head.status,
+                content_length: answer.head.content_length(),
+                headers: answer.head.headers,
+                body: AnswerBody::Pooled(answer.body),
             }
         }
-        None => UpstreamResponse {
-            response: client
+        None => {
+            let response = client
                 .inner
-                .request(request)
+                .request(request.map(Full::new))
                 .await
-                .map_err(|e| connect_error(describe(&e)))?,
-            lease: None,
-        },
+                .map_err(|e| connect_error(describe(&e)))?;
+            let (head, body) = response.into_parts();
+            UpstreamResponse {
+                status: head.status,
+                content_length: content_length(&head.headers),
+                headers: head.headers,
+                body: AnswerBody::Client(body),
+            }
+        }
     };
     if response.status().is_success() {
         return Ok(response);
@@ -322,7 +286,7 @@ pub(super) fn describe(error: &dyn std::error::Error) -> String {
 
 async fn status_error(response: UpstreamResponse, secret: Option<&str>) -> ProviderError {
     let status = response.status();
-    let retry_after = parse_retry_after(response.response.headers());
+    let retry_after = parse_retry_after(&response.headers);
     let body = read_capped(response, 16 * 1024).await;
     let message = redact(&upstream_message(&body, status), secret.as_slice());
     ProviderError::Status {
@@ -330,6 +294,15 @@ async fn status_error(response: UpstreamResponse, secret: Option<&str>) -> Provi
         message,
         retry_after,
     }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn parse_retry_after(headers: &http::HeaderMap) -> Option<Duration> {

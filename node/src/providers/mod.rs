@@ -1,6 +1,7 @@
 //! Upstream providers: one trait, one file per wire format.
 
 pub(crate) mod anthropic;
+pub(crate) mod h1;
 mod http;
 mod mock;
 pub(crate) mod ollama;

@@ -1,0 +1,218 @@
+use super::*;
+
+fn buf(bytes: &[u8]) -> BytesMut {
+    BytesMut::from(bytes)
+}
+
+fn head(bytes: &[u8]) -> Result<Option<AnswerHead>, String> {
+    parse_head(&mut buf(bytes))
+}
+
+/// The whole body of `answer` arriving `step` bytes at a time, as reads would bring it.
+fn body_in_steps(answer: &[u8], step: usize) -> Result<Vec<u8>, String> {
+    crate::fuzzing::read_upstream_answer(answer.chunks(step)).map(|(_, body)| body)
+}
+
+#[test]
+fn a_request_is_one_buffer_with_its_length() {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert(HOST, HeaderValue::from_static("ignored"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
+    let bytes = encode_request(
+        &Method::POST,
+        "/v1/chat/completions",
+        b"mock:8000",
+        &headers,
+        b"{}",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock:8000\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+    );
+    let get = encode_request(&Method::GET, "/api/tags", b"h", &HeaderMap::new(), b"");
+    assert_eq!(get, b"GET /api/tags HTTP/1.1\r\nhost: h\r\n\r\n");
+    let empty_post = encode_request(&Method::POST, "/", b"h", &HeaderMap::new(), b"");
+    assert_eq!(
+        empty_post,
+        b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_head_is_parsed_once_complete_and_removed() {
+    let whole = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 2\r\n\r\nok";
+    for cut in 0..whole.len() - 2 {
+        assert!(matches!(head(&whole[..cut]), Ok(None)), "cut at {cut}");
+    }
+    let mut read = buf(whole);
+    let parsed = parse_head(&mut read).ok().flatten();
+    let Some(parsed) = parsed else {
+        panic!("a complete head parses");
+    };
+    assert_eq!(parsed.status, StatusCode::OK);
+    assert_eq!(parsed.framing, Framing::Length(2));
+    assert_eq!(parsed.content_length(), Some(2));
+    assert!(parsed.reusable);
+    assert!(parsed.headers.is_empty(), "a success keeps no headers");
+    assert_eq!(&read[..], b"ok");
+}
+
+#[test]
+fn informational_heads_are_skipped_and_errors_keep_their_headers() {
+    let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+        HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n";
+    let parsed = head(answer).ok().flatten();
+    let Some(parsed) = parsed else {
+        panic!("the final head parses");
+    };
+    assert_eq!(parsed.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        parsed.headers.get("retry-after").map(HeaderValue::as_bytes),
+        Some(&b"7"[..])
+    );
+    assert_eq!(parsed.framing, Framing::Length(0));
+    assert!(BodyDecoder::new(parsed.framing).is_done());
+}
+
+#[test]
+fn framing_and_reuse_follow_rfc_9112() {
+    let framing = |bytes: &[u8]| head(bytes).ok().flatten().map(|h| (h.framing, h.reusable));
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+        Some((Framing::Chunked, true))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
+        Some((Framing::Chunked, true))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"),
+        Some((Framing::UntilClose, false))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"),
+        Some((Framing::Chunked, false)),
+        "framed both ways: read by the coding, then closed"
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\n\r\n"),
+        Some((Framing::UntilClose, false))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\ncontent-length: 1\r\n\r\n"),
+        Some((Framing::Length(1), false))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+        Some((Framing::Length(1), false))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
+        Some((Framing::Empty, true))
+    );
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n"),
+        Some((Framing::Length(3), true))
+    );
+}
+
+#[test]
+fn malformed_heads_are_errors_that_say_why() {
+    let error = |bytes: &[u8]| head(bytes).err().unwrap_or_default();
+    assert!(
+        error(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n")
+            .contains("two different content-lengths")
+    );
+    assert!(
+        error(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").contains("invalid content-length")
+    );
+    assert!(
+        error(b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n")
+            .contains("invalid content-length")
+    );
+    assert!(error(b"SMTP ready\r\n\r\n").contains("malformed"));
+    assert!(error(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").contains("switched protocols"));
+    assert!(error(b"HTTP/1.1 099 Odd\r\n\r\n").contains("status 99"));
+    let mut huge = b"HTTP/1.1 200 OK\r\nx-filler: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+    assert!(error(&huge).contains("larger than"));
+    let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+    many.extend(b"x: 1\r\n".repeat(MAX_HEADERS + 1));
+    many.extend_from_slice(b"\r\n");
+    assert!(error(&many).contains("too many headers"));
+}
+
+#[test]
+fn bodies_decode_alike_however_the_bytes_arrive() {
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world",
+            b"hello world",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n1;ext=\"x\"\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n",
+            b"hello 0123456789",
+        ),
+        (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", b"until the end"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    ];
+    for (answer, body) in cases {
+        for step in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(
+                body_in_steps(answer, step).as_deref(),
+                Ok(*body),
+                "{} in steps of {step}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_body_decoder_stops_at_its_end_and_leaves_the_rest() {
+    let mut read = buf(b"5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK");
+    let mut decoder = BodyDecoder::new(Framing::Chunked);
+    assert_eq!(
+        decoder.decode(&mut read),
+        Ok(Decoded::Data(Bytes::from_static(b"hello")))
+    );
+    assert_eq!(decoder.decode(&mut read), Ok(Decoded::End));
+    assert!(decoder.is_done());
+    assert_eq!(&read[..], b"HTTP/1.1 200 OK");
+    let mut read = buf(b"abcdef");
+    let mut decoder = BodyDecoder::new(Framing::Length(4));
+    assert_eq!(
+        decoder.decode(&mut read),
+        Ok(Decoded::Data(Bytes::from_static(b"abcd")))
+    );
+    assert_eq!(decoder.decode(&mut read), Ok(Decoded::End));
+    assert_eq!(&read[..], b"ef");
+}
+
+#[test]
+fn cut_or_broken_bodies_are_errors() {
+    let cut = body_in_steps(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", 4);
+    assert!(cut.is_err_and(|e| e.contains("before the answer's end")));
+    let cut_chunk = body_in_steps(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+        4,
+    );
+    assert!(cut_chunk.is_err_and(|e| e.contains("before the answer's end")));
+    let no_crlf = body_in_steps(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n",
+        64,
+    );
+    assert!(no_crlf.is_err_and(|e| e.contains("no CRLF")));
+    let bad_size = body_in_steps(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        64,
+    );
+    assert!(bad_size.is_err_and(|e| e.contains("invalid chunk size")));
+    let mut long_line = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;".to_vec();
+    long_line.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+    let long = body_in_steps(&long_line, 1024);
+    assert!(long.is_err_and(|e| e.contains("too long")));
+}

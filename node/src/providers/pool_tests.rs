@@ -1,0 +1,171 @@
+use std::sync::atomic::AtomicUsize;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+#[test]
+fn only_plain_http_base_urls_get_a_pool() {
+    let pool = OriginPool::for_base_url("http://127.0.0.1:8000/v1/");
+    let pool = pool.as_deref();
+    assert_eq!(pool.map(|p| p.address.as_str()), Some("127.0.0.1:8000"));
+    assert_eq!(
+        pool.map(|p| p.host.as_bytes()),
+        Some(&b"127.0.0.1:8000"[..])
+    );
+    let with_user = OriginPool::for_base_url("http://user:secret@10.0.0.1:8000/v1");
+    assert_eq!(
+        with_user.as_deref().map(|p| p.host.as_bytes()),
+        Some(&b"10.0.0.1:8000"[..])
+    );
+    let target = pool.and_then(|p| p.target("/chat/completions").ok());
+    assert_eq!(
+        target.map(|t| t.to_string()).as_deref(),
+        Some("/v1/chat/completions")
+    );
+    let bare = OriginPool::for_base_url("http://ollama");
+    assert_eq!(
+        bare.as_deref().map(|p| p.address.as_str()),
+        Some("ollama:80")
+    );
+    assert_eq!(
+        bare.and_then(|p| p.target("/api/chat").ok())
+            .map(|t| t.to_string())
+            .as_deref(),
+        Some("/api/chat")
+    );
+    assert!(OriginPool::for_base_url("https://api.openai.com/v1").is_none());
+    assert!(OriginPool::for_base_url("not a url").is_none());
+}
+
+/// A server that answers each request with `parts` (50 ms apart) on a kept-alive
+/// connection, closing each connection after `per_connection` answers without saying
+/// so; counts connections.
+pub(crate) async fn scripted_upstream(
+    per_connection: usize,
+    parts: &'static [&'static [u8]],
+) -> Option<(String, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let address = listener.local_addr().ok()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 4096];
+                for _ in 0..per_connection {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    for (i, part) in parts.iter().enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        if socket.write_all(part).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Some((format!("http://{address}"), accepted))
+}
+
+const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
+
+/// A pool on a [`scripted_upstream`], and the upstream's connection count.
+async fn pool_on_scripted_upstream(
+    per_connection: usize,
+    parts: &'static [&'static [u8]],
+) -> (Arc<OriginPool>, Arc<AtomicUsize>) {
+    let Some((base, accepted)) = scripted_upstream(per_connection, parts).await else {
+        panic!("the test upstream binds");
+    };
+    let Some(pool) = OriginPool::for_base_url(&base) else {
+        panic!("a plain-HTTP base URL gets a pool");
+    };
+    (pool, accepted)
+}
+
+async fn get(pool: &Arc<OriginPool>) -> Result<Vec<u8>, String> {
+    let request = Request::get(pool.target("/")?)
+        .body(Bytes::new())
+        .map_err(|e| e.to_string())?;
+    let mut answer = pool.send(&request).await?;
+    let mut read = Vec::new();
+    while let Some(piece) = answer.body.next_frame().await {
+        read.extend_from_slice(&piece?);
+    }
+    Ok(read)
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_once_its_answer_is_read() {
+    let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, OK).await;
+    for _ in 0..5 {
+        assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.lock().len(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
+    let (pool, accepted) = pool_on_scripted_upstream(1, OK).await;
+    for _ in 0..3 {
+        assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_answer_that_closes_its_connection_is_read_whole_and_not_reused() {
+    const CLOSING: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhel",
+        b"lo",
+    ];
+    // The upstream would keep the connection: only its `connection: close` says not to.
+    let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, CLOSING).await;
+    for _ in 0..2 {
+        assert_eq!(get(&pool).await.as_deref(), Ok(&b"hello"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.idle_count(), 0);
+}
+
+/// Requests on tasks of their own, each driving its connection: every one is answered and
+/// the connections they opened are all kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_drive_their_own_connection() {
+    let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, OK).await;
+    for _ in 0..3 {
+        let requests: Vec<_> = (0..16)
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move { get(&pool).await })
+            })
+            .collect();
+        for request in requests {
+            let answer = request.await.map_err(|e| e.to_string());
+            assert_eq!(answer.and_then(|a| a).as_deref(), Ok(&b"ok"[..]));
+        }
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!((1..=48).contains(&opened), "{opened}");
+    assert_eq!(pool.idle_count(), opened);
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_is_a_connect_error() {
+    let Some(pool) = OriginPool::for_base_url("http://127.0.0.1:9") else {
+        panic!("a plain-HTTP base URL gets a pool");
+    };
+    let error = get(&pool).await.err().unwrap_or_default();
+    assert!(error.starts_with("connecting to 127.0.0.1:9: "), "{error}");
+}
