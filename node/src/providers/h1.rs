@@ -242,22 +242,18 @@ impl BodyDecoder {
             match self.state {
                 State::Done => return Ok(Decoded::End),
                 State::Length(left) => {
-                    let Some(data) = take(buf, left) else {
-                        return Ok(Decoded::NeedMore);
-                    };
-                    let left = left - data.len() as u64;
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
-                    };
-                    return Ok(Decoded::Data(data));
+                    return Ok(self.counted(buf, left, State::Done, State::Length));
                 }
                 State::UntilClose => {
                     let Some(data) = take(buf, u64::MAX) else {
                         return Ok(Decoded::NeedMore);
                     };
                     return Ok(Decoded::Data(data));
+                }
+                // httparse takes a line without digits (`\r\n`, `;ext\r\n`) for size 0, the
+                // last chunk; RFC 9112 §7.1 wants at least one.
+                State::ChunkSize if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                    return Err("the upstream's answer has an invalid chunk size".into());
                 }
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((line, size))) => {
@@ -277,16 +273,7 @@ impl BodyDecoder {
                     }
                 },
                 State::ChunkData(left) => {
-                    let Some(data) = take(buf, left) else {
-                        return Ok(Decoded::NeedMore);
-                    };
-                    let left = left - data.len() as u64;
-                    self.state = if left == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(left)
-                    };
-                    return Ok(Decoded::Data(data));
+                    return Ok(self.counted(buf, left, State::ChunkEnd, State::ChunkData));
                 }
                 State::ChunkEnd => match buf.get(..2) {
                     None if buf.first().is_none_or(|&b| b == b'\r') => {
@@ -320,6 +307,23 @@ impl BodyDecoder {
                 }
             }
         }
+    }
+
+    /// Up to `left` bytes of a part whose length is known (the body, a chunk); then `after`, or
+    /// `more` with what is still to come.
+    fn counted(
+        &mut self,
+        buf: &mut BytesMut,
+        left: u64,
+        after: State,
+        more: fn(u64) -> State,
+    ) -> Decoded {
+        let Some(data) = take(buf, left) else {
+            return Decoded::NeedMore;
+        };
+        let left = left - data.len() as u64;
+        self.state = if left == 0 { after } else { more(left) };
+        Decoded::Data(data)
     }
 
     /// The connection ended: the end of a body read until close, a cut-short body otherwise.

@@ -206,11 +206,19 @@ fn cut_or_broken_bodies_are_errors() {
         64,
     );
     assert!(no_crlf.is_err_and(|e| e.contains("no CRLF")));
-    let bad_size = body_in_steps(
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-        64,
-    );
-    assert!(bad_size.is_err_and(|e| e.contains("invalid chunk size")));
+    // A size line without digits is not the last chunk (RFC 9112 §7.1: 1*HEXDIG).
+    for size_line in [&b"zz\r\n"[..], b"\r\n\r\n", b";ext\r\n\r\n"] {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec();
+        answer.extend_from_slice(size_line);
+        for step in [1, 64] {
+            let bad_size = body_in_steps(&answer, step);
+            assert!(
+                bad_size.is_err_and(|e| e.contains("invalid chunk size")),
+                "{size_line:?} in steps of {step}"
+            );
+        }
+    }
     let mut long_line = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;".to_vec();
     long_line.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
     let long = body_in_steps(&long_line, 1024);
