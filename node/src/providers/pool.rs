@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::h1::{self, AnswerHead, BodyDecoder, Decoded};
@@ -88,28 +89,61 @@ impl Conn {
                 .is_pending()
     }
 
-    async fn read_head(&mut self) -> Result<AnswerHead, String> {
+    /// Writes `request` and reads the answer's head. Both run at once: an upstream may answer
+    /// (a 413, say) before it has read a large body, and then stop reading. Returns the head
+    /// and whether the whole request went out.
+    async fn exchange(&mut self, request: &[u8]) -> Result<(AnswerHead, bool), Failed> {
+        let mut written = 0;
         std::future::poll_fn(|cx| {
             loop {
-                if !self.read.is_empty()
-                    && let Some(head) = h1::parse_head(&mut self.read)?
-                {
-                    return Poll::Ready(Ok(head));
-                }
-                match ready!(self.poll_fill(cx)) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(
-                            "the upstream closed the connection before answering".to_owned(),
-                        ));
+                if written < request.len() {
+                    match Pin::new(&mut self.stream).poll_write(cx, &request[written..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            written += n;
+                            continue;
+                        }
+                        Poll::Ready(Ok(_)) => {
+                            let error = "the upstream stopped taking the request".to_owned();
+                            return Poll::Ready(Err(Failed::new(error, written)));
+                        }
+                        Poll::Ready(Err(error)) => {
+                            let error = format!("sending the request: {error}");
+                            return Poll::Ready(Err(Failed::new(error, written)));
+                        }
+                        Poll::Pending => {}
                     }
-                    Ok(_) => {}
-                    Err(error) => {
-                        return Poll::Ready(Err(format!("reading the upstream's answer: {error}")));
+                }
+                if !self.read.is_empty() {
+                    match h1::parse_head(&mut self.read) {
+                        Ok(Some(head)) => return Poll::Ready(Ok((head, written == request.len()))),
+                        Ok(None) => {}
+                        Err(error) => return Poll::Ready(Err(Failed::new(error, written))),
                     }
                 }
+                let error = match ready!(self.poll_fill(cx)) {
+                    Ok(0) => "the upstream closed the connection before answering".to_owned(),
+                    Ok(_) => continue,
+                    Err(error) => format!("reading the upstream's answer: {error}"),
+                };
+                return Poll::Ready(Err(Failed::new(error, written)));
             }
         })
         .await
+    }
+}
+
+/// Why an exchange failed, and whether any of the request had gone out.
+struct Failed {
+    error: String,
+    nothing_sent: bool,
+}
+
+impl Failed {
+    fn new(error: String, written: usize) -> Self {
+        Self {
+            error,
+            nothing_sent: written == 0,
+        }
     }
 }
 
@@ -276,17 +310,19 @@ impl OriginPool {
             request.headers(),
             request.body(),
         );
-        let mut conn = match self.check_out() {
-            Some(mut conn) => match conn.stream.write_all(&bytes).await {
-                Ok(()) => conn,
-                Err(_) => self.connect_and_write(&bytes).await?,
+        let (conn, head, sent_whole) = match self.check_out() {
+            Some(mut conn) => match conn.exchange(&bytes).await {
+                Ok((head, sent_whole)) => (conn, head, sent_whole),
+                // An idle connection the upstream had closed: the request goes once more.
+                Err(failed) if failed.nothing_sent => self.exchange_on_new(&bytes).await?,
+                Err(failed) => return Err(failed.error),
             },
-            None => self.connect_and_write(&bytes).await?,
+            None => self.exchange_on_new(&bytes).await?,
         };
-        let head = conn.read_head().await?;
         let body = PooledBody {
             decoder: BodyDecoder::new(head.framing),
-            reusable: head.reusable,
+            // Answered before it read the whole request: the rest would be read as a request.
+            reusable: head.reusable && sent_whole,
             conn: Some(conn),
             pool: Arc::clone(self),
             draining: false,
@@ -298,13 +334,13 @@ impl OriginPool {
         Ok(answer)
     }
 
-    async fn connect_and_write(self: &Arc<Self>, bytes: &[u8]) -> Result<Box<Conn>, String> {
+    async fn exchange_on_new(
+        self: &Arc<Self>,
+        bytes: &[u8],
+    ) -> Result<(Box<Conn>, AnswerHead, bool), String> {
         let mut conn = self.connect().await?;
-        conn.stream
-            .write_all(bytes)
-            .await
-            .map_err(|e| format!("sending to {}: {e}", self.address))?;
-        Ok(conn)
+        let (head, sent_whole) = conn.exchange(bytes).await.map_err(|f| f.error)?;
+        Ok((conn, head, sent_whole))
     }
 
     /// The most recently used connection that can carry a request.

@@ -169,3 +169,56 @@ async fn an_upstream_that_is_down_is_a_connect_error() {
     let error = get(&pool).await.err().unwrap_or_default();
     assert!(error.starts_with("connecting to 127.0.0.1:9: "), "{error}");
 }
+
+/// An upstream that answers a large request after its head, reads nothing more and keeps the
+/// connection open: its answer still comes back, and the connection is not kept.
+#[tokio::test]
+async fn an_answer_before_the_whole_request_was_read_comes_back() {
+    const TOO_LARGE: &[u8] =
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\r\ntoo large";
+    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("the test upstream binds");
+    };
+    let Ok(address) = listener.local_addr() else {
+        panic!("the test upstream has an address");
+    };
+    let (test_done, until_test_done) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buffer = vec![0; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+        }
+        if socket.write_all(TOO_LARGE).await.is_ok() {
+            // Keeps the connection, reading nothing, until the test ends.
+            let _ = until_test_done.await;
+        }
+    });
+    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}")) else {
+        panic!("a plain-HTTP base URL gets a pool");
+    };
+    // Far more than the socket buffers hold, so the write cannot finish.
+    let body = Bytes::from(vec![b'a'; 64 * 1024 * 1024]);
+    let request = Request::post(pool.target("/").unwrap_or_default()).body(body);
+    let Ok(request) = request else {
+        panic!("the request builds");
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), pool.send(&request)).await;
+    let Ok(Ok(mut answer)) = answer else {
+        panic!("the early answer came back");
+    };
+    assert_eq!(answer.head.status.as_u16(), 413);
+    let mut read = Vec::new();
+    while let Some(piece) = answer.body.next_frame().await {
+        read.extend_from_slice(&piece.unwrap_or_default());
+    }
+    assert_eq!(read, b"too large");
+    assert_eq!(pool.idle_count(), 0);
+    let _ = test_done.send(());
+}
