@@ -6,10 +6,10 @@
 //! as soon as its answer's last byte has been read. TLS upstreams keep hyper-util's client
 //! (ALPN, HTTP/2).
 //!
-//! The exchange itself is [`super::h1`]: the request goes out in one write, the answer's head is
-//! parsed where it was read, and the body is taken out of the read buffer by the request that
-//! reads it. A connection has no task of its own and no channel between it and the request: the
-//! request's task reads the socket while it waits for the head and the body. hyper's client
+//! The exchange itself is [`super::h1`]: the request is written (one write, unless the socket
+//! takes less) while the answer's head is read and parsed where it landed, and the body is taken
+//! out of the read buffer by the request that reads it. A connection has no task of its own and
+//! no channel between it and the request: the request's task runs the socket. hyper's client
 //! connection, used before, cost ~13k instructions an exchange in its dispatcher, request
 //! encoder, header map and body channel.
 
