@@ -48,8 +48,11 @@ pub async fn chat(
     let mut cache = app.cache.plan(caller, ENDPOINT, &request, headers);
     let hit = cache.lookup().await;
     if request.is_stream() {
-        return exec::stream_response(app, caller, &request, settlement, &mut cache, hit, identity)
-            .await;
+        // Boxed for the same reason as the dedup path: streams are the rarer shape here.
+        return Box::pin(exec::stream_response(
+            app, caller, &request, settlement, &mut cache, hit, identity,
+        ))
+        .await;
     }
     let (served, shared) = match hit {
         Some(CachedAnswer::Complete(served)) => (served, false),
@@ -78,8 +81,9 @@ pub async fn chat(
 pub fn json_response(json: bytes::Bytes) -> Response {
     let mut response = Response::new(Body::from(json));
     // Room for what the gateway adds (routing, rate-limit, cache, request-id headers), so
-    // the map is not rehashed as they arrive.
-    response.headers_mut().reserve(16);
+    // the map is not rehashed as they arrive: 12 is the most the map holds without growing
+    // past its 16 slots (16 would allocate 32 slots, 2.5 KB, for ~9 headers).
+    response.headers_mut().reserve(12);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -127,10 +127,13 @@ pub async fn complete(
         model.as_bytes(),
         body,
     ]);
-    let (outcome, shared) = app
-        .dedup
-        .run(key, dispatch(Arc::clone(app), Arc::clone(caller), request))
-        .await;
+    // Boxed: the shared call's future is large and would otherwise size this function's
+    // future (and every caller's) for requests that opt out of deduplication too.
+    let (outcome, shared) = Box::pin(
+        app.dedup
+            .run(key, dispatch(Arc::clone(app), Arc::clone(caller), request)),
+    )
+    .await;
     outcome
         .map(|served| (served, shared))
         .map_err(|e| (*e).clone())
