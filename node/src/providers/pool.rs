@@ -185,18 +185,23 @@ impl PooledBody {
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::NeedMore) => {}
-                Err(error) => return Poll::Ready(Some(Err(self.broken(error)))),
+                Err(error) => {
+                    let error = self.pool.naming_upstream(error);
+                    return Poll::Ready(Some(Err(self.broken(error))));
+                }
             }
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) => {
                     self.reusable = false;
                     if let Err(error) = self.decoder.at_eof() {
+                        let error = self.pool.naming_upstream(error);
                         return Poll::Ready(Some(Err(self.broken(error))));
                     }
                 }
                 Ok(_) => {}
                 Err(error) => {
                     let error = format!("reading the upstream's answer: {error}");
+                    let error = self.pool.naming_upstream(error);
                     return Poll::Ready(Some(Err(self.broken(error))));
                 }
             }
@@ -315,7 +320,7 @@ impl OriginPool {
                 Ok((head, sent_whole)) => (conn, head, sent_whole),
                 // An idle connection the upstream had closed: the request goes once more.
                 Err(failed) if failed.nothing_sent => self.exchange_on_new(&bytes).await?,
-                Err(failed) => return Err(failed.error),
+                Err(failed) => return Err(self.naming_upstream(failed.error)),
             },
             None => self.exchange_on_new(&bytes).await?,
         };
@@ -339,8 +344,16 @@ impl OriginPool {
         bytes: &[u8],
     ) -> Result<(Box<Conn>, AnswerHead, bool), String> {
         let mut conn = self.connect().await?;
-        let (head, sent_whole) = conn.exchange(bytes).await.map_err(|f| f.error)?;
+        let (head, sent_whole) = conn
+            .exchange(bytes)
+            .await
+            .map_err(|failed| self.naming_upstream(failed.error))?;
         Ok((conn, head, sent_whole))
+    }
+
+    /// An exchange's error with the upstream's address, as connect errors have it.
+    fn naming_upstream(&self, error: String) -> String {
+        format!("{error} (upstream {})", self.address)
     }
 
     /// The most recently used connection that can carry a request.

@@ -170,6 +170,21 @@ async fn an_upstream_that_is_down_is_a_connect_error() {
     assert!(error.starts_with("connecting to 127.0.0.1:9: "), "{error}");
 }
 
+#[tokio::test]
+async fn a_broken_answer_names_the_upstream() {
+    const CUT_SHORT: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhel"];
+    const NOT_HTTP: &[&[u8]] = &[b"SSH-2.0-OpenSSH\r\n\r\n"];
+    for parts in [CUT_SHORT, NOT_HTTP] {
+        let (pool, _) = pool_on_scripted_upstream(1, parts).await;
+        let error = get(&pool).await.err().unwrap_or_default();
+        let address = pool.address.clone();
+        assert!(
+            error.ends_with(&format!(" (upstream {address})")),
+            "{error}"
+        );
+    }
+}
+
 /// An upstream that answers a large request after its head, reads nothing more and keeps the
 /// connection open: its answer still comes back, and the connection is not kept.
 #[tokio::test]
