@@ -469,6 +469,7 @@ def paired_throughput(rig, loader, a: str, b: str, duration: float, rounds: int 
            if p[a].get("cpu_ms_per_1k") and p[b].get("cpu_ms_per_1k")]
     return {
         "loss": statistics.median(losses) if losses else None,
+        "loss_range": [min(losses), max(losses)] if losses else None,
         "cpu_ratio": statistics.median(cpu) if cpu else None,
         a: merge_rounds([p[a] for p in pairs]),
         b: merge_rounds([p[b] for p in pairs]),
@@ -940,6 +941,8 @@ def cluster_target_rows(c: dict) -> list[str]:
         pn, ps = paired["cluster-node"], paired["hapax"]
         got = (f"{100 * loss:.1f}% (median over {paired['rounds']} alternating rounds at c={paired['concurrency']}: "
                f"node {pn['rps']:.0f} rps vs single {ps['rps']:.0f} rps"
+               + (f"; one round's loss from {100 * paired['loss_range'][0]:.1f}% to {100 * paired['loss_range'][1]:.1f}%"
+                  if paired.get("loss_range") else "")
                + (f"; CPU per request {cpu:.2f}x the single node's)" if cpu else ")"))
         stand = verdict(loss, 0.10) + " (2 cores for 3 nodes + mock + load generator: see the cluster section)"
         if loss < 0:
