@@ -60,8 +60,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Validate { config } => validate(&config),
-        Command::Serve { config } => run(serve(config)),
-        Command::MockProvider { listen } => run(mock_provider(listen)),
+        Command::Serve { config } => run(|scheduler| serve(config, scheduler)),
+        Command::MockProvider { listen } => run(|_| mock_provider(listen)),
         Command::GenCert { out, hosts, force } => gen_cert(&out, &hosts, force),
     }
 }
@@ -73,8 +73,43 @@ fn main() -> ExitCode {
 /// 20-50 ms there (c=256 on one core: p99 47 ms); at 4, p99 22-25 ms (`BENCHMARKS.md`).
 const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
-fn run(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// Which tokio scheduler runs the process.
+///
+/// With one core to run on (a CPU affinity mask or a cgroup quota of one CPU), a work-stealing
+/// pool has nobody to steal from: its single worker still pays for cross-thread queues and
+/// wake-ups, and `block_on`'s thread runs beside it. The current-thread scheduler runs every
+/// task on the one thread instead. Measured on a 2-core VM with the gateway pinned to one core,
+/// 2000 req/s: p99 630-760 µs against 910-1000 µs, the same CPU per request
+/// (`bench/OPTIMISATIONS.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduler {
+    CurrentThread,
+    MultiThread,
+}
+
+impl Scheduler {
+    fn for_this_process() -> Self {
+        match std::thread::available_parallelism() {
+            Ok(cores) if cores.get() == 1 => Self::CurrentThread,
+            _ => Self::MultiThread,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::CurrentThread => "current_thread",
+            Self::MultiThread => "multi_thread",
+        }
+    }
+}
+
+fn run<F: Future<Output = anyhow::Result<()>>>(future: impl FnOnce(Scheduler) -> F) -> ExitCode {
+    let scheduler = Scheduler::for_this_process();
+    let mut builder = match scheduler {
+        Scheduler::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        Scheduler::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder
         .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
         .enable_all()
         .build()
@@ -85,6 +120,7 @@ fn run(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let future = future(scheduler);
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -138,10 +174,15 @@ fn load_config(flag: Option<PathBuf>) -> anyhow::Result<LoadedConfig> {
 }
 
 #[allow(clippy::print_stdout)]
-async fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(flag: Option<PathBuf>, scheduler: Scheduler) -> anyhow::Result<()> {
     let loaded = load_config(flag)?;
     let config = &loaded.config;
     let _log_guard = hapax_node::logging::init(&config.logging);
+    tracing::info!(
+        scheduler = scheduler.name(),
+        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "async runtime"
+    );
     match &loaded.source {
         ConfigSource::File(path) => tracing::info!(path = %path.display(), "configuration loaded"),
         ConfigSource::Embedded => tracing::info!(

@@ -66,10 +66,19 @@ impl Process {
     /// Like `spawn`, inside network namespace `netns` when given (`ip netns exec` execs the binary,
     /// so the pid is still hapax's own).
     pub fn spawn_in(netns: Option<&str>, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(hapax_bin());
+        match netns {
+            Some(ns) => Self::spawn_via(&["ip", "netns", "exec", ns], name, args, envs),
+            None => Self::spawn_via(&[], name, args, envs),
+        }
+    }
+
+    /// Like `spawn`, through a launcher that execs the binary (`ip netns exec NS`, `taskset -c 0`),
+    /// so the pid is still hapax's own.
+    pub fn spawn_via(launcher: &[&str], name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = match launcher.split_first() {
+            Some((program, launcher_args)) => {
+                let mut c = Command::new(program);
+                c.args(launcher_args).arg(hapax_bin());
                 c
             }
             None => Command::new(hapax_bin()),
@@ -303,10 +312,18 @@ impl Gateway {
 
     /// Optionally inside a network namespace.
     pub fn start_in(netns: Option<&str>, config_yaml: &str, envs: &[(&str, &str)]) -> Self {
+        match netns {
+            Some(ns) => Self::start_via(&["ip", "netns", "exec", ns], config_yaml, envs),
+            None => Self::start_via(&[], config_yaml, envs),
+        }
+    }
+
+    /// Started through a launcher that execs the binary (see [`Process::spawn_via`]).
+    pub fn start_via(launcher: &[&str], config_yaml: &str, envs: &[(&str, &str)]) -> Self {
         let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         std::io::Write::write_all(&mut file, config_yaml.as_bytes()).unwrap();
         let path = file.path().to_str().unwrap().to_owned();
-        let process = Process::spawn_in(netns, "gateway", &["serve", "--config", &path], envs);
+        let process = Process::spawn_via(launcher, "gateway", &["serve", "--config", &path], envs);
         Self {
             process,
             _config: file,
