@@ -71,6 +71,8 @@ fn main() -> ExitCode {
 /// connections per worker it overflows into the shared queue, from which a worker whose own
 /// queue never empties takes one task per interval: at the default, ~9 % of requests waited
 /// 20-50 ms there (c=256 on one core: p99 47 ms); at 4, p99 22-25 ms (`BENCHMARKS.md`).
+/// The current-thread scheduler (one core) takes the same setting for its queue of wake-ups
+/// from other threads.
 const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
 /// Which tokio scheduler runs the process.
