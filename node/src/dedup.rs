@@ -41,9 +41,17 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
         }
     }
 
-    /// Runs `work` once per key among concurrent callers; returns the outcome and whether
-    /// this caller shared another's call.
-    pub async fn run<F>(&self, key: DedupKey, work: F) -> (Result<T, Arc<ApiError>>, bool)
+    /// Runs `work` once per key among concurrent callers; the returned future gives the
+    /// outcome and whether this caller shared another's call.
+    ///
+    /// Not an `async fn`: `work` is handed to its task (or dropped) at the call, so the
+    /// caller's future holds only the wait for the outcome, not `work` itself (a request's
+    /// whole upstream call, ~1 KB, copied along with every future that awaits this one).
+    pub fn run<F>(
+        &self,
+        key: DedupKey,
+        work: F,
+    ) -> impl Future<Output = (Result<T, Arc<ApiError>>, bool)> + use<T, F>
     where
         F: Future<Output = Result<T, ApiError>> + Send + 'static,
     {
@@ -69,18 +77,20 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
         if shared {
             self.saved.inc();
         }
-        let outcome = match slot.wait_for(Option::is_some).await {
-            Ok(value) => value.clone(),
-            Err(_) => None,
-        };
-        (
-            outcome.unwrap_or_else(|| {
-                Err(Arc::new(ApiError::Internal(
-                    "the shared upstream call was abandoned".into(),
-                )))
-            }),
-            shared,
-        )
+        async move {
+            let outcome = match slot.wait_for(Option::is_some).await {
+                Ok(value) => value.clone(),
+                Err(_) => None,
+            };
+            (
+                outcome.unwrap_or_else(|| {
+                    Err(Arc::new(ApiError::Internal(
+                        "the shared upstream call was abandoned".into(),
+                    )))
+                }),
+                shared,
+            )
+        }
     }
 }
 

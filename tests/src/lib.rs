@@ -48,6 +48,11 @@ pub fn hapax_bin() -> PathBuf {
 }
 
 /// A child process whose output is collected; killed on drop, logs printed if the test failed.
+/// `ip netns exec NS` when a namespace is given, else no launcher.
+fn netns_launcher(netns: Option<&str>) -> Vec<&str> {
+    netns.map_or_else(Vec::new, |ns| vec!["ip", "netns", "exec", ns])
+}
+
 pub struct Process {
     name: String,
     child: Child,
@@ -66,10 +71,7 @@ impl Process {
     /// Like `spawn`, inside network namespace `netns` when given (`ip netns exec` execs the binary,
     /// so the pid is still hapax's own).
     pub fn spawn_in(netns: Option<&str>, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        match netns {
-            Some(ns) => Self::spawn_via(&["ip", "netns", "exec", ns], name, args, envs),
-            None => Self::spawn_via(&[], name, args, envs),
-        }
+        Self::spawn_via(&netns_launcher(netns), name, args, envs)
     }
 
     /// Like `spawn`, through a launcher that execs the binary (`ip netns exec NS`, `taskset -c 0`),
@@ -312,10 +314,7 @@ impl Gateway {
 
     /// Optionally inside a network namespace.
     pub fn start_in(netns: Option<&str>, config_yaml: &str, envs: &[(&str, &str)]) -> Self {
-        match netns {
-            Some(ns) => Self::start_via(&["ip", "netns", "exec", ns], config_yaml, envs),
-            None => Self::start_via(&[], config_yaml, envs),
-        }
+        Self::start_via(&netns_launcher(netns), config_yaml, envs)
     }
 
     /// Started through a launcher that execs the binary (see [`Process::spawn_via`]).

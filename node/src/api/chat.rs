@@ -48,7 +48,8 @@ pub async fn chat(
     let mut cache = app.cache.plan(caller, ENDPOINT, &request, headers);
     let hit = cache.lookup().await;
     if request.is_stream() {
-        // Boxed for the same reason as the dedup path: streams are the rarer shape here.
+        // Boxed: the stream path's future (~1.2 KB) would otherwise size this one for every
+        // non-streamed request too, and it is copied into its box per request.
         return Box::pin(exec::stream_response(
             app, caller, &request, settlement, &mut cache, hit, identity,
         ))

@@ -127,13 +127,10 @@ pub async fn complete(
         model.as_bytes(),
         body,
     ]);
-    // Boxed: the shared call's future is large and would otherwise size this function's
-    // future (and every caller's) for requests that opt out of deduplication too.
-    let (outcome, shared) = Box::pin(
-        app.dedup
-            .run(key, dispatch(Arc::clone(app), Arc::clone(caller), request)),
-    )
-    .await;
+    let (outcome, shared) = app
+        .dedup
+        .run(key, dispatch(Arc::clone(app), Arc::clone(caller), request))
+        .await;
     outcome
         .map(|served| (served, shared))
         .map_err(|e| (*e).clone())

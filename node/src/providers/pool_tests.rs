@@ -177,9 +177,8 @@ async fn a_broken_answer_names_the_upstream() {
     for parts in [CUT_SHORT, NOT_HTTP] {
         let (pool, _) = pool_on_scripted_upstream(1, parts).await;
         let error = get(&pool).await.err().unwrap_or_default();
-        let address = pool.address.clone();
         assert!(
-            error.ends_with(&format!(" (upstream {address})")),
+            error.ends_with(&format!(" (upstream {})", pool.address)),
             "{error}"
         );
     }
