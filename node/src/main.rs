@@ -60,8 +60,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Validate { config } => validate(&config),
-        Command::Serve { config } => run(|scheduler| serve(config, scheduler)),
-        Command::MockProvider { listen } => run(|_| mock_provider(listen)),
+        Command::Serve { config } => run(|scheduler, cores| serve(config, scheduler, cores)),
+        Command::MockProvider { listen } => run(|_, _| mock_provider(listen)),
         Command::GenCert { out, hosts, force } => gen_cert(&out, &hosts, force),
     }
 }
@@ -90,11 +90,15 @@ enum Scheduler {
 }
 
 impl Scheduler {
-    fn for_this_process() -> Self {
-        match std::thread::available_parallelism() {
-            Ok(cores) if cores.get() == 1 => Self::CurrentThread,
-            _ => Self::MultiThread,
-        }
+    /// The scheduler for the cores this process may run on (0: unknown), and that count.
+    fn for_this_process() -> (Self, usize) {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let scheduler = if cores == 1 {
+            Self::CurrentThread
+        } else {
+            Self::MultiThread
+        };
+        (scheduler, cores)
     }
 
     fn name(self) -> &'static str {
@@ -105,8 +109,10 @@ impl Scheduler {
     }
 }
 
-fn run<F: Future<Output = anyhow::Result<()>>>(future: impl FnOnce(Scheduler) -> F) -> ExitCode {
-    let scheduler = Scheduler::for_this_process();
+fn run<F: Future<Output = anyhow::Result<()>>>(
+    future: impl FnOnce(Scheduler, usize) -> F,
+) -> ExitCode {
+    let (scheduler, cores) = Scheduler::for_this_process();
     let mut builder = match scheduler {
         Scheduler::CurrentThread => tokio::runtime::Builder::new_current_thread(),
         Scheduler::MultiThread => tokio::runtime::Builder::new_multi_thread(),
@@ -122,7 +128,7 @@ fn run<F: Future<Output = anyhow::Result<()>>>(future: impl FnOnce(Scheduler) ->
             return ExitCode::FAILURE;
         }
     };
-    let future = future(scheduler);
+    let future = future(scheduler, cores);
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -176,15 +182,11 @@ fn load_config(flag: Option<PathBuf>) -> anyhow::Result<LoadedConfig> {
 }
 
 #[allow(clippy::print_stdout)]
-async fn serve(flag: Option<PathBuf>, scheduler: Scheduler) -> anyhow::Result<()> {
+async fn serve(flag: Option<PathBuf>, scheduler: Scheduler, cores: usize) -> anyhow::Result<()> {
     let loaded = load_config(flag)?;
     let config = &loaded.config;
     let _log_guard = hapax_node::logging::init(&config.logging);
-    tracing::info!(
-        scheduler = scheduler.name(),
-        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "async runtime"
-    );
+    tracing::info!(scheduler = scheduler.name(), cores, "async runtime");
     match &loaded.source {
         ConfigSource::File(path) => tracing::info!(path = %path.display(), "configuration loaded"),
         ConfigSource::Embedded => tracing::info!(
