@@ -13,7 +13,6 @@ and the CPU per 1000 requests.
 Needs oha and nginx (bench/run.sh installs them). Writes nothing.
 """
 import argparse
-import asyncio
 import shutil
 import statistics
 import sys
@@ -22,50 +21,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as b  # noqa: E402
-import stream_client as sc  # noqa: E402
 
 
-class SideBySide:
-    """bench.fixed_rate's rig: direct, one gateway per binary, nginx."""
+class SideBySide(b.Rig):
+    """The harness's rig (mock, nginx, the first binary's gateway) plus a gateway for each
+    further binary, on the same core with the same config."""
 
     def __init__(self, binaries: dict[str, str]):
-        self.workdir = Path(tempfile.mkdtemp(prefix="hapax-ab-"))
-        first = next(iter(binaries.values()))
-        self.mock = b.Proc("mock", b.taskset(b.CLIENT_CORE) + [first, "mock-provider", "--listen", "127.0.0.1:0"],
-                           self.workdir, r"mock-provider listening http=(\S+)", env={"RUST_LOG": "warn"})
-        self.mock_addr = self.mock.match.group(1)  # type: ignore[union-attr]
-        cfg = self.workdir / "hapax.yaml"
-        cfg.write_text(b.GATEWAY_CONFIG.format(mock=self.mock_addr, key=b.KEY))
-        self.gateways = {
-            name: b.Proc(name, b.taskset(b.GATEWAY_CORE) + [path, "serve", "--config", str(cfg)], self.workdir,
-                         r"hapax listening http=(\S+)")
-            for name, path in binaries.items()
-        }
-        port = b.free_port()
-        conf = self.workdir / "nginx.conf"
-        conf.write_text(b.NGINX_CONFIG.format(dir=self.workdir, port=port, mock=self.mock_addr))
-        self.nginx = b.Proc("nginx", b.taskset(b.GATEWAY_CORE) + [shutil.which("nginx") or "nginx", "-p",
-                            str(self.workdir), "-c", str(conf), "-g", "daemon off;"], self.workdir, None)
-        b.wait_port(port)
-        self.nginx_addr = f"127.0.0.1:{port}"
-        for url in self.urls().values():
-            asyncio.run(sc.plain_load(url, 1, 0.2, b.KEY))
+        names = list(binaries)
+        self.first = names[0]
+        self.more: dict[str, b.Proc] = {}
+        super().__init__(binaries[self.first], Path(tempfile.mkdtemp(prefix="hapax-ab-")), with_nginx=True)
+        for name in names[1:]:
+            self.more[name] = b.Proc(name, b.taskset(b.GATEWAY_CORE) + [binaries[name], "serve", "--config",
+                                     str(self.workdir / "hapax.yaml")], self.workdir, r"hapax listening http=(\S+)")
+            b.asyncio.run(b.sc.plain_load(self.urls()[name], 1, 0.2, b.KEY))
+
+    def gateways(self) -> dict[str, b.Proc]:
+        return {self.first: self.gw, **self.more}
 
     def urls(self) -> dict[str, str]:
         u = {"direct": f"http://{self.mock_addr}"}
-        u.update({n: f"http://{p.match.group(1)}" for n, p in self.gateways.items()})  # type: ignore[union-attr]
-        u["nginx"] = f"http://{self.nginx_addr}"
+        u.update({n: f"http://{p.match.group(1)}" for n, p in self.gateways().items()})  # type: ignore[union-attr]
+        if self.nginx_addr:
+            u["nginx"] = f"http://{self.nginx_addr}"
         return u
 
     def pid(self, target: str) -> int | None:
         if target == "nginx":
-            return self.nginx.pid
-        return self.gateways[target].pid if target in self.gateways else None
-
-    def fault(self, **fields) -> None:
-        b.http("DELETE", f"http://{self.mock_addr}/_mock/faults")
-        if fields:
-            b.http("POST", f"http://{self.mock_addr}/_mock/faults", {"route": "/v1/chat/completions", **fields})
+            return self.nginx.pid if self.nginx else None
+        gateway = self.gateways().get(target)
+        return gateway.pid if gateway else None
 
 
 def main() -> None:
@@ -77,6 +63,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     binaries = dict(a.split("=", 1) for a in args.binaries)
+    if {"direct", "nginx"} & binaries.keys():
+        sys.exit("bench/ab.py: 'direct' and 'nginx' name the harness's own targets; pick other names")
     oha = shutil.which("oha")
     if not oha or not shutil.which("nginx"):
         sys.exit("bench/ab.py needs oha and nginx (bash bench/run.sh installs both)")
@@ -88,12 +76,11 @@ def main() -> None:
         b.stop_all()
     for row in rows:
         results = row["results"]
-        direct = results["direct"]["rounds"]
         for target, r in results.items():
             if target == "direct":
                 continue
-            added50 = [(x["p50"] - y["p50"]) * 1e6 for x, y in zip(r["rounds"], direct)]
-            added99 = [(x["p99"] - y["p99"]) * 1e6 for x, y in zip(r["rounds"], direct)]
+            added50 = [v * 1e6 for v in b.round_diffs(results, target, "p50")]
+            added99 = [v * 1e6 for v in b.round_diffs(results, target, "p99")]
             print(f"{row['latency_ms']:>2} ms mock {row['rate']:>5} req/s {target:<10} "
                   f"added p50 {statistics.median(added50):5.0f} µs (rounds: {' '.join(f'{v:.0f}' for v in added50)})  "
                   f"added p99 {statistics.median(added99):5.0f} µs  "

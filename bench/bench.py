@@ -880,17 +880,22 @@ def verdict(value, target, lower_is_better=True) -> str:
     return "meets" if ok else "misses"
 
 
+def round_diffs(results: dict, t: str, p: str) -> list[float]:
+    """Per round of one cell's `results`, target `t` minus direct at percentile `p` (a cell
+    without rounds counts as one round)."""
+    if t not in results or "direct" not in results:
+        return []
+    pairs = zip(results[t].get("rounds", [results[t]]), results["direct"].get("rounds", [results["direct"]]))
+    return [a[p] - b[p] for a, b in pairs if a.get(p) is not None and b.get(p) is not None]
+
+
 def added_fn(fixed_rows: list[dict]):
-    """added(lat, rate, target, percentile): target minus direct in the same round."""
+    """added(lat, rate, target, percentile): the median over the rounds of target minus direct."""
     fr = {(x["latency_ms"], x["rate"]): x["results"] for x in fixed_rows}
 
     def added(lat, rate, t, p):
-        res = fr.get((lat, rate), {})
-        if t not in res or "direct" not in res or res[t].get(p) is None or res["direct"].get(p) is None:
-            return None
-        pairs = list(zip(res[t].get("rounds", [res[t]]), res["direct"].get("rounds", [res["direct"]])))
-        diffs = [a[p] - b[p] for a, b in pairs if a.get(p) is not None and b.get(p) is not None]
-        return statistics.median(diffs) if diffs else res[t][p] - res["direct"][p]
+        diffs = round_diffs(fr.get((lat, rate), {}), t, p)
+        return statistics.median(diffs) if diffs else None
     return added
 
 
@@ -907,11 +912,7 @@ def round_spread_fn(fixed_rows: list[dict]):
     fr = {(x["latency_ms"], x["rate"]): x["results"] for x in fixed_rows}
 
     def spread(lat, rate, t, p):
-        res = fr.get((lat, rate), {})
-        if t not in res or "direct" not in res:
-            return ""
-        pairs = zip(res[t].get("rounds", []), res["direct"].get("rounds", []))
-        diffs = [a[p] - b[p] for a, b in pairs if a.get(p) is not None and b.get(p) is not None]
+        diffs = round_diffs(fr.get((lat, rate), {}), t, p)
         return f"rounds {us(min(diffs))} to {us(max(diffs))}" if len(diffs) > 1 else ""
     return spread
 
