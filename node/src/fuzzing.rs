@@ -84,3 +84,59 @@ pub fn read_upstream_answer<'a>(
         }
     }
 }
+
+/// What [`read_client_requests`] read of one request: method, target, header count, body.
+pub type ClientRequest = (String, String, usize, Vec<u8>);
+
+/// A client's HTTP/1.1 requests arriving in `pieces`, read as the gateway's listener reads
+/// them (the head, then the body by its framing, then the next request on the same
+/// connection): for each request its method, target, header count and body, or the first
+/// refusal. Stops after the first request that does not keep the connection alive.
+pub fn read_client_requests<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    max_head_bytes: usize,
+) -> Result<Vec<ClientRequest>, String> {
+    use crate::server::http1::head::parse_request_head;
+    use crate::wire::http1::{BodyDecoder, Decoded};
+    let mut pieces = pieces.into_iter();
+    let mut read = bytes::BytesMut::new();
+    let mut requests = Vec::new();
+    loop {
+        let head = loop {
+            if let Some(head) =
+                parse_request_head(&mut read, max_head_bytes).map_err(|e| e.to_string())?
+            {
+                break head;
+            }
+            match pieces.next() {
+                Some(piece) => read.extend_from_slice(piece),
+                None => return Ok(requests),
+            }
+        };
+        let mut decoder = BodyDecoder::new(head.framing);
+        let mut body = Vec::new();
+        loop {
+            match decoder.decode(&mut read)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End => break,
+                Decoded::NeedMore => match pieces.next() {
+                    Some(piece) => read.extend_from_slice(piece),
+                    None => {
+                        decoder.at_eof()?;
+                        break;
+                    }
+                },
+            }
+        }
+        let request = &head.request;
+        requests.push((
+            request.method().to_string(),
+            request.uri().to_string(),
+            request.headers().len(),
+            body,
+        ));
+        if !head.keep_alive {
+            return Ok(requests);
+        }
+    }
+}

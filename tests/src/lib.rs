@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod h3_client;
 pub mod netns;
+pub mod raw_http;
 pub mod redis_server;
 
 use std::collections::HashMap;

@@ -7,7 +7,10 @@
 //! answer the gateway reads whole or passes on piece by piece. Pure functions on buffers, so
 //! the fuzz target and the tests reach every state without a socket.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
+
+use crate::wire::http1::parse_length;
+pub use crate::wire::http1::{BodyDecoder, Decoded, Framing};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
@@ -16,10 +19,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines in an answer head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
-/// Longest chunk-size line (size and extensions) or trailer line.
-const MAX_LINE_BYTES: usize = 4096;
-/// Most trailer lines after the last chunk.
-const MAX_TRAILERS: usize = 100;
 
 /// The request's bytes, head and body in one buffer so that it goes out in one write.
 /// `content-length` is always the body's; `host`, `content-length` and `transfer-encoding`
@@ -60,17 +59,6 @@ pub fn encode_request(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
-}
-
-/// How an answer's body ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// No body (204, 304).
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Read to the connection's end; the connection cannot be reused.
-    UntilClose,
 }
 
 /// What the gateway needs of an answer's head.
@@ -182,169 +170,6 @@ fn read_headers(
         reusable,
         headers,
     })
-}
-
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-/// One step of reading a body out of the connection's buffer.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
-    Data(Bytes),
-    /// The buffer holds no more of the body: read from the connection.
-    NeedMore,
-    /// The body is complete.
-    End,
-}
-
-/// Takes a body out of the connection's buffer, piece by piece, as it arrives.
-#[derive(Debug)]
-pub struct BodyDecoder {
-    state: State,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum State {
-    Length(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers(usize),
-    UntilClose,
-    Done,
-}
-
-impl BodyDecoder {
-    pub fn new(framing: Framing) -> Self {
-        let state = match framing {
-            Framing::Empty | Framing::Length(0) => State::Done,
-            Framing::Length(length) => State::Length(length),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        };
-        Self { state }
-    }
-
-    pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done)
-    }
-
-    /// The next piece of the body at the front of `buf`, which it removes.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, String> {
-        loop {
-            match self.state {
-                State::Done => return Ok(Decoded::End),
-                State::Length(left) => {
-                    return Ok(self.counted(buf, left, State::Done, State::Length));
-                }
-                State::UntilClose => {
-                    let Some(data) = take(buf, u64::MAX) else {
-                        return Ok(Decoded::NeedMore);
-                    };
-                    return Ok(Decoded::Data(data));
-                }
-                // httparse takes a line without digits (`\r\n`, `;ext\r\n`) for size 0, the
-                // last chunk; RFC 9112 §7.1 wants at least one.
-                State::ChunkSize if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
-                    return Err("the upstream's answer has an invalid chunk size".into());
-                }
-                State::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((line, size))) => {
-                        buf.advance(line);
-                        self.state = if size == 0 {
-                            State::Trailers(0)
-                        } else {
-                            State::ChunkData(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_LINE_BYTES => {
-                        return Err("a chunk-size line of the upstream's answer is too long".into());
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
-                    Err(_) => {
-                        return Err("the upstream's answer has an invalid chunk size".into());
-                    }
-                },
-                State::ChunkData(left) => {
-                    return Ok(self.counted(buf, left, State::ChunkEnd, State::ChunkData));
-                }
-                State::ChunkEnd => match buf.get(..2) {
-                    None if buf.first().is_none_or(|&b| b == b'\r') => {
-                        return Ok(Decoded::NeedMore);
-                    }
-                    Some(b"\r\n") => {
-                        buf.advance(2);
-                        self.state = State::ChunkSize;
-                    }
-                    _ => return Err("a chunk of the upstream's answer has no CRLF after it".into()),
-                },
-                State::Trailers(seen) => {
-                    let window = &buf[..buf.len().min(MAX_LINE_BYTES)];
-                    let Some(end) = memchr::memchr(b'\n', window) else {
-                        if buf.len() >= MAX_LINE_BYTES {
-                            return Err(
-                                "a trailer line of the upstream's answer is too long".into()
-                            );
-                        }
-                        return Ok(Decoded::NeedMore);
-                    };
-                    let empty = end == 0 || (end == 1 && buf[0] == b'\r');
-                    buf.advance(end + 1);
-                    if empty {
-                        self.state = State::Done;
-                    } else if seen >= MAX_TRAILERS {
-                        return Err("the upstream's answer has too many trailer lines".into());
-                    } else {
-                        self.state = State::Trailers(seen + 1);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Up to `left` bytes of a part whose length is known (the body, a chunk); then `after`, or
-    /// `more` with what is still to come.
-    fn counted(
-        &mut self,
-        buf: &mut BytesMut,
-        left: u64,
-        after: State,
-        more: fn(u64) -> State,
-    ) -> Decoded {
-        let Some(data) = take(buf, left) else {
-            return Decoded::NeedMore;
-        };
-        let left = left - data.len() as u64;
-        self.state = if left == 0 { after } else { more(left) };
-        Decoded::Data(data)
-    }
-
-    /// The connection ended: the end of a body read until close, a cut-short body otherwise.
-    pub fn at_eof(&mut self) -> Result<(), String> {
-        match self.state {
-            State::UntilClose | State::Done => {
-                self.state = State::Done;
-                Ok(())
-            }
-            _ => Err("the upstream closed the connection before the answer's end".into()),
-        }
-    }
-}
-
-/// Up to `most` bytes from the front of `buf`; `None` when it is empty.
-fn take(buf: &mut BytesMut, most: u64) -> Option<Bytes> {
-    if buf.is_empty() {
-        return None;
-    }
-    let n = usize::try_from(most).map_or(buf.len(), |most| most.min(buf.len()));
-    Some(buf.split_to(n).freeze())
 }
 
 #[cfg(test)]

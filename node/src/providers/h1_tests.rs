@@ -1,4 +1,6 @@
 use super::*;
+use crate::wire::http1::MAX_LINE_BYTES;
+use bytes::Bytes;
 
 fn buf(bytes: &[u8]) -> BytesMut {
     BytesMut::from(bytes)
@@ -195,12 +197,12 @@ fn a_body_decoder_stops_at_its_end_and_leaves_the_rest() {
 #[test]
 fn cut_or_broken_bodies_are_errors() {
     let cut = body_in_steps(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", 4);
-    assert!(cut.is_err_and(|e| e.contains("before the answer's end")));
+    assert!(cut.is_err_and(|e| e.contains("before the body's end")));
     let cut_chunk = body_in_steps(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
         4,
     );
-    assert!(cut_chunk.is_err_and(|e| e.contains("before the answer's end")));
+    assert!(cut_chunk.is_err_and(|e| e.contains("before the body's end")));
     let no_crlf = body_in_steps(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n",
         64,

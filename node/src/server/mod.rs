@@ -6,6 +6,7 @@
 pub mod front;
 mod guarded_body;
 pub mod h3;
+pub mod http1;
 pub mod number_header;
 pub mod observe;
 pub mod overload;
@@ -195,11 +196,12 @@ pub async fn serve_tcp(
     options: TcpOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .keep_alive(true);
+    let plain = Arc::new(http1::Http1Settings {
+        header_read_timeout: settings.header_read_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        alt_svc: options.alt_svc.clone(),
+    });
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut secure = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     secure
         .http1()
@@ -213,15 +215,17 @@ pub async fn serve_tcp(
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let secure = Arc::new(secure);
     let alt_svc = options.alt_svc;
-    let router =
-        ServiceExt::<Request<Incoming>>::map_response(router, move |mut response: Response| {
+    let secure_router = ServiceExt::<Request<Incoming>>::map_response(
+        router.clone(),
+        move |mut response: Response| {
             if let Some(value) = &alt_svc {
                 response
                     .headers_mut()
                     .insert(header::ALT_SVC, value.clone());
             }
             response
-        });
+        },
+    );
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -247,17 +251,20 @@ pub async fn serve_tcp(
                     None => None,
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
                 let Some(acceptor) = options.tls.clone() else {
-                    let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    let connection = http1::serve_connection(
+                        stream,
+                        router.clone(),
+                        Arc::clone(&plain),
+                        closing_seen.clone(),
+                    );
                     tokio::spawn(async move {
                         let _slot = slot;
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
+                        connection.await;
                     });
                     continue;
                 };
+                let service = TowerToHyperService::new(secure_router.clone());
                 let tls = TlsConnection {
                     acceptor,
                     builder: Arc::clone(&secure),
@@ -273,12 +280,14 @@ pub async fn serve_tcp(
         }
     }
     drop(listener);
+    drop(closing_seen);
+    let _ = closing.send(true);
     tracing::info!(
         timeout_ms = settings.shutdown_timeout.as_millis() as u64,
         "shutting down: draining in-flight requests"
     );
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        ((), ()) = async { tokio::join!(graceful.shutdown(), closing.closed()) } => tracing::info!("all connections drained"),
         () = tokio::time::sleep(settings.shutdown_timeout) => tracing::warn!("shutdown timeout reached with connections still open"),
     }
     Ok(())

@@ -127,28 +127,46 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
             Err(never) => match never {},
         }
     };
-    let (mut response, outcome) = scope::run(context.clone(), handle).await;
-    if let Ok(value) = HeaderValue::from_str(&context.id) {
+    // Until the handler answers, the request is recorded as cancelled if its future is dropped
+    // (the client closed the connection): the active gauge comes back and the log says so.
+    let mut cancelled = FinishOnDrop(
+        Some(Record {
+            app,
+            status: CLIENT_CLOSED,
+            started,
+            endpoint_index,
+            protocol_index: protocol_index(version),
+            context: context.clone(),
+            error: Some("client_closed"),
+            outcome: Outcome::default(),
+        }),
+        false,
+    );
+    let (mut response, outcome) = scope::run(context, handle).await;
+    let Some(mut record) = cancelled.0.take() else {
+        return response; // unreachable: only this function takes the record
+    };
+    if let Ok(value) = HeaderValue::from_str(&record.context.id) {
         response.headers_mut().insert(request_id::HEADER, value);
     }
     let streamed = outcome.streamed;
-    let record = Record {
-        app,
-        status: response.status().as_u16(),
-        started,
-        endpoint_index,
-        protocol_index: protocol_index(version),
-        context,
-        error: response.extensions().get::<ErrorMarker>().map(|m| m.0),
-        outcome,
-    };
+    record.status = response.status().as_u16();
+    record.error = response.extensions().get::<ErrorMarker>().map(|m| m.0);
+    record.outcome = outcome;
     if streamed {
         let (parts, body) = response.into_parts();
-        return Response::from_parts(parts, GuardedBody::wrap(body, FinishOnDrop(Some(record))));
+        return Response::from_parts(
+            parts,
+            GuardedBody::wrap(body, FinishOnDrop(Some(record), true)),
+        );
     }
     record.finish(false);
     response
 }
+
+/// The status logged for a request whose client closed the connection before the answer
+/// (nginx's 499): no answer was sent.
+const CLIENT_CLOSED: u16 = 499;
 
 /// [`crate::metrics::ENDPOINTS`] index of `POST /v1/chat/completions`.
 const CHAT_ENDPOINT: usize = 0;
@@ -257,6 +275,7 @@ fn status_label(status: u16) -> &'static str {
         415 => "415",
         425 => "425",
         429 => "429",
+        499 => "499",
         500 => "500",
         502 => "502",
         503 => "503",
@@ -268,13 +287,14 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// Records a streamed request's figures when its body is done with.
-struct FinishOnDrop(Option<Record>);
+/// Records a request's figures when dropped: a stream's when its body is done with (`true`:
+/// streamed), a cancelled request's when its future is.
+struct FinishOnDrop(Option<Record>, bool);
 
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {
         if let Some(record) = self.0.take() {
-            record.finish(true);
+            record.finish(self.1);
         }
     }
 }

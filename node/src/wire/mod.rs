@@ -1,6 +1,7 @@
 //! Wire formats shared by the API and the providers.
 
 pub mod answer;
+pub mod http1;
 pub mod openai;
 mod raw_json;
 mod request_de;

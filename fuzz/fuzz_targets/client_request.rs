@@ -1,0 +1,18 @@
+//! Client requests in arbitrary byte chunks, read as the gateway's HTTP/1.1 listener reads a
+//! connection (heads, bodies by their framing, pipelined requests): never a panic, and what is
+//! read or refused does not depend on how the bytes arrived.
+#![no_main]
+
+use hapax_fuzz::Chunked;
+use hapax_node::fuzzing::read_client_requests;
+use libfuzzer_sys::fuzz_target;
+
+/// Small enough that the fuzzer reaches the head-size limit.
+const MAX_HEAD_BYTES: usize = 2048;
+
+fuzz_target!(|data: &[u8]| {
+    let input = Chunked::new(data);
+    let in_pieces = read_client_requests(input.chunks(), MAX_HEAD_BYTES);
+    let at_once = read_client_requests([input.payload], MAX_HEAD_BYTES);
+    assert_eq!(in_pieces, at_once, "reading depends on how the bytes arrived");
+});

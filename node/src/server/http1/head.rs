@@ -1,0 +1,284 @@
+//! Request heads in, response heads out: the pure part of the HTTP/1.1 listener, on buffers,
+//! so that the fuzz target and the tests reach every case without a socket.
+//!
+//! The framing rules are RFC 9112's, strict where leniency lets requests be smuggled:
+//! - `Transfer-Encoding` counts only with `chunked` as its last coding, and never in HTTP/1.0;
+//! - every `Content-Length` must be the same number of digits only (no sign, no list);
+//! - a request framed both ways is read by its chunked coding and its connection is closed
+//!   after the answer (§6.3), so nothing hidden after the body is ever read;
+//! - obsolete line folding, spaces before a header's colon and bare CR are refused (httparse).
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+
+use crate::wire::http1::{Framing, parse_length};
+
+/// Most header lines in a request head (hyper's limit too); past it, 431.
+pub const MAX_HEADERS: usize = 100;
+/// Longest request target; past it, 414 (hyper's limit too).
+pub const MAX_URI_BYTES: usize = 65_534;
+
+/// Why a request head is answered by the listener itself, then the connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("the request head is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the request head has more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("the request target is longer than {MAX_URI_BYTES} bytes")]
+    UriTooLong,
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl HeadError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge(_) | Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) | Self::TooManyHeaders => "headers_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::Malformed(_) => "malformed_request",
+        }
+    }
+}
+
+/// A parsed request head: the request without its body, and how the body and the connection
+/// go on.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub request: Request<()>,
+    pub framing: Framing,
+    /// The client may send another request on this connection after this one's answer.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before the body.
+    pub expect_continue: bool,
+}
+
+fn malformed(message: impl Into<String>) -> HeadError {
+    HeadError::Malformed(message.into())
+}
+
+/// Parses the request head at the front of `buf` and removes it; `Ok(None)` while the head
+/// is incomplete and within `max_head_bytes`. Header values and the target are slices of the
+/// head's bytes, not copies.
+pub fn parse_request_head(
+    buf: &mut BytesMut,
+    max_head_bytes: usize,
+) -> Result<Option<RequestHead>, HeadError> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut lines);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > max_head_bytes => {
+            return Err(HeadError::TooLarge(max_head_bytes));
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > max_head_bytes => {
+            return Err(HeadError::TooLarge(max_head_bytes));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(error) => return Err(malformed(format!("malformed request head: {error}"))),
+    };
+    let base = buf.as_ptr() as usize;
+    let offset = |part: &[u8]| part.as_ptr() as usize - base;
+    let method = parsed.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| malformed(format!("invalid method `{method}`")))?;
+    let path = parsed.path.unwrap_or_default();
+    if path.len() > MAX_URI_BYTES {
+        return Err(HeadError::UriTooLong);
+    }
+    let path = (offset(path.as_bytes()), path.len());
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let http11 = version == Version::HTTP_11;
+    let mut framing = FramingHeaders::default();
+    let mut keep_alive = http11;
+    let mut expect_continue = false;
+    // Where each header line sits in the head: the head is frozen once it is parsed, and
+    // names and values are built from it without copying the values.
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (line, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            framing.length(line.value)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !http11 {
+                return Err(malformed("Transfer-Encoding is not allowed in HTTP/1.0"));
+            }
+            framing.chunked = Some(last_coding_is_chunked(line.value));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue = http11
+                && line
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
+        }
+        *span = (
+            offset(name),
+            name.len(),
+            offset(line.value),
+            line.value.len(),
+        );
+    }
+    let (framing, ambiguous) = framing.resolve()?;
+    let head = buf.split_to(head_len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
+        .map_err(|error| malformed(format!("invalid request target: {error}")))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| malformed(format!("invalid value of header `{name}`")))?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(RequestHead {
+        request,
+        framing,
+        keep_alive: keep_alive && !ambiguous,
+        expect_continue,
+    }))
+}
+
+/// What `Content-Length` and `Transfer-Encoding` said, before they are reconciled.
+#[derive(Default)]
+struct FramingHeaders {
+    length: Option<u64>,
+    chunked: Option<bool>,
+}
+
+impl FramingHeaders {
+    fn length(&mut self, value: &[u8]) -> Result<(), HeadError> {
+        let length = parse_length(value).ok_or_else(|| {
+            malformed(format!(
+                "invalid Content-Length `{}`: send the body's size in bytes, digits only",
+                String::from_utf8_lossy(value)
+            ))
+        })?;
+        if self.length.is_some_and(|seen| seen != length) {
+            return Err(malformed("two different Content-Length values"));
+        }
+        self.length = Some(length);
+        Ok(())
+    }
+
+    /// The body's framing, and whether it was framed both ways (the connection then closes).
+    fn resolve(self) -> Result<(Framing, bool), HeadError> {
+        match (self.chunked, self.length) {
+            (Some(false), _) => Err(malformed(
+                "unsupported Transfer-Encoding: the last coding must be `chunked`",
+            )),
+            (Some(true), length) => Ok((Framing::Chunked, length.is_some())),
+            (None, Some(length)) => Ok((Framing::Length(length), false)),
+            (None, None) => Ok((Framing::Length(0), false)),
+        }
+    }
+}
+
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// How a response's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body may follow (HEAD, 1xx, 204, 304); `Content-Length` still says the size when known.
+    None(Option<u64>),
+    Length(u64),
+    Chunked,
+    /// Until the connection closes: a body of unknown size for an HTTP/1.0 client.
+    UntilClose,
+}
+
+/// Appends the status line and headers to `out`. The framing headers and `Connection` are the
+/// listener's: those in `headers` are dropped, so a handler cannot frame a body twice.
+pub fn encode_response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: BodyFraming,
+    keep_alive: bool,
+    http10: bool,
+    date: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        if name.as_str() == "keep-alive" {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::None(Some(length)) | BodyFraming::Length(length) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::None(None) | BodyFraming::UntilClose => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The answer the listener gives itself to a head it cannot serve: the gateway's JSON error
+/// shape, then the connection closes.
+pub fn error_body(error: &HeadError) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "message": error.to_string(),
+            "type": "invalid_request_error",
+            "code": error.code(),
+        }
+    });
+    Bytes::from(body.to_string())
+}
+
+#[cfg(test)]
+#[path = "head_tests.rs"]
+mod tests;

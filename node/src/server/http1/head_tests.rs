@@ -1,0 +1,203 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+
+const MAX: usize = 64 * 1024;
+
+fn parse(bytes: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_head(&mut BytesMut::from(bytes), MAX)
+}
+
+fn complete(bytes: &[u8]) -> RequestHead {
+    parse(bytes).unwrap().expect("a complete head")
+}
+
+fn refusal(bytes: &[u8]) -> HeadError {
+    parse(bytes).expect_err("a refused head")
+}
+
+#[test]
+fn a_head_is_parsed_and_removed_leaving_the_body_and_what_follows() {
+    let mut buf = BytesMut::from(
+        &b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: hapax\r\nContent-Type: application/json\r\nX-Twice: a\r\nx-twice: b\r\nContent-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\n\r\n"[..],
+    );
+    let head = parse_request_head(&mut buf, MAX).unwrap().unwrap();
+    assert_eq!(head.request.method(), Method::POST);
+    assert_eq!(head.request.uri().path(), "/v1/chat/completions");
+    assert_eq!(head.request.uri().query(), Some("x=1"));
+    assert_eq!(head.request.version(), Version::HTTP_11);
+    assert_eq!(head.request.headers()["content-type"], "application/json");
+    let twice: Vec<_> = head.request.headers().get_all("x-twice").iter().collect();
+    assert_eq!(twice, ["a", "b"]);
+    assert_eq!(head.framing, Framing::Length(2));
+    assert!(head.keep_alive);
+    assert!(!head.expect_continue);
+    assert_eq!(&buf[..], b"{}GET /health HTTP/1.1\r\n\r\n");
+}
+
+#[test]
+fn an_incomplete_head_waits_for_more_until_it_is_over_the_limit() {
+    assert!(
+        parse(b"GET /health HTTP/1.1\r\nHost: ha")
+            .unwrap()
+            .is_none()
+    );
+    assert!(parse(b"").unwrap().is_none());
+    let long = format!("GET /health HTTP/1.1\r\nX-Big: {}", "a".repeat(MAX));
+    assert_eq!(refusal(long.as_bytes()), HeadError::TooLarge(MAX));
+    let complete_but_large = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX));
+    assert_eq!(
+        refusal(complete_but_large.as_bytes()).status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+}
+
+#[test]
+fn too_many_fields_a_long_target_and_garbage_are_refused_with_their_status() {
+    let fields: String = (0..=MAX_HEADERS)
+        .map(|i| format!("X-H{i}: v\r\n"))
+        .collect();
+    let many = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+    assert_eq!(refusal(many.as_bytes()), HeadError::TooManyHeaders);
+    let target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_URI_BYTES));
+    let error = parse_request_head(&mut BytesMut::from(target.as_bytes()), 128 * 1024).unwrap_err();
+    assert_eq!(error.status(), StatusCode::URI_TOO_LONG);
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], // a TLS hello on the plain port
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Space : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-Cr: a\rb\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+    ] {
+        let error = refusal(garbage);
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{error}");
+    }
+}
+
+#[test]
+fn framing_that_could_smuggle_a_request_is_refused_or_closes_the_connection() {
+    for framing in [
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: -1\r\n",
+        "Content-Length: 5a\r\n",
+        "Content-Length: 99999999999999999999\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: chunked, gzip\r\n",
+    ] {
+        let request = format!("POST / HTTP/1.1\r\n{framing}\r\n");
+        assert_eq!(
+            refusal(request.as_bytes()).status(),
+            StatusCode::BAD_REQUEST,
+            "{framing}"
+        );
+    }
+    let old = refusal(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(old.to_string().contains("HTTP/1.0"), "{old}");
+
+    // The same length twice is one length.
+    let same = complete(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(same.framing, Framing::Length(5));
+    // Both ways: read as chunked, and the connection closes after the answer.
+    let both =
+        complete(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(both.framing, Framing::Chunked);
+    assert!(!both.keep_alive);
+    let coded = complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
+    assert_eq!(coded.framing, Framing::Chunked);
+    assert!(coded.keep_alive);
+    // No framing header: no body.
+    assert_eq!(
+        complete(b"POST / HTTP/1.1\r\n\r\n").framing,
+        Framing::Length(0)
+    );
+}
+
+#[test]
+fn keep_alive_and_expect_follow_the_version_and_the_headers() {
+    assert!(!complete(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
+    assert!(!complete(b"GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n").keep_alive);
+    assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+    let old = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert!(old.keep_alive);
+    assert_eq!(old.request.version(), Version::HTTP_10);
+    assert!(
+        complete(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n")
+            .expect_continue
+    );
+    assert!(!complete(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    assert!(!complete(b"POST / HTTP/1.1\r\nExpect: something\r\n\r\n").expect_continue);
+}
+
+#[test]
+fn targets_in_absolute_and_asterisk_form_are_kept() {
+    let absolute = complete(b"GET http://hapax:8080/health HTTP/1.1\r\n\r\n");
+    assert_eq!(absolute.request.uri().path(), "/health");
+    assert_eq!(absolute.request.uri().host(), Some("hapax"));
+    let asterisk = complete(b"OPTIONS * HTTP/1.1\r\n\r\n");
+    assert_eq!(asterisk.request.uri(), "*");
+    assert_eq!(
+        refusal(b"GET /a b HTTP/1.1\r\n\r\n").status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+fn encoded(framing: BodyFraming, keep_alive: bool, http10: bool, headers: &HeaderMap) -> String {
+    let mut out = Vec::new();
+    encode_response_head(
+        &mut out,
+        StatusCode::OK,
+        headers,
+        framing,
+        keep_alive,
+        http10,
+        b"Sun, 06 Nov 1994 08:49:37 GMT",
+    );
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn a_response_head_carries_the_listeners_framing_only() {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("content-length", HeaderValue::from_static("999"));
+    headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+    headers.insert("connection", HeaderValue::from_static("keep-alive"));
+    assert_eq!(
+        encoded(BodyFraming::Length(2), true, false, &headers),
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+    );
+    let streamed = encoded(BodyFraming::Chunked, false, false, &HeaderMap::new());
+    assert!(
+        streamed.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
+        "{streamed}"
+    );
+    let old = encoded(BodyFraming::UntilClose, false, true, &HeaderMap::new());
+    assert!(
+        !old.contains("content-length") && !old.contains("transfer-encoding"),
+        "{old}"
+    );
+    assert!(old.contains("connection: close"), "{old}");
+    let old_kept = encoded(BodyFraming::Length(0), true, true, &HeaderMap::new());
+    assert!(old_kept.contains("connection: keep-alive"), "{old_kept}");
+    let head = encoded(BodyFraming::None(Some(7)), true, false, &HeaderMap::new());
+    assert!(head.contains("content-length: 7"), "{head}");
+    let no_content = encoded(BodyFraming::None(None), true, false, &HeaderMap::new());
+    assert!(!no_content.contains("content-length"), "{no_content}");
+}
+
+#[test]
+fn refusals_are_the_gateways_json_error_shape() {
+    let body = error_body(&HeadError::UriTooLong);
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["error"]["code"], "uri_too_long");
+    assert_eq!(value["error"]["type"], "invalid_request_error");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("65534")
+    );
+}
