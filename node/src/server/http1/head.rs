@@ -75,12 +75,15 @@ pub fn parse_request_head(
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut lines);
-    let head_len = match parsed.parse(buf) {
+    // Only the first `max_head_bytes` (and one more) are looked at, so a head is refused for
+    // the same reason however its bytes arrived.
+    let window = &buf[..buf.len().min(max_head_bytes.saturating_add(1))];
+    let head_len = match parsed.parse(window) {
         Ok(httparse::Status::Complete(len)) if len > max_head_bytes => {
             return Err(HeadError::TooLarge(max_head_bytes));
         }
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > max_head_bytes => {
+        Ok(httparse::Status::Partial) if window.len() > max_head_bytes => {
             return Err(HeadError::TooLarge(max_head_bytes));
         }
         Ok(httparse::Status::Partial) => return Ok(None),

@@ -201,3 +201,18 @@ fn refusals_are_the_gateways_json_error_shape() {
             .contains("65534")
     );
 }
+
+#[test]
+fn a_refusal_does_not_depend_on_how_the_head_arrived() {
+    // 101 fields whose last starts past the limit: too large, whether the bytes come at once
+    // or a few at a time (found by the fuzz target).
+    let fields: String = (0..=MAX_HEADERS)
+        .map(|i| format!("X-Field-{i:03}: v\r\n"))
+        .collect();
+    let request = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+    let max = request.len() - 20;
+    let at_once = crate::fuzzing::read_client_requests([request.as_bytes()], max);
+    let in_pieces = crate::fuzzing::read_client_requests(request.as_bytes().chunks(7), max);
+    assert_eq!(at_once, in_pieces);
+    assert!(at_once.unwrap_err().contains("larger than"));
+}
