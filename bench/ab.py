@@ -9,6 +9,10 @@ and the CPU per 1000 requests.
 
     python3 bench/ab.py before=/tmp/hapax-old after=target/release/hapax
     python3 bench/ab.py a=BIN b=BIN --rates 500,2000 --latencies 0,20 --duration 20 --rounds 5
+    python3 bench/ab.py a=BIN b=BIN --closed-loop --duration 40 --rounds 8
+
+`--closed-loop` measures throughput instead: every other binary against the first, closed loop
+at c=16 (the harness's paired rounds, order flipped every round), 0 ms mock.
 
 Needs oha and nginx (bench/run.sh installs them). Writes nothing.
 """
@@ -61,6 +65,7 @@ def main() -> None:
     ap.add_argument("--latencies", default="0,20", help="mock latencies in ms")
     ap.add_argument("--duration", type=float, default=20, help="seconds per cell and target, split over the rounds")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--closed-loop", action="store_true", help="throughput against the first binary instead")
     args = ap.parse_args()
     binaries = dict(a.split("=", 1) for a in args.binaries)
     if {"direct", "nginx"} & binaries.keys():
@@ -69,6 +74,12 @@ def main() -> None:
     if not oha or not shutil.which("nginx"):
         sys.exit("bench/ab.py needs oha and nginx (bash bench/run.sh installs both)")
     rig = SideBySide(binaries)
+    if args.closed_loop:
+        try:
+            closed_loop(rig, b.Loader(oha, None, rig.workdir), list(binaries), args.duration, args.rounds)
+        finally:
+            b.stop_all()
+        return
     try:
         rows = b.fixed_rate(rig, b.Loader(oha, None, rig.workdir), [int(x) for x in args.rates.split(",")],
                             [int(x) for x in args.latencies.split(",")], args.duration, args.rounds)
@@ -85,6 +96,20 @@ def main() -> None:
                   f"added p50 {statistics.median(added50):5.0f} µs (rounds: {' '.join(f'{v:.0f}' for v in added50)})  "
                   f"added p99 {statistics.median(added99):5.0f} µs  "
                   f"CPU {r.get('cpu_ms_per_1k') or 0:.0f} ms / 1000 req (user {r.get('cpu_user_ms_per_1k') or 0:.0f})")
+
+
+def closed_loop(rig: SideBySide, loader: b.Loader, names: list[str], duration: float, rounds: int) -> None:
+    rig.fault()
+    first = names[0]
+    for other in names[1:]:
+        paired = b.paired_throughput(rig, loader, first, other, duration, rounds)
+        for name in (first, other):
+            r = paired[name]
+            print(f"closed loop c={paired['concurrency']} {name:<10} {r['rps']:8.0f} req/s (median of {rounds} rounds)  "
+                  f"CPU {r.get('cpu_ms_per_1k') or 0:.0f} ms / 1000 req (user {r.get('cpu_user_ms_per_1k') or 0:.0f})")
+        low, high = paired["loss_range"] or (0, 0)
+        print(f"{other} against {first}: {-paired['loss'] * 100:+.1f} % req/s (rounds {-high * 100:+.1f} to "
+              f"{-low * 100:+.1f} %), CPU a request x{paired['cpu_ratio'] or 0:.2f}")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ fn malformed(message: impl Into<String>) -> HeadError {
     HeadError::Malformed(message.into())
 }
 
+/// Where a header line sits in the head: name start and length, value start and length.
+pub type HeaderSpan = (usize, usize, usize, usize);
+
 /// Parses the request head at the front of `buf` and removes it; `Ok(None)` while the head
 /// is incomplete and within `max_head_bytes`. Header values and the target are slices of the
 /// head's bytes, not copies.
@@ -73,12 +76,25 @@ pub fn parse_request_head(
     buf: &mut BytesMut,
     max_head_bytes: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut lines);
+    parse_request_head_with(buf, max_head_bytes, &mut Vec::new())
+}
+
+/// [`parse_request_head`] with the connection's scratch space for the header lines' places
+/// (kept between requests, so a request allocates and zeroes none).
+pub fn parse_request_head_with(
+    buf: &mut BytesMut,
+    max_head_bytes: usize,
+    spans: &mut Vec<HeaderSpan>,
+) -> Result<Option<RequestHead>, HeadError> {
+    // Uninitialised: httparse writes the lines it finds (an array of empty headers would be
+    // 3 KB zeroed for every request).
+    let mut lines =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
     // Only the first `max_head_bytes` (and one more) are looked at, so a head is refused for
     // the same reason however its bytes arrived.
     let window = &buf[..buf.len().min(max_head_bytes.saturating_add(1))];
-    let head_len = match parsed.parse(window) {
+    let head_len = match parsed.parse_with_uninit_headers(window, &mut lines) {
         Ok(httparse::Status::Complete(len)) if len > max_head_bytes => {
             return Err(HeadError::TooLarge(max_head_bytes));
         }
@@ -110,9 +126,8 @@ pub fn parse_request_head(
     let mut expect_continue = false;
     // Where each header line sits in the head: the head is frozen once it is parsed, and
     // names and values are built from it without copying the values.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (line, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+    spans.clear();
+    for line in parsed.headers.iter() {
         let name = line.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             framing.length(line.value)?;
@@ -136,19 +151,19 @@ pub fn parse_request_head(
                     .trim_ascii()
                     .eq_ignore_ascii_case(b"100-continue");
         }
-        *span = (
+        spans.push((
             offset(name),
             name.len(),
             offset(line.value),
             line.value.len(),
-        );
+        ));
     }
     let (framing, ambiguous) = framing.resolve()?;
     let head = buf.split_to(head_len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|error| malformed(format!("invalid request target: {error}")))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(name_at, name_len, value_at, value_len) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))

@@ -73,6 +73,7 @@ pub async fn serve_connection(
         buf: BytesMut::new(),
         writer,
         out: Vec::new(),
+        spans: Vec::new(),
         router,
         deadline: Box::pin(tokio::time::sleep(settings.header_read_timeout)),
         settings,
@@ -90,6 +91,8 @@ struct Connection {
     writer: OwnedWriteHalf,
     /// The answer's head (and a small body) before it is written.
     out: Vec<u8>,
+    /// Where the head's header lines sit, while it is parsed.
+    spans: Vec<head::HeaderSpan>,
     router: ObservedRouter,
     settings: Arc<Http1Settings>,
     /// One timer for the connection, reset for each head.
@@ -150,7 +153,8 @@ impl Connection {
     async fn read_head(&mut self) -> std::io::Result<Option<RequestHead>> {
         let mut armed = false;
         loop {
-            match head::parse_request_head(&mut self.buf, self.settings.max_header_bytes) {
+            let max = self.settings.max_header_bytes;
+            match head::parse_request_head_with(&mut self.buf, max, &mut self.spans) {
                 Ok(Some(head)) => return Ok(Some(head)),
                 Ok(None) => {}
                 Err(error) => {
