@@ -10,6 +10,7 @@ and the CPU per 1000 requests.
     python3 bench/ab.py before=/tmp/hapax-old after=target/release/hapax
     python3 bench/ab.py a=BIN b=BIN --rates 500,2000 --latencies 0,20 --duration 20 --rounds 5
     python3 bench/ab.py a=BIN b=BIN --closed-loop --duration 40 --rounds 8
+    python3 bench/ab.py plain=BIN busy=BIN+busy_poll=30us   (server settings for a binary but the first)
 
 `--closed-loop` measures throughput instead: every other binary against the first, closed loop
 at c=16 (the harness's paired rounds, order flipped every round), 0 ms mock.
@@ -36,9 +37,16 @@ class SideBySide(b.Rig):
         self.first = names[0]
         self.more: dict[str, b.Proc] = {}
         super().__init__(binaries[self.first], Path(tempfile.mkdtemp(prefix="hapax-ab-")), with_nginx=True)
+        base = (self.workdir / "hapax.yaml").read_text()
         for name in names[1:]:
-            self.more[name] = b.Proc(name, b.taskset(b.GATEWAY_CORE) + [binaries[name], "serve", "--config",
-                                     str(self.workdir / "hapax.yaml")], self.workdir, r"hapax listening http=(\S+)")
+            path, _, extra = binaries[name].partition("+")
+            config = self.workdir / "hapax.yaml"
+            if extra:  # `BIN+key=value,...`: server settings added to the harness's config
+                settings = ", ".join(kv.replace("=", ": ", 1) for kv in extra.split(","))
+                config = self.workdir / f"hapax-{name}.yaml"
+                config.write_text(base.replace("server: {", f"server: {{{settings}, ", 1))
+            self.more[name] = b.Proc(name, b.taskset(b.GATEWAY_CORE) + [path, "serve", "--config", str(config)],
+                                     self.workdir, r"hapax listening http=(\S+)")
             b.asyncio.run(b.sc.plain_load(self.urls()[name], 1, 0.2, b.KEY))
 
     def gateways(self) -> dict[str, b.Proc]:
@@ -68,6 +76,8 @@ def main() -> None:
     ap.add_argument("--closed-loop", action="store_true", help="throughput against the first binary instead")
     args = ap.parse_args()
     binaries = dict(a.split("=", 1) for a in args.binaries)
+    if "+" in binaries[next(iter(binaries))]:
+        sys.exit("bench/ab.py: the first binary runs the harness's config as is; give settings to the others")
     if {"direct", "nginx"} & binaries.keys():
         sys.exit("bench/ab.py: 'direct' and 'nginx' name the harness's own targets; pick other names")
     oha = shutil.which("oha")

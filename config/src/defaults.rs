@@ -11,6 +11,10 @@ pub const SERVER_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const SERVER_SHUTDOWN_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(30);
 pub const SERVER_MAX_INFLIGHT_REQUESTS: usize = 1024;
 pub const SERVER_MAX_CONNECTIONS: usize = 10_000;
+/// Off: busy polling trades CPU for latency, a choice for the operator.
+pub const SERVER_BUSY_POLL: ConfigDuration = ConfigDuration::from_millis(0);
+/// The longest busy-poll window accepted: past it, spinning outlasts any wake-up it saves.
+pub const SERVER_BUSY_POLL_MAX: ConfigDuration = ConfigDuration::from_millis(1);
 /// Hapax's `queue.initial_size` default, the cap when `queue:` is on without a size.
 pub const QUEUE_MAX_SIZE: u64 = 1000;
 

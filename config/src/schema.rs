@@ -67,6 +67,11 @@ pub struct ServerConfig {
     /// Open TCP connections beyond which a new one is accepted and closed at once.
     #[serde(alias = "maxConnections")]
     pub max_connections: usize,
+    /// After each plain HTTP/1.1 request, keep polling for I/O this long instead of sleeping,
+    /// so the upstream's answer is picked up without waking a halted CPU (0s = off; one-core
+    /// processes only).
+    #[serde(alias = "busyPoll")]
+    pub busy_poll: ConfigDuration,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +88,7 @@ impl Default for ServerConfig {
             tls: None,
             max_inflight_requests: None,
             max_connections: d::SERVER_MAX_CONNECTIONS,
+            busy_poll: d::SERVER_BUSY_POLL,
         }
     }
 }

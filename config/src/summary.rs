@@ -105,6 +105,13 @@ impl LoadedConfig {
             server.max_header_bytes,
             server.read_timeout
         );
+        if !server.busy_poll.is_zero() {
+            let _ = writeln!(
+                out,
+                "busy polling: {} after each HTTP/1.1 request (one-core processes only)",
+                server.busy_poll
+            );
+        }
         out
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::defaults as d;
 use crate::duration::ConfigDuration;
 use crate::error::Report;
 use crate::load::Facts;
@@ -63,6 +64,16 @@ fn server(config: &Config, report: &mut Report<'_>) {
         server.max_header_bytes as u64,
         1024,
     );
+    if server.busy_poll.get() > d::SERVER_BUSY_POLL_MAX.get() {
+        report.problem(
+            &at("server.busy_poll"),
+            format!(
+                "must be at most {} (got {}): spinning longer outlasts any wake-up it saves",
+                d::SERVER_BUSY_POLL_MAX,
+                server.busy_poll
+            ),
+        );
+    }
     overload(config, report);
     if let Some(tls) = &server.tls {
         for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {

@@ -115,3 +115,64 @@ async fn a_gateway_with_several_cores_runs_the_multi_thread_scheduler() {
     };
     assert_eq!(scheduler(&gateway).await, expected, "{cores} cores");
 }
+
+/// User and system CPU ticks (1/100 s) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends at the last ')': utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn busy_polling_runs_on_one_core_sleeps_when_idle_and_is_refused_on_several() {
+    assert!(
+        taskset_available(),
+        "taskset (util-linux) is needed to give the gateway one core"
+    );
+    let mock = MockUpstream::start();
+    let config = config(&mock).replace("port: 0}", "port: 0, busy_poll: 500us}");
+    let gateway = Gateway::start_via(&["taskset", "-c", "0"], &config, &[]);
+    eventually(Duration::from_secs(10), "the busy-polling log line", || {
+        let on = gateway
+            .logs()
+            .contains("busy polling after each HTTP/1.1 request");
+        async move { on.then_some(()) }
+    })
+    .await;
+    let url = gateway.url("/v1/chat/completions");
+    for i in 0..50 {
+        let response = client()
+            .post(&url)
+            .json(&chat_body(&format!("spin {i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // Idle: the spinner sleeps. Spinning would use the whole 2 s (200 ticks).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_ticks(gateway.process.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(gateway.process.pid()) - before;
+    eprintln!("idle gateway with busy polling: {used} ticks in 2 s");
+    assert!(used <= 10, "{used} CPU ticks in 2 s of idling");
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 1 {
+        let several = Gateway::start(&config);
+        eventually(Duration::from_secs(10), "the busy-poll refusal", || {
+            let refused = several.logs().contains("server.busy_poll is ignored");
+            async move { refused.then_some(()) }
+        })
+        .await;
+        let response = client()
+            .post(several.url("/v1/chat/completions"))
+            .json(&chat_body("no spinning"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}

@@ -85,3 +85,26 @@ fn zero_caps_and_unknown_queue_keys_are_refused() {
     let errors = load(&format!("{PROVIDER}queue: {{max_sise: 10}}\n"), &[]).unwrap_err();
     assert!(errors.to_string().contains("max_size"), "{errors}");
 }
+
+#[test]
+fn busy_polling_is_off_by_default_and_bounded() {
+    let loaded = load(PROVIDER, &[]).unwrap();
+    assert!(loaded.config.server.busy_poll.is_zero());
+    assert!(!loaded.summary().contains("busy polling"));
+
+    let loaded = load(&format!("server: {{busy_poll: 30us}}\n{PROVIDER}"), &[]).unwrap();
+    assert_eq!(
+        loaded.config.server.busy_poll.get(),
+        std::time::Duration::from_micros(30)
+    );
+    assert!(
+        loaded.summary().contains("busy polling: 30us"),
+        "{}",
+        loaded.summary()
+    );
+
+    let errors = load(&format!("server: {{busy_poll: 5ms}}\n{PROVIDER}"), &[]).unwrap_err();
+    let found = problem(&errors, "server.busy_poll");
+    assert!(found.message.contains("at most 1ms"), "{}", found.message);
+    assert!(found.to_string().contains("line 1"), "{found}");
+}

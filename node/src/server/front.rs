@@ -58,6 +58,7 @@ impl Front {
             header_read_timeout: server.read_timeout.get(),
             max_header_bytes: server.max_header_bytes,
             shutdown_timeout: server.shutdown_timeout.get(),
+            busy_poll: server.busy_poll.get(),
         };
         Ok(Self {
             tcp,

@@ -3,6 +3,7 @@
 //! timeouts, TCP_NODELAY and graceful shutdown, and HTTP/3 over QUIC ([`h3`]) into the same
 //! router.
 
+pub mod busy_poll;
 pub mod front;
 mod guarded_body;
 pub mod h3;
@@ -164,6 +165,8 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// Busy polling after each plain HTTP/1.1 request ([`busy_poll`]); zero = off.
+    pub busy_poll: Duration,
 }
 
 /// What the TCP listener adds to plain HTTP/1.1.
@@ -200,6 +203,7 @@ pub async fn serve_tcp(
         header_read_timeout: settings.header_read_timeout,
         max_header_bytes: settings.max_header_bytes,
         alt_svc: options.alt_svc.clone(),
+        busy_poll: busy_poll::start(settings.busy_poll),
     });
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut secure = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
