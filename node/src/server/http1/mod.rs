@@ -50,6 +50,8 @@ use crate::wire::http1::Framing;
 const READ_BYTES: usize = 4096;
 /// A non-streamed body up to this size is copied after its head, for one write.
 const COALESCE_BYTES: usize = 64 * 1024;
+/// Buffers larger than this are given back between requests.
+const KEPT_BUFFER_BYTES: usize = 16 * 1024;
 
 /// What every connection of a listener shares.
 pub struct Http1Settings {
@@ -149,6 +151,7 @@ impl Connection {
             {
                 return Ok(());
             }
+            self.shrink_buffers();
         }
     }
 
@@ -370,6 +373,17 @@ impl Connection {
             self.writer.write_all(b"0\r\n\r\n").await?;
         }
         Ok(chunked)
+    }
+
+    /// A large answer or body leaves its buffers behind; an idle kept-alive connection should
+    /// not hold them (thousands of connections would).
+    fn shrink_buffers(&mut self) {
+        if self.out.capacity() > KEPT_BUFFER_BYTES {
+            self.out = Vec::new();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_BUFFER_BYTES {
+            self.buf = BytesMut::new();
+        }
     }
 
     async fn flush_out(&mut self) -> std::io::Result<()> {
