@@ -2,12 +2,44 @@
 
 /// Replaces the given secrets, and anything shaped like a provider key, with `[redacted]`.
 pub fn redact(message: &str, secrets: &[&str]) -> String {
-    let mut out = message.to_owned();
+    // Every secret is looked for in the message as it came, and the places found (merged where
+    // they overlap) are replaced in one pass: replacing one secret after another would let a
+    // later secret match inside an earlier `[redacted]` (a secret `cted`, say) and leave
+    // pieces of it behind that read like a secret.
+    let mut places: Vec<(usize, usize)> = Vec::new();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        if out.contains(secret) {
-            out = out.replace(secret, "[redacted]");
+        places.extend(
+            message
+                .match_indices(secret)
+                .map(|(at, found)| (at, at + found.len())),
+        );
+    }
+    if places.is_empty() {
+        return redact_key_shapes(message);
+    }
+    places.sort_unstable();
+    let mut out = String::with_capacity(message.len());
+    let mut copied = 0;
+    let mut current: Option<(usize, usize)> = None;
+    for (start, end) in places {
+        match current {
+            Some((from, to)) if start <= to => current = Some((from, to.max(end))),
+            _ => {
+                if let Some((from, to)) = current {
+                    out.push_str(&message[copied..from]);
+                    out.push_str("[redacted]");
+                    copied = to;
+                }
+                current = Some((start, end));
+            }
         }
     }
+    if let Some((from, to)) = current {
+        out.push_str(&message[copied..from]);
+        out.push_str("[redacted]");
+        copied = to;
+    }
+    out.push_str(&message[copied..]);
     redact_key_shapes(&out)
 }
 
@@ -38,6 +70,21 @@ fn redact_key_shapes(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn secrets_inside_the_marker_or_overlapping_each_other_leave_nothing_behind() {
+        // Found by the fuzz target: one secret after another, `cted` matched inside the
+        // `[redacted]` that `reda` had left and split it into pieces.
+        let out = redact("a reda b cted c", &["reda", "cted"]);
+        assert_eq!(out, "a [redacted] b [redacted] c");
+        let out = redact("xxabcdefyy abcabcd", &["abcd", "cdef", "bcab"]);
+        assert_eq!(out, "xx[redacted]yy a[redacted]");
+        for piece in out.split("[redacted]") {
+            for secret in ["abcd", "cdef", "bcab"] {
+                assert!(!piece.contains(secret), "{out}");
+            }
+        }
+    }
 
     #[test]
     fn configured_secrets_and_key_shapes_are_removed() {
