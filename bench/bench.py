@@ -794,7 +794,7 @@ def run_h3(rig: Rig | None = None, loader: Loader | None = None, hapax: str = ""
     """HTTP/3 beside HTTP/1.1 through one node with `server.http3` on: added latency at fixed
     rates, closed-loop throughput, CPU per 1000 requests, and stream TTFT."""
     if not skip and not (h3load and os.access(h3load, os.X_OK)):
-        skip = "no h3load binary (bench/h3load did not build)"
+        skip = "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
     if skip or rig is None or workdir is None:
         print(f"run_h3: skipped ({skip or 'no rig'})", flush=True)
         return {"available": False, "why": skip or "no rig"}
