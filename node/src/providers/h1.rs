@@ -9,8 +9,8 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::wire::http1::parse_length;
 pub use crate::wire::http1::{BodyDecoder, Decoded, Framing};
+use crate::wire::http1::{last_coding_is_chunked, lists_token, parse_length};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
@@ -134,14 +134,9 @@ fn read_headers(
             }
             length = Some(value);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only the last coding says how the body ends (RFC 9112 §6.3).
-            let last = line.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(last_coding_is_chunked(line.value));
         } else if name.eq_ignore_ascii_case("connection") {
-            close |= line
-                .value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= lists_token(line.value, b"close");
         }
         if keep_headers
             && let (Ok(name), Ok(value)) = (

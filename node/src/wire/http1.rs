@@ -21,6 +21,20 @@ pub enum Framing {
     UntilClose,
 }
 
+/// Whether a `Transfer-Encoding` value ends in `chunked`: only the last coding says how the
+/// body ends (RFC 9112 §6.3).
+pub fn last_coding_is_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
+/// Whether a comma-separated header value (`Connection`) lists `token`, in any case.
+pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|listed| listed.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// A `content-length` value: digits only, no sign, no list, at most 19 digits.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
-use crate::wire::http1::{Framing, parse_length};
+use crate::wire::http1::{Framing, last_coding_is_chunked, lists_token, parse_length};
 
 /// Most header lines in a request head (hyper's limit too); past it, 431.
 pub const MAX_HEADERS: usize = 100;
@@ -123,6 +123,7 @@ pub fn parse_request_head_with(
     let http11 = version == Version::HTTP_11;
     let mut framing = FramingHeaders::default();
     let mut keep_alive = http11;
+    let mut close = false;
     let mut expect_continue = false;
     // Where each header line sits in the head: the head is frozen once it is parsed, and
     // names and values are built from it without copying the values.
@@ -137,13 +138,9 @@ pub fn parse_request_head_with(
             }
             framing.chunked = Some(last_coding_is_chunked(line.value));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in line.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    keep_alive = true;
-                }
-            }
+            // `close` anywhere wins; HTTP/1.0 stays open only when asked.
+            close |= lists_token(line.value, b"close");
+            keep_alive |= lists_token(line.value, b"keep-alive");
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = http11
                 && line
@@ -178,7 +175,7 @@ pub fn parse_request_head_with(
     Ok(Some(RequestHead {
         request,
         framing,
-        keep_alive: keep_alive && !ambiguous,
+        keep_alive: keep_alive && !close && !ambiguous,
         expect_continue,
     }))
 }
@@ -216,11 +213,6 @@ impl FramingHeaders {
             (None, None) => Ok((Framing::Length(0), false)),
         }
     }
-}
-
-fn last_coding_is_chunked(value: &[u8]) -> bool {
-    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// How a response's body goes on the wire.

@@ -120,6 +120,12 @@ fn keep_alive_and_expect_follow_the_version_and_the_headers() {
     assert!(!complete(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
     assert!(!complete(b"GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n").keep_alive);
     assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+    // `close` wins over `keep-alive`, in one line or across two.
+    assert!(!complete(b"GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n").keep_alive);
+    assert!(
+        !complete(b"GET / HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+            .keep_alive
+    );
     let old = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     assert!(old.keep_alive);
     assert_eq!(old.request.version(), Version::HTTP_10);

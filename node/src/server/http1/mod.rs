@@ -217,6 +217,8 @@ impl Connection {
             _ => {}
         }
         let Some(reader) = self.reader.take() else {
+            // Not reached: without its read side a connection ends before reading another head
+            // (`read_head`), so no request comes here without one.
             return (Body::empty(), None);
         };
         let side = ReadSide {
@@ -428,12 +430,10 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Whether the handler's answer carries `Connection: close`.
 fn asks_to_close(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|value| crate::wire::http1::lists_token(value.as_bytes(), b"close"))
 }
 
 /// Resolves when the client closes its side (or the connection fails) while its request is
