@@ -539,6 +539,11 @@ async fn oversized_headers_are_a_431_and_an_oversized_uri_a_414() {
     );
     let response = raw_exchange(&gateway, big.as_bytes()).await;
     assert_eq!(response.status, 431);
+    // Refused before routing, yet observed like any answer: an id to quote, a count, a log line.
+    let id = response
+        .header("x-request-id")
+        .expect("a request id")
+        .to_owned();
 
     // Many small headers adding up to more than max_header_bytes.
     let many: String = (0..20_000).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -567,6 +572,45 @@ async fn oversized_headers_are_a_431_and_an_oversized_uri_a_414() {
     );
     let response = raw_exchange(&gateway, request.as_bytes()).await;
     assert_eq!(response.status, 200);
+
+    assert_eq!(
+        response.header("x-request-id").map(str::len),
+        Some(id.len())
+    );
+
+    let metrics = gateway.metrics().await;
+    let refused = |status: &str| {
+        metric(
+            &metrics,
+            "hapax_http_requests_total",
+            &[
+                ("endpoint", "other"),
+                ("status", status),
+                ("protocol", "h1"),
+            ],
+        )
+    };
+    assert_eq!(refused("431"), Some(3.0), "{metrics}");
+    assert_eq!(refused("414"), Some(1.0), "{metrics}");
+    let errors = |kind: &str| metric(&metrics, "hapax_errors_total", &[("type", kind)]);
+    assert_eq!(errors("headers_too_large"), Some(3.0), "{metrics}");
+    assert_eq!(errors("uri_too_long"), Some(1.0), "{metrics}");
+    let line = eventually(Duration::from_secs(5), "the refusal's log line", || async {
+        gateway
+            .logs()
+            .lines()
+            .find(|line| line.contains(&id))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        line.contains("\"status\":431") && line.contains("\"method\":\"GET\""),
+        "{line}"
+    );
+    assert!(
+        !line.contains("aaaa"),
+        "the refused head is not logged: {line}"
+    );
 
     assert_eq!(mock.count(CHAT).await, 0);
     assert_rss_bounded(&gateway, before, "oversized headers");

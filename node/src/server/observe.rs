@@ -39,7 +39,7 @@ pub fn endpoint_index(path: &str) -> usize {
         "/v1/health" => 4,
         "/metrics" => 5,
         p if p.starts_with("/admin/") => 6,
-        _ => 7,
+        _ => OTHER_ENDPOINT,
     }
 }
 
@@ -74,6 +74,38 @@ pub struct ObservedRouter {
 impl ObservedRouter {
     pub fn new(app: Arc<App>, router: Router) -> Self {
         Self { app, router }
+    }
+
+    /// Records a request the listener refused before it had a request to route (a head too
+    /// large, a target too long, malformed framing): counted under the `other` endpoint with
+    /// its status and error type, logged like any answer; its id, for the refusal's
+    /// `X-Request-ID`.
+    pub fn record_refused_head(
+        &self,
+        method: Method,
+        status: u16,
+        error: &'static str,
+    ) -> Arc<str> {
+        let endpoint_index = OTHER_ENDPOINT;
+        let id = request_id::generate();
+        self.app.metrics.endpoints[endpoint_index].active.inc();
+        Record {
+            app: Arc::clone(&self.app),
+            status,
+            started: Instant::now(),
+            endpoint_index,
+            protocol_index: protocol_index(Version::HTTP_11),
+            context: RequestContext {
+                id: Arc::clone(&id),
+                endpoint: crate::metrics::ENDPOINTS[endpoint_index],
+                method,
+                protocol: protocol_label(Version::HTTP_11),
+            },
+            error: Some(error),
+            outcome: Outcome::default(),
+        }
+        .finish(false);
+        id
     }
 }
 
@@ -170,6 +202,9 @@ const CLIENT_CLOSED: u16 = 499;
 
 /// [`crate::metrics::ENDPOINTS`] index of `POST /v1/chat/completions`.
 const CHAT_ENDPOINT: usize = 0;
+
+/// [`crate::metrics::ENDPOINTS`] index of every path that is not one of ours.
+const OTHER_ENDPOINT: usize = 7;
 
 struct Record {
     app: Arc<App>,
@@ -272,9 +307,11 @@ fn status_label(status: u16) -> &'static str {
         405 => "405",
         408 => "408",
         413 => "413",
+        414 => "414",
         415 => "415",
         425 => "425",
         429 => "429",
+        431 => "431",
         499 => "499",
         500 => "500",
         502 => "502",
@@ -310,5 +347,6 @@ mod tests {
             crate::api::chat::ENDPOINT
         );
         assert_eq!(endpoint_index(crate::api::chat::ENDPOINT), CHAT_ENDPOINT);
+        assert_eq!(endpoint_index("/not-ours"), OTHER_ENDPOINT);
     }
 }

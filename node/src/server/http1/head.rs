@@ -276,6 +276,24 @@ pub fn encode_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Longest method [`method_of`] reads from a refused head.
+const MAX_LOGGED_METHOD_BYTES: usize = 16;
+
+/// The method a refused head starts with, for its log line: the request line's first word when
+/// it is a method token, else `-` (what nginx logs for a request line it cannot read).
+pub fn method_of(buf: &[u8]) -> Method {
+    let word = buf
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(&[][..], |end| &buf[..end]);
+    if (1..=MAX_LOGGED_METHOD_BYTES).contains(&word.len())
+        && let Ok(method) = Method::from_bytes(word)
+    {
+        return method;
+    }
+    Method::from_bytes(b"-").unwrap_or(Method::GET)
+}
+
 /// The answer the listener gives itself to a head it cannot serve: the gateway's JSON error
 /// shape, then the connection closes.
 pub fn error_body(error: &HeadError) -> Bytes {

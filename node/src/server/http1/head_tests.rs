@@ -222,3 +222,18 @@ fn a_refusal_does_not_depend_on_how_the_head_arrived() {
     assert_eq!(at_once, in_pieces);
     assert!(at_once.unwrap_err().contains("larger than"));
 }
+
+#[test]
+fn a_refused_head_logs_its_method_when_it_has_one() {
+    assert_eq!(method_of(b"GET /a HTTP/1.1\r\n"), Method::GET);
+    assert_eq!(method_of(b"PURGE / HTTP/1.1"), "PURGE");
+    for unreadable in [
+        &b""[..],
+        b"GET",
+        b" / HTTP/1.1",
+        b"G\x01T / HTTP/1.1",
+        &[b'A'; 40],
+    ] {
+        assert_eq!(method_of(unreadable), "-", "{unreadable:?}");
+    }
+}

@@ -399,9 +399,17 @@ impl Connection {
     /// Answers a head that cannot be served (400, 414, 431); the connection then closes.
     async fn refuse(&mut self, error: &HeadError) {
         tracing::debug!(%error, status = error.status().as_u16(), "request head refused");
+        let id = self.router.record_refused_head(
+            head::method_of(&self.buf),
+            error.status().as_u16(),
+            error.code(),
+        );
         let body = head::error_body(error);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            headers.insert(super::request_id::HEADER, value);
+        }
         self.out.clear();
         date::with_now(|date| {
             head::encode_response_head(
