@@ -282,10 +282,11 @@ const MAX_LOGGED_METHOD_BYTES: usize = 16;
 /// The method a refused head starts with, for its log line: the request line's first word when
 /// it is a method token, else `-` (what nginx logs for a request line it cannot read).
 pub fn method_of(buf: &[u8]) -> Method {
-    let word = buf
+    let start = &buf[..buf.len().min(MAX_LOGGED_METHOD_BYTES + 1)];
+    let word = start
         .iter()
         .position(|&b| b == b' ')
-        .map_or(&[][..], |end| &buf[..end]);
+        .map_or(&[][..], |end| &start[..end]);
     if (1..=MAX_LOGGED_METHOD_BYTES).contains(&word.len())
         && let Ok(method) = Method::from_bytes(word)
     {
