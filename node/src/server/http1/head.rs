@@ -292,6 +292,7 @@ pub fn method_of(buf: &[u8]) -> Method {
     {
         return method;
     }
+    // `-` is a token, so this never falls back.
     Method::from_bytes(b"-").unwrap_or(Method::GET)
 }
 
