@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::Gateway;
@@ -35,7 +35,7 @@ pub async fn connect(gateway: &Gateway) -> TcpStream {
 
 /// Reads one HTTP/1.1 response (head, then a `Content-Length` body); `None` when the
 /// connection closed first.
-pub async fn read_response(stream: &mut TcpStream) -> Option<RawResponse> {
+pub async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> Option<RawResponse> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {

@@ -12,8 +12,12 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use hapax_tests::h3_client::{self, H3Client};
-use hapax_tests::{Gateway, MockUpstream, chat_body, client, hapax_bin, metric, sse_data};
+use hapax_tests::raw_http::{RawResponse, read_response};
+use hapax_tests::{
+    Gateway, MockUpstream, chat_body, client, eventually, hapax_bin, metric, sse_data,
+};
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 
 const CHAT: &str = "/v1/chat/completions";
 const KEY: &str = "hk-http3-test";
@@ -336,6 +340,99 @@ providers:
             Some(1.0),
             "{protocol}"
         );
+    }
+}
+
+/// Writes `request` on a new TLS connection (HTTP/1.1 by ALPN) and reads the answer.
+async fn raw_tls_exchange(certs: &Certs, gateway: &Gateway, request: &[u8]) -> RawResponse {
+    let config = h3_client::tls_client_config(&certs.cert, &[b"http/1.1"]);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&gateway.process.addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let response = read_response(&mut stream).await;
+    response.expect("an answer before the connection closed")
+}
+
+#[tokio::test]
+async fn heads_refused_on_the_tls_listener_are_counted_and_logged() {
+    let certs = dev_certs();
+    let mock = MockUpstream::start();
+    let yaml = format!(
+        r#"
+server:
+  host: 127.0.0.1
+  port: 0
+  max_header_bytes: 131072
+  tls: {{cert_file: "{}", key_file: "{}"}}
+auth: {{enabled: false}}
+providers:
+  primary: {{type: openai_compatible, base_url: "{}", model: mock-1}}
+"#,
+        certs.cert.display(),
+        certs.key.display(),
+        mock.openai_base()
+    );
+    let gateway = Gateway::start(&yaml);
+    // hyper answers these itself over TLS; the gateway sees only the connection's error.
+    let big = format!(
+        "GET /health HTTP/1.1\r\nHost: hapax\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let answer = raw_tls_exchange(&certs, &gateway, big.as_bytes()).await;
+    assert_eq!(answer.status, 431);
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: hapax\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let answer = raw_tls_exchange(&certs, &gateway, long.as_bytes()).await;
+    assert_eq!(answer.status, 414);
+    let malformed = b"GET /health HTTP/1.1\r\nHost: hapax\r\nNo colon here\r\n\r\n";
+    let answer = raw_tls_exchange(&certs, &gateway, malformed).await;
+    assert_eq!(answer.status, 400);
+    let served = b"GET /health HTTP/1.1\r\nHost: hapax\r\nConnection: close\r\n\r\n";
+    let answer = raw_tls_exchange(&certs, &gateway, served).await;
+    assert_eq!(answer.status, 200);
+
+    let metrics = raw_tls_exchange(
+        &certs,
+        &gateway,
+        b"GET /metrics HTTP/1.1\r\nHost: hapax\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .body;
+    let refused = |status: &str| {
+        let labels = [
+            ("endpoint", "other"),
+            ("status", status),
+            ("protocol", "h1"),
+        ];
+        metric(&metrics, "hapax_http_requests_total", &labels)
+    };
+    assert_eq!(refused("431"), Some(1.0), "{metrics}");
+    assert_eq!(refused("414"), Some(1.0), "{metrics}");
+    assert_eq!(refused("400"), Some(1.0), "{metrics}");
+    let errors = |kind: &str| metric(&metrics, "hapax_errors_total", &[("type", kind)]);
+    assert_eq!(errors("headers_too_large"), Some(1.0), "{metrics}");
+    assert_eq!(errors("uri_too_long"), Some(1.0), "{metrics}");
+    assert_eq!(errors("malformed_request"), Some(1.0), "{metrics}");
+    // One log line a refusal (the log writer batches: wait for it).
+    let refusals = |logs: String| -> Vec<String> {
+        let other = "\"endpoint\":\"other\"";
+        let lines = logs.lines().filter(|line| line.contains(other));
+        lines.map(str::to_owned).collect()
+    };
+    let lines = eventually(Duration::from_secs(5), "3 refusal lines", || async {
+        Some(refusals(gateway.logs())).filter(|lines| lines.len() >= 3)
+    })
+    .await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in lines {
+        assert!(line.contains("\"method\":\"-\""), "{line}");
+        assert!(!line.contains("aaaa"), "a refused head is never logged");
     }
 }
 

@@ -271,6 +271,7 @@ pub async fn serve_tcp(
                 let service = TowerToHyperService::new(secure_router.clone());
                 let tls = TlsConnection {
                     acceptor,
+                    router: router.clone(),
                     builder: Arc::clone(&secure),
                     watcher: graceful.watcher(),
                     handshake_timeout: settings.header_read_timeout,
@@ -301,6 +302,8 @@ pub async fn serve_tcp(
 /// as the client chose by ALPN (or by its first bytes when it sent no ALPN).
 struct TlsConnection {
     acceptor: TlsAcceptor,
+    /// For the heads hyper refuses itself, observed like the plain listener's refusals.
+    router: ObservedRouter,
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     handshake_timeout: Duration,
@@ -330,6 +333,31 @@ impl TlsConnection {
         let connection = self.builder.serve_connection(TokioIo::new(stream), service);
         if let Err(error) = self.watcher.watch(connection).await {
             tracing::debug!(%error, "connection ended with an error");
+            if let Some((status, code)) = error.downcast_ref().and_then(refused_by_hyper) {
+                // hyper does not say which method the refused head had.
+                let method = Method::from_bytes(b"-").unwrap_or(Method::GET);
+                self.router.record_refused_head(method, status, code);
+            }
         }
     }
+}
+
+/// The status and error type of a request head hyper's HTTP/1.1 server refused with an
+/// answer of its own (400, 414, 431; see hyper's `Http1Transaction::on_error`), so the TLS
+/// listener's refusals count and log like the plain listener's. hyper tells a long target
+/// from a large head only in its message.
+fn refused_by_hyper(error: &hyper::Error) -> Option<(u16, &'static str)> {
+    if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
+        return None;
+    }
+    let message = error.to_string();
+    if error.is_parse_too_large() {
+        return Some(if message.starts_with("URI too long") {
+            (414, "uri_too_long")
+        } else {
+            (431, "headers_too_large")
+        });
+    }
+    // hyper's internal parse errors close the connection without an answer.
+    (!message.starts_with("internal error")).then_some((400, "malformed_request"))
 }
