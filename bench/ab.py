@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20, help="seconds per cell and target, split over the rounds")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--closed-loop", action="store_true", help="throughput against the first binary instead")
+    ap.add_argument("--concurrency", type=int, default=b.PAIRED_CONCURRENCY,
+                    help="connections of the closed loop (default: the cluster comparison's)")
     args = ap.parse_args()
     binaries = dict(a.split("=", 1) for a in args.binaries)
     if "+" in binaries[next(iter(binaries))]:
@@ -85,6 +87,7 @@ def main() -> None:
         sys.exit("bench/ab.py needs oha and nginx (bash bench/run.sh installs both)")
     rig = SideBySide(binaries)
     if args.closed_loop:
+        b.PAIRED_CONCURRENCY = args.concurrency
         try:
             closed_loop(rig, b.Loader(oha, None, rig.workdir), list(binaries), args.duration, args.rounds)
         finally:

@@ -522,6 +522,38 @@ async fn bodies_over_the_limit_are_refused_without_being_buffered() {
         );
     }
 
+    // Chunked framing that a peer ending lines at a bare LF would read otherwise: an LF
+    // inside a chunk extension, trailers ended by a bare LF or holding a request line. Each
+    // is a 400; nothing after it is served as a request of its own.
+    for (what, chunked) in [
+        ("an LF in an extension", "2;\n{}\r\n{}\r\n0\r\n\r\n"),
+        (
+            "a bare LF after the last chunk",
+            "2\r\n{}\r\n0\r\n\nGET /v1/models HTTP/1.1\r\nHost: hapax\r\n\r\n",
+        ),
+        (
+            "a request line as a trailer",
+            "2\r\n{}\r\n0\r\nGET /v1/models HTTP/1.1\r\n\r\n",
+        ),
+    ] {
+        let request = format!(
+            "POST {CHAT} HTTP/1.1\r\nHost: hapax\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+        );
+        let mut stream = connect(&gateway).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut stream).await.expect("an answer");
+        assert_eq!(response.status, 400, "{what}: {}", response.body);
+        assert!(
+            response.body.contains("could not read the request body"),
+            "{what}: {}",
+            response.body
+        );
+        assert!(
+            read_response(&mut stream).await.is_none(),
+            "{what}: the connection closes after the 400, answering nothing else"
+        );
+    }
+
     assert_eq!(mock.count(CHAT).await, 0);
     assert_rss_bounded(&gateway, before, "oversized bodies");
     assert_still_serving(&gateway).await;

@@ -221,6 +221,33 @@ fn cut_or_broken_bodies_are_errors() {
             );
         }
     }
+    // Line ends other than CRLF, and trailers that are not fields: a peer that ends lines at a
+    // bare LF (RFC 9112 §2.2 lets it) would frame these bodies differently (smuggling).
+    for (body, fault) in [
+        (&b"2;\nXX\r\nYY\r\n0\r\n\r\n"[..], "bare CR or LF"),
+        (b"2;a\rb\r\nhi\r\n0\r\n\r\n", "invalid chunk size"), // httparse's own refusal
+        (
+            b"2\r\nhi\r\n0\r\n\nGET /s HTTP/1.1\r\n\r\n",
+            "does not end in CRLF",
+        ),
+        (b"2\r\nhi\r\n0\r\nx-t: 1\n\r\n", "does not end in CRLF"),
+        (
+            b"2\r\nhi\r\n0\r\nGET /s HTTP/1.1\r\n\r\n",
+            "not a header field",
+        ),
+        (b"2\r\nhi\r\n0\r\n: no name\r\n\r\n", "not a header field"),
+    ] {
+        let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        answer.extend_from_slice(body);
+        for step in [1, 3, 64] {
+            let read = body_in_steps(&answer, step);
+            assert!(
+                read.as_ref().is_err_and(|e| e.contains(fault)),
+                "{} in steps of {step}: {read:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
     let mut long_line = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;".to_vec();
     long_line.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
     let long = body_in_steps(&long_line, 1024);

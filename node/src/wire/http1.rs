@@ -109,6 +109,11 @@ impl BodyDecoder {
                 }
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((line, size))) => {
+                        // httparse lets an extension hold any byte up to CRLF, a bare LF
+                        // too; a peer that ends lines at LF would read other chunks.
+                        if !ends_its_only_line(&buf[..line]) {
+                            return Err("a chunk-size line has a bare CR or LF".into());
+                        }
                         buf.advance(line);
                         self.state = if size == 0 {
                             State::Trailers(0)
@@ -145,7 +150,16 @@ impl BodyDecoder {
                         }
                         return Ok(Decoded::NeedMore);
                     };
-                    let empty = end == 0 || (end == 1 && buf[0] == b'\r');
+                    // CRLF only, and field lines only: a peer that ends lines at LF, or
+                    // takes a request line for the end, must not see another message here.
+                    let line = &buf[..=end];
+                    if !ends_its_only_line(line) {
+                        return Err("a trailer line does not end in CRLF".into());
+                    }
+                    let empty = end == 1;
+                    if !empty && !is_field_line(&line[..end - 1]) {
+                        return Err("a trailer line is not a header field".into());
+                    }
                     buf.advance(end + 1);
                     if empty {
                         self.state = State::Done;
@@ -186,6 +200,32 @@ impl BodyDecoder {
             _ => Err("the connection closed before the body's end".into()),
         }
     }
+}
+
+/// `line` ends in CRLF, and holds no other CR or LF.
+fn ends_its_only_line(line: &[u8]) -> bool {
+    line.len() >= 2
+        && line.ends_with(b"\r\n")
+        && memchr::memchr2(b'\r', b'\n', &line[..line.len() - 2]).is_none()
+}
+
+/// `name: value` (RFC 9110 §5.1, §5.5): a token, a colon, then visible characters, spaces,
+/// tabs or obs-text; the CRLF already taken off.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|&b| is_token_byte(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
+/// A `tchar` of RFC 9110 §5.6.2.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Up to `most` bytes from the front of `buf`; `None` when it is empty.

@@ -157,16 +157,17 @@ pub fn parse_request_head_with(
     }
     let (framing, ambiguous) = framing.resolve()?;
     let head = buf.split_to(head_len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
-        .map_err(|error| malformed(format!("invalid request target: {error}")))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for &(name_at, name_len, value_at, value_len) in spans.iter() {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| malformed(format!("invalid value of header `{name}`")))?;
-        headers.append(name, value);
-    }
+    let (uri, headers) = match assemble(&head, path, spans) {
+        Ok(parts) => parts,
+        Err(error) => {
+            // The head goes back in front of what followed it, so the refusal reads this
+            // request's method, not a pipelined one's (the connection closes after it).
+            let mut restored = BytesMut::from(&head[..]);
+            restored.extend_from_slice(buf);
+            *buf = restored;
+            return Err(error);
+        }
+    };
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -178,6 +179,25 @@ pub fn parse_request_head_with(
         keep_alive: keep_alive && !close && !ambiguous,
         expect_continue,
     }))
+}
+
+/// The target and the header map, built from slices of the parsed `head` (no copies).
+fn assemble(
+    head: &Bytes,
+    path: (usize, usize),
+    spans: &[HeaderSpan],
+) -> Result<(Uri, HeaderMap), HeadError> {
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
+        .map_err(|error| malformed(format!("invalid request target: {error}")))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(name_at, name_len, value_at, value_len) in spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| malformed(format!("invalid value of header `{name}`")))?;
+        headers.append(name, value);
+    }
+    Ok((uri, headers))
 }
 
 /// What `Content-Length` and `Transfer-Encoding` said, before they are reconciled.

@@ -237,3 +237,19 @@ fn a_refused_head_logs_its_method_when_it_has_one() {
         assert_eq!(method_of(unreadable), "-", "{unreadable:?}");
     }
 }
+
+#[test]
+fn a_head_refused_after_it_was_parsed_leaves_its_bytes_for_the_refusals_method() {
+    // httparse takes `<` in a target and `http::Uri` does not: the refusal comes after the
+    // head was split off; the method logged must still be this request's, not the next one's.
+    let mut buf = BytesMut::from(
+        &b"PUT /a<b HTTP/1.1\r\nHost: x\r\n\r\nDELETE /x HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    );
+    let error = parse_request_head(&mut buf, MAX).expect_err("an invalid target");
+    assert!(
+        error.to_string().contains("invalid request target"),
+        "{error}"
+    );
+    assert_eq!(method_of(&buf), Method::PUT);
+    assert!(buf.starts_with(b"PUT /a<b HTTP/1.1\r\n"));
+}
