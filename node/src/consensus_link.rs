@@ -276,6 +276,23 @@ impl SharedBreakers for Arc<RaftBreakers> {
         self.spawn(if success { "close" } else { "trip" }, command);
     }
 
+    fn probe_released(&self, provider: &str) {
+        let (generation, _) = self.generation(provider);
+        let command = ClusterCommand::ReleaseProbe {
+            provider: provider.to_owned(),
+            expected_generation: generation,
+            node: self.node.clone(),
+        };
+        // Called from a drop, which may run where no runtime is (a process shutting down).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let this = Arc::clone(self);
+            runtime.spawn(async move {
+                this.propose("release_probe", command, BREAKER_PROPOSAL)
+                    .await;
+            });
+        }
+    }
+
     fn force<'a>(&'a self, provider: &'a str, open: bool) -> BoxFuture<'a, Result<(), String>> {
         async move {
             let command = ClusterCommand::ForceBreaker {

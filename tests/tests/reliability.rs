@@ -681,3 +681,47 @@ async fn auth_rejects_missing_wrong_and_unauthorised_keys_and_guards_admin_endpo
         "keys never reach the logs"
     );
 }
+
+#[tokio::test]
+async fn a_timeout_the_request_deadline_caused_is_not_charged_to_the_provider() {
+    // The primary hangs until its own 400 ms timeout; the backup answers in 600 ms, but the
+    // request's 700 ms deadline leaves it only ~300 ms. That cut is the deadline's doing: the
+    // client gets a 504, and the backup's breaker must not count it (two such requests would
+    // otherwise trip a healthy backup during the primary's outage).
+    let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
+    let config = two_providers(
+        &primary,
+        &backup,
+        "circuit_breaker: {failure_threshold: 2, timeout: 30s}",
+    )
+    .replace("timeout: 2s}\n  backup", "timeout: 400ms}\n  backup")
+    .replace("routing: {", "routing: {request_timeout: 700ms, ");
+    assert!(config.contains("request_timeout: 700ms"));
+    let gateway = Gateway::start(&config);
+    primary
+        .set_fault(json!({"route": CHAT, "hang": true}))
+        .await;
+    backup
+        .set_fault(json!({"route": CHAT, "latency_ms": 600}))
+        .await;
+    for _ in 0..2 {
+        let response = post_chat(&gateway, &chat_body("deadline")).await;
+        assert_eq!(response.status(), 504);
+    }
+    let metrics = gateway.metrics().await;
+    let breaker =
+        |provider: &str| metric(&metrics, "circuit_breaker_state", &[("provider", provider)]);
+    assert_eq!(breaker("primary"), Some(2.0), "the hanging primary trips");
+    assert_eq!(breaker("backup"), Some(0.0), "{metrics}");
+    let backup_timeouts = metric(
+        &metrics,
+        "hapax_provider_requests_total",
+        &[("provider", "backup"), ("outcome", "timeout")],
+    );
+    assert_eq!(backup_timeouts.unwrap_or(0.0), 0.0, "{metrics}");
+    // With time to answer, the backup serves.
+    backup.clear_faults().await;
+    let response = post_chat(&gateway, &chat_body("in time")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-hapax-provider"), "backup");
+}

@@ -85,6 +85,21 @@ pub enum ClusterCommand {
         node: String,
         max_probes: u32,
     },
+    /// HalfOpen: a claimed probe ended without a verdict (the request's own error, its
+    /// deadline, its client gone): its permit goes back.
+    ReleaseProbe {
+        provider: String,
+        expected_generation: u64,
+        node: String,
+    },
+    /// HalfOpen -> HalfOpen with no probe claimed: the claimed probes went silent past their
+    /// lease (the node holding one died, or its claim committed after it gave up waiting).
+    /// Proposed by the leader.
+    RenewProbes {
+        provider: String,
+        expected_generation: u64,
+        now_unix_ms: u64,
+    },
     /// HalfOpen -> Closed after a good probe.
     CloseBreaker {
         provider: String,
@@ -147,6 +162,19 @@ impl fmt::Display for ClusterCommand {
                 node,
                 ..
             } => write!(f, "claim_probe({provider}@{expected_generation} by {node})"),
+            Self::ReleaseProbe {
+                provider,
+                expected_generation,
+                node,
+            } => write!(
+                f,
+                "release_probe({provider}@{expected_generation} by {node})"
+            ),
+            Self::RenewProbes {
+                provider,
+                expected_generation,
+                ..
+            } => write!(f, "renew_probes({provider}@{expected_generation})"),
             Self::CloseBreaker {
                 provider,
                 expected_generation,
@@ -262,6 +290,37 @@ impl ReplicatedState {
                     _ => None,
                 },
             ),
+            ClusterCommand::RenewProbes {
+                provider,
+                expected_generation,
+                now_unix_ms,
+            } => self.transition(
+                provider,
+                *expected_generation,
+                *now_unix_ms,
+                "leader",
+                |status| match status {
+                    BreakerStatus::HalfOpen { .. } => {
+                        Some(BreakerStatus::HalfOpen { probes_claimed: 0 })
+                    }
+                    _ => None,
+                },
+            ),
+            ClusterCommand::ReleaseProbe {
+                provider,
+                expected_generation,
+                ..
+            } => match self.breakers.get_mut(provider) {
+                Some(breaker) if breaker.generation == *expected_generation => {
+                    if let BreakerStatus::HalfOpen { probes_claimed } = &mut breaker.status {
+                        *probes_claimed = probes_claimed.saturating_sub(1);
+                    }
+                    CommandOutcome::Released
+                }
+                breaker => CommandOutcome::Stale {
+                    current_generation: breaker.map_or(0, |b| b.generation),
+                },
+            },
             ClusterCommand::ClaimProbe {
                 provider,
                 expected_generation,

@@ -362,3 +362,68 @@ fn state_round_trips_through_json() {
         .and_then(|b| serde_json::from_slice(&b).ok());
     assert_eq!(back, Some(command));
 }
+
+#[test]
+fn a_probe_without_a_verdict_gives_its_permit_back_and_silent_probes_are_renewed() {
+    let mut state = ReplicatedState::default();
+    state.apply(&trip("p", 0, 0));
+    state.apply(&ClusterCommand::HalfOpenBreaker {
+        provider: "p".into(),
+        expected_generation: 1,
+        now_unix_ms: 20_000,
+    });
+    let claim = |generation| ClusterCommand::ClaimProbe {
+        provider: "p".into(),
+        expected_generation: generation,
+        node: "a".into(),
+        max_probes: 1,
+    };
+    let release = |generation| ClusterCommand::ReleaseProbe {
+        provider: "p".into(),
+        expected_generation: generation,
+        node: "a".into(),
+    };
+    assert_eq!(state.apply(&claim(2)), CommandOutcome::ProbeGranted(true));
+    assert_eq!(state.apply(&claim(2)), CommandOutcome::ProbeGranted(false));
+    // The probe's request failed on its own (a 400): the permit comes back, no transition.
+    assert_eq!(state.apply(&release(2)), CommandOutcome::Released);
+    assert_eq!(state.breaker("p").generation, 2);
+    assert_eq!(state.apply(&claim(2)), CommandOutcome::ProbeGranted(true));
+    // That probe goes silent: the leader renews the half-open state, a new probe may go.
+    let renew = ClusterCommand::RenewProbes {
+        provider: "p".into(),
+        expected_generation: 2,
+        now_unix_ms: 90_000,
+    };
+    assert_eq!(
+        state.apply(&renew),
+        CommandOutcome::Applied { generation: 3 }
+    );
+    assert_eq!(
+        state.breaker("p").status,
+        BreakerStatus::HalfOpen { probes_claimed: 0 }
+    );
+    assert_eq!(state.apply(&claim(3)), CommandOutcome::ProbeGranted(true));
+    // The silent probe's late release names the old generation: it changes nothing.
+    assert_eq!(
+        state.apply(&release(2)),
+        CommandOutcome::Stale {
+            current_generation: 3
+        }
+    );
+    assert_eq!(
+        state.breaker("p").status,
+        BreakerStatus::HalfOpen { probes_claimed: 1 }
+    );
+    // Only a half-open breaker is renewed.
+    state.apply(&trip("p", 3, 91_000));
+    let renew_open = ClusterCommand::RenewProbes {
+        provider: "p".into(),
+        expected_generation: 4,
+        now_unix_ms: 92_000,
+    };
+    assert!(matches!(
+        state.apply(&renew_open),
+        CommandOutcome::Stale { .. }
+    ));
+}

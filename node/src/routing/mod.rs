@@ -204,10 +204,7 @@ impl Dispatcher {
                         attempts: attempts.count,
                     });
                 }
-                Err(error) => {
-                    entry.record_failure(permit, &error, &self.metrics);
-                    attempts.failed(&entry, error)?;
-                }
+                Err(error) => attempts.failed(&entry, permit, error, &self.metrics)?,
             }
         }
         Err(attempts.exhausted())
@@ -268,10 +265,7 @@ impl Dispatcher {
                         attempts: attempts.count,
                     });
                 }
-                Err(error) => {
-                    entry.record_failure(permit, &error, &self.metrics);
-                    attempts.failed(&entry, error)?;
-                }
+                Err(error) => attempts.failed(&entry, permit, error, &self.metrics)?,
             }
         }
         Err(attempts.exhausted())
@@ -287,8 +281,8 @@ struct Attempts<'a> {
     cursor: usize,
     count: u32,
     last: Option<(String, ProviderError)>,
-    /// The provider whose cluster-wide half-open probe permit this attempt holds.
-    probe: Option<String>,
+    /// The cluster-wide half-open probe permit this attempt holds (given back if dropped).
+    probe: Option<shared::ProbeClaim>,
 }
 
 impl<'a> Attempts<'a> {
@@ -333,7 +327,10 @@ impl<'a> Attempts<'a> {
                 if !shared.claim_probe(&entry.name).await {
                     continue;
                 }
-                self.probe = Some(entry.name.clone());
+                self.probe = Some(shared::ProbeClaim::new(
+                    entry.name.clone(),
+                    Arc::clone(shared),
+                ));
             }
             if self.count > 0 {
                 let pause = self.backoff().min(self.remaining());
@@ -360,17 +357,34 @@ impl<'a> Attempts<'a> {
 
     /// Reports the outcome of a cluster-wide probe this attempt held, if any.
     fn settle_probe(&mut self, success: bool, reason: &str) {
-        if let (Some(provider), Some(shared)) = (self.probe.take(), self.dispatcher.shared.get()) {
-            shared.probe_finished(&provider, success, reason);
+        if let Some(claim) = self.probe.take() {
+            claim.settle(success, reason);
         }
     }
 
     /// Records a failed attempt; a failure that is the request's own fault ends the plan.
-    fn failed(&mut self, entry: &ProviderEntry, error: ProviderError) -> Result<(), DispatchError> {
+    /// A timeout once the request's deadline has passed is the deadline's: the attempt's
+    /// budget was cut to what was left, so the provider is not charged with it.
+    fn failed(
+        &mut self,
+        entry: &ProviderEntry,
+        permit: breaker::BreakerPermit,
+        error: ProviderError,
+        metrics: &Metrics,
+    ) -> Result<(), DispatchError> {
+        if matches!(error, ProviderError::Timeout) && self.remaining().is_zero() {
+            drop(permit); // no verdict on the provider, nor on a probe it held
+            self.probe = None;
+            tracing::warn!(provider = %entry.name, attempt = self.count, "request deadline reached during the attempt: not counted against the provider");
+            return Err(DispatchError::Deadline {
+                attempts: self.count,
+            });
+        }
+        entry.record_failure(permit, &error, metrics);
         if error.counts_as_provider_failure() {
             self.settle_probe(false, error.kind_label());
         } else {
-            self.probe = None;
+            self.probe = None; // no verdict: the permit goes back
         }
         tracing::warn!(provider = %entry.name, error = %error, kind = error.kind_label(), attempt = self.count, "upstream attempt failed");
         if !error.is_retryable() {
@@ -404,8 +418,9 @@ impl<'a> Attempts<'a> {
         let exp = s
             .backoff_multiplier
             .powi(self.count.saturating_sub(1) as i32);
-        let full = s.backoff_initial.mul_f64(exp).min(s.backoff_max);
+        // In seconds first: a large multiplier to a high power would overflow a Duration.
+        let full = (s.backoff_initial.as_secs_f64() * exp).min(s.backoff_max.as_secs_f64());
         let jitter = rand::rng().random_range(0.5..=1.0);
-        full.mul_f64(jitter)
+        Duration::try_from_secs_f64(full * jitter).unwrap_or(s.backoff_max)
     }
 }

@@ -18,9 +18,95 @@ pub trait SharedBreakers: Send + Sync {
     /// The probe this node claimed succeeded (close everywhere) or failed (open again).
     fn probe_finished(&self, provider: &str, success: bool, reason: &str);
 
+    /// The probe this node claimed ended without a verdict (the request's own error, its
+    /// deadline, its client gone): the permit goes back for another request to probe with.
+    fn probe_released(&self, provider: &str);
+
     /// Admin override through the log: force open (until closed) or closed, everywhere.
     fn force<'a>(&'a self, provider: &'a str, open: bool) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Set once when the node joins a cluster; read lock-free afterwards.
 pub type SharedBreakersSlot = Arc<OnceLock<Arc<dyn SharedBreakers>>>;
+
+/// A cluster-wide probe permit this node holds for one request. It is settled with a verdict,
+/// or given back when dropped without one (on every other way out of the attempt, a
+/// cancelled request included), so no permit is left claimed.
+pub struct ProbeClaim {
+    provider: String,
+    shared: Arc<dyn SharedBreakers>,
+    settled: bool,
+}
+
+impl ProbeClaim {
+    pub fn new(provider: String, shared: Arc<dyn SharedBreakers>) -> Self {
+        Self {
+            provider,
+            shared,
+            settled: false,
+        }
+    }
+
+    /// The probe's verdict: the provider answered (close everywhere) or failed (open again).
+    pub fn settle(mut self, success: bool, reason: &str) {
+        self.settled = true;
+        self.shared.probe_finished(&self.provider, success, reason);
+    }
+}
+
+impl Drop for ProbeClaim {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.probe_released(&self.provider);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// Records what a claim reports.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl SharedBreakers for Recorder {
+        fn propose_trip(&self, _: &str, _: &str) {}
+        fn claim_probe<'a>(&'a self, _: &'a str) -> BoxFuture<'a, bool> {
+            async { true }.boxed()
+        }
+        fn probe_finished(&self, provider: &str, success: bool, _: &str) {
+            let verdict = if success { "closed" } else { "tripped" };
+            self.0.lock().unwrap().push(format!("{provider} {verdict}"));
+        }
+        fn probe_released(&self, provider: &str) {
+            self.0.lock().unwrap().push(format!("{provider} released"));
+        }
+        fn force<'a>(&'a self, _: &'a str, _: bool) -> BoxFuture<'a, Result<(), String>> {
+            async { Ok(()) }.boxed()
+        }
+    }
+
+    #[test]
+    fn a_claim_reports_its_verdict_or_gives_the_permit_back_exactly_once() {
+        let recorder = Arc::new(Recorder::default());
+        let shared: Arc<dyn SharedBreakers> = recorder.clone();
+        ProbeClaim::new("a".into(), Arc::clone(&shared)).settle(true, "");
+        ProbeClaim::new("b".into(), Arc::clone(&shared)).settle(false, "timeout");
+        drop(ProbeClaim::new("c".into(), Arc::clone(&shared)));
+        // A request cancelled while it holds the claim: its future (and the claim) dropped.
+        let claim = ProbeClaim::new("d".into(), Arc::clone(&shared));
+        let pending = async move {
+            let _held = claim;
+            std::future::pending::<()>().await;
+        };
+        drop(pending.boxed());
+        let seen = recorder.0.lock().unwrap().clone();
+        assert_eq!(seen, ["a closed", "b tripped", "c released", "d released"]);
+    }
+}
