@@ -66,8 +66,11 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
                     // The shared call's log lines carry the first caller's request id.
                     let context = scope::current();
                     tokio::spawn(scope::run_if(context, async move {
+                        // Removed however the call ends, a panic included: a key left behind
+                        // would answer every later identical request "abandoned".
+                        let entry = InflightEntry { inflight, key };
                         let outcome = work.await.map_err(Arc::new);
-                        inflight.lock().remove(&key);
+                        drop(entry);
                         let _ = tx.send(Some(outcome));
                     }));
                     (rx, false)
@@ -91,6 +94,18 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
                 shared,
             )
         }
+    }
+}
+
+/// A shared call's place in the in-flight map, given up when the call ends.
+struct InflightEntry<T> {
+    inflight: Arc<Mutex<HashMap<DedupKey, Slot<T>>>>,
+    key: DedupKey,
+}
+
+impl<T> Drop for InflightEntry<T> {
+    fn drop(&mut self) {
+        self.inflight.lock().remove(&self.key);
     }
 }
 
@@ -126,5 +141,23 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(shared, 9);
         assert_eq!(dedup.saved.get(), 9);
+    }
+
+    #[tokio::test]
+    async fn a_shared_call_that_panics_frees_its_key_for_the_next_request() {
+        let dedup = Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap());
+        let key = dedup_key(&[b"same"]);
+        let (first, _) = dedup
+            .run(key, async move {
+                if key.len() == 32 {
+                    panic!("a bug in the upstream call");
+                }
+                Ok(1)
+            })
+            .await;
+        assert!(first.is_err_and(|e| e.to_string().contains("abandoned")));
+        let (second, shared) = dedup.run(key, async { Ok(2) }).await;
+        assert_eq!(second.unwrap(), 2, "the key was freed, so the call ran");
+        assert!(!shared);
     }
 }
