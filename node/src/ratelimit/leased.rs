@@ -370,6 +370,17 @@ impl PrefetchTask {
     }
 }
 
+/// Reservations of an admission not decided yet: refunded when dropped.
+struct Undecided(Vec<Reservation>);
+
+impl Drop for Undecided {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            r.refund(r.amount);
+        }
+    }
+}
+
 impl RateLimiter for LeasedRateLimiter {
     fn admit<'a>(
         &'a self,
@@ -377,19 +388,19 @@ impl RateLimiter for LeasedRateLimiter {
     ) -> BoxFuture<'a, Result<Admission, Rejection>> {
         async move {
             let (window, reset) = now_window();
-            let mut reservations = Vec::new();
+            // Given back if admission stops short: refused, or dropped while it waits for a
+            // lease (its client gone).
+            let mut taken = Undecided(Vec::new());
             for (scope, bucket, amount, is_tokens) in self.buckets(request) {
                 if self.take(bucket, amount, window).await {
-                    reservations.push(Reservation {
+                    taken.0.push(Reservation {
                         target: ReservationTarget::Leased(Arc::clone(bucket), window),
                         amount: amount as f64,
                         is_tokens,
                     });
                     continue;
                 }
-                for r in &reservations {
-                    r.refund(r.amount);
-                }
+                drop(taken);
                 let unit = if is_tokens { "tokens" } else { "requests" };
                 return Err(Rejection {
                     retry_after: reset.max(Duration::from_secs(1)),
@@ -399,7 +410,7 @@ impl RateLimiter for LeasedRateLimiter {
                 });
             }
             Ok(Admission {
-                reservations,
+                reservations: std::mem::take(&mut taken.0),
                 headers: self.headers(request, window, reset),
             })
         }

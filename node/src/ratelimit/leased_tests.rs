@@ -18,6 +18,8 @@ use super::{AdmissionRequest, LeaseError, LeasedRateLimiter, QuotaLedger, RateLi
 struct FakeLedger {
     leased: Mutex<HashMap<(String, u64), u64>>,
     down: AtomicBool,
+    /// Leases of keys containing this never answer (a ledger that stalls).
+    stalls: Mutex<Option<&'static str>>,
 }
 
 impl QuotaLedger for FakeLedger {
@@ -31,6 +33,9 @@ impl QuotaLedger for FakeLedger {
         async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err(LeaseError("no quorum".into()));
+            }
+            if self.stalls.lock().is_some_and(|part| key.contains(part)) {
+                std::future::pending::<()>().await;
             }
             tokio::task::yield_now().await;
             let mut leased = self.leased.lock();
@@ -132,4 +137,48 @@ async fn without_the_ledger_a_node_admits_only_its_fair_share_when_failing_open(
         admitted += u32::from(open.admit(&request).await.is_ok());
     }
     assert_eq!(admitted, 10, "30 per minute over 3 live nodes");
+}
+
+#[tokio::test]
+async fn an_admission_dropped_while_it_waits_for_a_lease_gives_back_what_it_took() {
+    let ledger = Arc::new(FakeLedger::default());
+    let config = RateLimitsConfig {
+        global: Some(RateLimitConfig {
+            requests_per_minute: Some(12),
+            tokens_per_minute: None,
+        }),
+        ..Default::default()
+    };
+    let key_limit = RateLimitConfig {
+        requests_per_minute: Some(1000),
+        tokens_per_minute: None,
+    };
+    let counter = IntCounterVec::new(Opts::new("l", "l"), &["outcome"]).unwrap();
+    let keys = [("c".to_owned(), Some(key_limit))];
+    let limiter = LeasedRateLimiter::new(&config, &keys, Arc::clone(&ledger) as _, false, counter);
+    let request = AdmissionRequest {
+        client: "c",
+        endpoint: "/x",
+        estimated_tokens: 1,
+    };
+    // The global request is taken, then the key's lease stalls and the client goes away.
+    *ledger.stalls.lock() = Some("c");
+    let waiting = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        limiter.admit(&request),
+    );
+    assert!(
+        waiting.await.is_err(),
+        "admission waits on the stalled lease"
+    );
+    *ledger.stalls.lock() = None;
+    let mut admitted = 0;
+    while limiter.admit(&request).await.is_ok() {
+        admitted += 1;
+        assert!(admitted <= 12, "never more than the limit");
+    }
+    assert_eq!(
+        admitted, 12,
+        "the abandoned admission's global request came back"
+    );
 }
