@@ -352,7 +352,10 @@ async fn raw_tls_exchange(certs: &Certs, gateway: &Gateway, request: &[u8]) -> R
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut stream = connector.connect(name, tcp).await.unwrap();
-    stream.write_all(request).await.unwrap();
+    // A head over the limit may be answered and closed before the last of it is written.
+    if let Err(error) = stream.write_all(request).await {
+        eprintln!("writing the request: {error} (reading the answer anyway)");
+    }
     let response = read_response(&mut stream).await;
     response.expect("an answer before the connection closed")
 }
@@ -378,9 +381,10 @@ providers:
     );
     let gateway = Gateway::start(&yaml);
     // hyper answers these itself over TLS; the gateway sees only the connection's error.
+    // Just over the 128 KiB limit, so the rest of the head fits in the socket's buffers.
     let big = format!(
         "GET /health HTTP/1.1\r\nHost: hapax\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(200 * 1024)
+        "a".repeat(132 * 1024)
     );
     let answer = raw_tls_exchange(&certs, &gateway, big.as_bytes()).await;
     assert_eq!(answer.status, 431);

@@ -125,6 +125,7 @@ pub fn parse_request_head_with(
     let mut keep_alive = http11;
     let mut close = false;
     let mut expect_continue = false;
+    let mut hosts = 0usize;
     // Where each header line sits in the head: the head is frozen once it is parsed, and
     // names and values are built from it without copying the values.
     spans.clear();
@@ -141,6 +142,8 @@ pub fn parse_request_head_with(
             // `close` anywhere wins; HTTP/1.0 stays open only when asked.
             close |= lists_token(line.value, b"close");
             keep_alive |= lists_token(line.value, b"keep-alive");
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = http11
                 && line
@@ -154,6 +157,14 @@ pub fn parse_request_head_with(
             offset(line.value),
             line.value.len(),
         ));
+    }
+    // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request without a Host, and any request
+    // with more than one (a front proxy routing by Host might have read another).
+    if hosts > 1 {
+        return Err(malformed("the request has more than one Host header"));
+    }
+    if http11 && hosts == 0 {
+        return Err(malformed("an HTTP/1.1 request needs a Host header"));
     }
     let (framing, ambiguous) = framing.resolve()?;
     let head = buf.split_to(head_len).freeze();

@@ -43,9 +43,15 @@ fn an_incomplete_head_waits_for_more_until_it_is_over_the_limit() {
             .is_none()
     );
     assert!(parse(b"").unwrap().is_none());
-    let long = format!("GET /health HTTP/1.1\r\nX-Big: {}", "a".repeat(MAX));
+    let long = format!(
+        "GET /health HTTP/1.1\r\nHost: h\r\nX-Big: {}",
+        "a".repeat(MAX)
+    );
     assert_eq!(refusal(long.as_bytes()), HeadError::TooLarge(MAX));
-    let complete_but_large = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX));
+    let complete_but_large = format!(
+        "GET /health HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(MAX)
+    );
     assert_eq!(
         refusal(complete_but_large.as_bytes()).status(),
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
@@ -57,17 +63,20 @@ fn too_many_fields_a_long_target_and_garbage_are_refused_with_their_status() {
     let fields: String = (0..=MAX_HEADERS)
         .map(|i| format!("X-H{i}: v\r\n"))
         .collect();
-    let many = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+    let many = format!("GET / HTTP/1.1\r\nHost: h\r\n{fields}\r\n");
     assert_eq!(refusal(many.as_bytes()), HeadError::TooManyHeaders);
-    let target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_URI_BYTES));
+    let target = format!(
+        "GET /{} HTTP/1.1\r\nHost: h\r\n\r\n",
+        "a".repeat(MAX_URI_BYTES)
+    );
     let error = parse_request_head(&mut BytesMut::from(target.as_bytes()), 128 * 1024).unwrap_err();
     assert_eq!(error.status(), StatusCode::URI_TOO_LONG);
     for garbage in [
         &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], // a TLS hello on the plain port
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        b"GET / HTTP/1.1\r\nX-Folded: a\r\n b\r\n\r\n",
-        b"GET / HTTP/1.1\r\nX-Space : a\r\n\r\n",
-        b"GET / HTTP/1.1\r\nX-Cr: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Space : a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Cr: a\rb\r\n\r\n",
         b"GET  / HTTP/1.1\r\n\r\n",
     ] {
         let error = refusal(garbage);
@@ -87,7 +96,7 @@ fn framing_that_could_smuggle_a_request_is_refused_or_closes_the_connection() {
         "Transfer-Encoding: gzip\r\n",
         "Transfer-Encoding: chunked, gzip\r\n",
     ] {
-        let request = format!("POST / HTTP/1.1\r\n{framing}\r\n");
+        let request = format!("POST / HTTP/1.1\r\nHost: h\r\n{framing}\r\n");
         assert_eq!(
             refusal(request.as_bytes()).status(),
             StatusCode::BAD_REQUEST,
@@ -98,27 +107,31 @@ fn framing_that_could_smuggle_a_request_is_refused_or_closes_the_connection() {
     assert!(old.to_string().contains("HTTP/1.0"), "{old}");
 
     // The same length twice is one length.
-    let same = complete(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+    let same =
+        complete(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
     assert_eq!(same.framing, Framing::Length(5));
     // Both ways: read as chunked, and the connection closes after the answer.
-    let both =
-        complete(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let both = complete(
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
     assert_eq!(both.framing, Framing::Chunked);
     assert!(!both.keep_alive);
-    let coded = complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
+    let coded = complete(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
     assert_eq!(coded.framing, Framing::Chunked);
     assert!(coded.keep_alive);
     // No framing header: no body.
     assert_eq!(
-        complete(b"POST / HTTP/1.1\r\n\r\n").framing,
+        complete(b"POST / HTTP/1.1\r\nHost: h\r\n\r\n").framing,
         Framing::Length(0)
     );
 }
 
 #[test]
 fn keep_alive_and_expect_follow_the_version_and_the_headers() {
-    assert!(!complete(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
-    assert!(!complete(b"GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n").keep_alive);
+    assert!(!complete(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Close\r\n\r\n").keep_alive);
+    assert!(
+        !complete(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade, close\r\n\r\n").keep_alive
+    );
     assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
     // `close` wins over `keep-alive`, in one line or across two.
     assert!(!complete(b"GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n").keep_alive);
@@ -130,22 +143,24 @@ fn keep_alive_and_expect_follow_the_version_and_the_headers() {
     assert!(old.keep_alive);
     assert_eq!(old.request.version(), Version::HTTP_10);
     assert!(
-        complete(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n")
-            .expect_continue
+        complete(
+            b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+        )
+        .expect_continue
     );
     assert!(!complete(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
-    assert!(!complete(b"POST / HTTP/1.1\r\nExpect: something\r\n\r\n").expect_continue);
+    assert!(!complete(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: something\r\n\r\n").expect_continue);
 }
 
 #[test]
 fn targets_in_absolute_and_asterisk_form_are_kept() {
-    let absolute = complete(b"GET http://hapax:8080/health HTTP/1.1\r\n\r\n");
+    let absolute = complete(b"GET http://hapax:8080/health HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(absolute.request.uri().path(), "/health");
     assert_eq!(absolute.request.uri().host(), Some("hapax"));
-    let asterisk = complete(b"OPTIONS * HTTP/1.1\r\n\r\n");
+    let asterisk = complete(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(asterisk.request.uri(), "*");
     assert_eq!(
-        refusal(b"GET /a b HTTP/1.1\r\n\r\n").status(),
+        refusal(b"GET /a b HTTP/1.1\r\nHost: h\r\n\r\n").status(),
         StatusCode::BAD_REQUEST
     );
 }
@@ -215,7 +230,7 @@ fn a_refusal_does_not_depend_on_how_the_head_arrived() {
     let fields: String = (0..=MAX_HEADERS)
         .map(|i| format!("X-Field-{i:03}: v\r\n"))
         .collect();
-    let request = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+    let request = format!("GET / HTTP/1.1\r\nHost: h\r\n{fields}\r\n");
     let max = request.len() - 20;
     let at_once = crate::fuzzing::read_client_requests([request.as_bytes()], max);
     let in_pieces = crate::fuzzing::read_client_requests(request.as_bytes().chunks(7), max);
@@ -225,7 +240,7 @@ fn a_refusal_does_not_depend_on_how_the_head_arrived() {
 
 #[test]
 fn a_refused_head_logs_its_method_when_it_has_one() {
-    assert_eq!(method_of(b"GET /a HTTP/1.1\r\n"), Method::GET);
+    assert_eq!(method_of(b"GET /a HTTP/1.1\r\nHost: h\r\n"), Method::GET);
     assert_eq!(method_of(b"PURGE / HTTP/1.1"), "PURGE");
     for unreadable in [
         &b""[..],
@@ -252,4 +267,23 @@ fn a_head_refused_after_it_was_parsed_leaves_its_bytes_for_the_refusals_method()
     );
     assert_eq!(method_of(&buf), Method::PUT);
     assert!(buf.starts_with(b"PUT /a<b HTTP/1.1\r\n"));
+}
+
+#[test]
+fn an_http11_request_needs_exactly_one_host() {
+    let missing = refusal(b"GET /health HTTP/1.1\r\nAccept: */*\r\n\r\n");
+    assert!(missing.to_string().contains("needs a Host"), "{missing}");
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let twice = refusal(b"GET /health HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n");
+    assert!(twice.to_string().contains("more than one Host"), "{twice}");
+    let twice_10 = refusal(b"GET /health HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert!(
+        twice_10.to_string().contains("more than one Host"),
+        "{twice_10}"
+    );
+    // HTTP/1.0 predates Host: it may leave it out.
+    assert_eq!(
+        complete(b"GET /health HTTP/1.0\r\n\r\n").request.version(),
+        Version::HTTP_10
+    );
 }
