@@ -144,6 +144,7 @@ impl ClusterRuntime {
             advertise,
             Arc::clone(&view),
             app.metrics.registry(),
+            config.routing.request_timeout.get(),
         )
         .await?;
         let consensus =

@@ -237,7 +237,7 @@ impl SharedBreakers for Arc<RaftBreakers> {
         self.spawn("trip", command);
     }
 
-    fn claim_probe<'a>(&'a self, provider: &'a str) -> BoxFuture<'a, bool> {
+    fn claim_probe<'a>(&'a self, provider: &'a str) -> BoxFuture<'a, Option<u64>> {
         async move {
             let (generation, _) = self.generation(provider);
             let command = ClusterCommand::ClaimProbe {
@@ -246,10 +246,11 @@ impl SharedBreakers for Arc<RaftBreakers> {
                 node: self.node.clone(),
                 max_probes: self.max_probes,
             };
-            matches!(
+            let granted = matches!(
                 self.propose("probe", command, PROBE_CLAIM).await,
                 Some(CommandOutcome::ProbeGranted(true))
-            )
+            );
+            granted.then_some(generation)
         }
         .boxed()
     }
@@ -276,8 +277,7 @@ impl SharedBreakers for Arc<RaftBreakers> {
         self.spawn(if success { "close" } else { "trip" }, command);
     }
 
-    fn probe_released(&self, provider: &str) {
-        let (generation, _) = self.generation(provider);
+    fn probe_released(&self, provider: &str, generation: u64) {
         let command = ClusterCommand::ReleaseProbe {
             provider: provider.to_owned(),
             expected_generation: generation,

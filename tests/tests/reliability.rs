@@ -725,3 +725,38 @@ async fn a_timeout_the_request_deadline_caused_is_not_charged_to_the_provider() 
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-hapax-provider"), "backup");
 }
+
+#[tokio::test]
+async fn a_provider_that_hangs_through_a_whole_deadline_is_still_charged() {
+    // The request deadline (300 ms) is shorter than the provider's timeout (2 s): the hanging
+    // primary's attempts end at the deadline, with the whole of it theirs. Those count, so the
+    // breaker opens and traffic moves to the backup.
+    let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
+    let config = two_providers(
+        &primary,
+        &backup,
+        "circuit_breaker: {failure_threshold: 2, timeout: 30s}",
+    )
+    .replace("routing: {", "routing: {request_timeout: 300ms, ");
+    let gateway = Gateway::start(&config);
+    primary
+        .set_fault(json!({"route": CHAT, "hang": true}))
+        .await;
+    for _ in 0..2 {
+        let response = post_chat(&gateway, &chat_body("hang")).await;
+        assert_eq!(response.status(), 504);
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "circuit_breaker_state",
+            &[("provider", "primary")]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    let response = post_chat(&gateway, &chat_body("after")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-hapax-provider"), "backup");
+}

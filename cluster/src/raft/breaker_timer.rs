@@ -18,11 +18,12 @@ const TICK: Duration = Duration::from_millis(200);
 /// A half-open proposal for the same breaker generation is not repeated sooner than this.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-/// How long claimed probes may go without a verdict before the leader frees their permits:
-/// longer than the default request deadline (120 s), so a slow probe is not doubled. Probes
-/// that end without a verdict give their permit back at once (`ReleaseProbe`); this covers
-/// the ones that cannot: their node died, or their claim committed after it gave up waiting.
-const PROBE_LEASE: Duration = Duration::from_secs(150);
+/// A claimed probe permit is freed when no new claim came for this long while some stayed
+/// claimed: the request deadline plus this margin (a probe's verdict comes within its
+/// request's deadline). Probes that end without a verdict give their permit back at once
+/// (`ReleaseProbe`); the lease covers the ones that cannot: their node died, or their claim
+/// committed after the node stopped waiting for it.
+pub const PROBE_LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -47,30 +48,34 @@ pub fn due(state: &ReplicatedState, now_ms: u64) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Half-open breakers with a probe claimed: (provider, generation).
-fn claimed(state: &ReplicatedState) -> Vec<(String, u64)> {
+/// Which half-open claim state a breaker is in: provider, generation, claims ever granted.
+type ClaimState = (String, u64, u64);
+
+/// Half-open breakers with a probe claimed, by their claim state.
+fn claimed(state: &ReplicatedState) -> Vec<ClaimState> {
     state
         .breakers
         .iter()
         .filter_map(|(provider, breaker)| match breaker.status {
-            BreakerStatus::HalfOpen { probes_claimed } if probes_claimed > 0 => {
-                Some((provider.clone(), breaker.generation))
-            }
+            BreakerStatus::HalfOpen {
+                probes_claimed,
+                claims,
+            } if probes_claimed > 0 => Some((provider.clone(), breaker.generation, claims)),
             _ => None,
         })
         .collect()
 }
 
-/// Claimed probes silent past the lease at `now`, given when each was first seen claimed
-/// (`watched`, updated: what is no longer claimed is forgotten, what is due is watched again
-/// from `now` so a failed renewal is retried).
+/// Claim states unchanged for `lease` at `now`: no new claim came while some stayed claimed.
+/// `watched` holds when each state was first seen, and is updated: states no longer current
+/// are forgotten, and a due one is watched again from `now` so a failed renewal is retried.
 fn silent(
-    watched: &mut HashMap<(String, u64), Instant>,
-    claimed: Vec<(String, u64)>,
+    watched: &mut HashMap<ClaimState, Instant>,
+    claimed: Vec<ClaimState>,
     now: Instant,
     lease: Duration,
 ) -> Vec<(String, u64)> {
-    let mut seen: HashMap<(String, u64), Instant> = claimed
+    let mut seen: HashMap<ClaimState, Instant> = claimed
         .into_iter()
         .map(|key| {
             let since = watched.get(&key).copied().unwrap_or(now);
@@ -80,26 +85,29 @@ fn silent(
     let due: Vec<(String, u64)> = seen
         .iter_mut()
         .filter(|(_, since)| now.saturating_duration_since(**since) >= lease)
-        .map(|(key, since)| {
+        .map(|((provider, generation, _), since)| {
             *since = now
                 .checked_sub(lease.saturating_sub(RETRY_AFTER))
                 .unwrap_or(now);
-            key.clone()
+            (provider.clone(), *generation)
         })
         .collect();
     *watched = seen;
     due
 }
 
+/// Runs while this node lives; acts only while it leads. `probe_lease`: see
+/// [`PROBE_LEASE_MARGIN`].
 pub async fn run(
     proposer: Proposer,
     state: Arc<ArcSwap<ReplicatedState>>,
     mut stop: watch::Receiver<bool>,
+    probe_lease: Duration,
 ) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut proposed: HashMap<(String, u64), Instant> = HashMap::new();
-    let mut watched_probes: HashMap<(String, u64), Instant> = HashMap::new();
+    let mut watched_probes: HashMap<ClaimState, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -112,7 +120,7 @@ pub async fn run(
         let now_ms = unix_ms();
         let claimed = claimed(&state.load());
         for (provider, generation) in
-            silent(&mut watched_probes, claimed, Instant::now(), PROBE_LEASE)
+            silent(&mut watched_probes, claimed, Instant::now(), probe_lease)
         {
             let command = ClusterCommand::RenewProbes {
                 provider: provider.clone(),
@@ -121,7 +129,7 @@ pub async fn run(
             };
             match proposer.propose(command, RETRY_AFTER).await {
                 Ok(CommandOutcome::Applied { generation }) => {
-                    tracing::warn!(provider = %provider, generation, lease_s = PROBE_LEASE.as_secs(), "half-open probes silent past their lease: permits freed")
+                    tracing::warn!(provider = %provider, generation, lease_s = probe_lease.as_secs(), "half-open probes silent past their lease: permits freed")
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -187,38 +195,33 @@ mod tests {
         let lease = Duration::from_secs(150);
         let start = Instant::now();
         let mut watched = HashMap::new();
-        let p = ("p".to_owned(), 7);
+        let claims = |n| vec![("p".to_owned(), 7, n)];
+        let due = vec![("p".to_owned(), 7)];
         let at = |s| start + Duration::from_secs(s);
-        assert!(silent(&mut watched, vec![p.clone()], at(0), lease).is_empty());
-        assert!(silent(&mut watched, vec![p.clone()], at(149), lease).is_empty());
-        let due = silent(&mut watched, vec![p.clone()], at(150), lease);
-        assert_eq!(due, std::slice::from_ref(&p));
-        // Not proposed again at once; retried after RETRY_AFTER if it is still claimed.
-        assert!(silent(&mut watched, vec![p.clone()], at(151), lease).is_empty());
-        let due = silent(&mut watched, vec![p.clone()], at(152), lease);
-        assert_eq!(due, std::slice::from_ref(&p));
-        // A verdict (or a release) ends the watch; a new claim starts a new lease.
-        assert!(silent(&mut watched, vec![], at(153), lease).is_empty());
-        assert!(silent(&mut watched, vec![p.clone()], at(154), lease).is_empty());
-        assert!(silent(&mut watched, vec![p.clone()], at(303), lease).is_empty());
-        assert_eq!(silent(&mut watched, vec![p.clone()], at(304), lease), [p]);
+        assert!(silent(&mut watched, claims(1), at(0), lease).is_empty());
+        assert!(silent(&mut watched, claims(1), at(149), lease).is_empty());
+        assert_eq!(silent(&mut watched, claims(1), at(150), lease), due);
+        // Not proposed again at once; retried after RETRY_AFTER if nothing changed.
+        assert!(silent(&mut watched, claims(1), at(151), lease).is_empty());
+        assert_eq!(silent(&mut watched, claims(1), at(152), lease), due);
+        // A new claim (a live probe, though releases came between two looks) restarts the
+        // lease; so does a verdict or a release seen as nothing claimed.
+        assert!(silent(&mut watched, claims(2), at(153), lease).is_empty());
+        assert!(silent(&mut watched, claims(2), at(302), lease).is_empty());
+        assert!(silent(&mut watched, vec![], at(303), lease).is_empty());
+        assert!(silent(&mut watched, claims(2), at(304), lease).is_empty());
+        assert_eq!(silent(&mut watched, claims(2), at(454), lease), due);
         let mut state = ReplicatedState::default();
-        state.breakers.insert(
-            "half".into(),
-            BreakerState {
-                status: BreakerStatus::HalfOpen { probes_claimed: 1 },
-                generation: 3,
-                ..Default::default()
+        let half_open = |probes_claimed, claims| BreakerState {
+            status: BreakerStatus::HalfOpen {
+                probes_claimed,
+                claims,
             },
-        );
-        state.breakers.insert(
-            "idle".into(),
-            BreakerState {
-                status: BreakerStatus::HalfOpen { probes_claimed: 0 },
-                generation: 3,
-                ..Default::default()
-            },
-        );
-        assert_eq!(claimed(&state), [("half".to_owned(), 3)]);
+            generation: 3,
+            ..Default::default()
+        };
+        state.breakers.insert("half".into(), half_open(1, 4));
+        state.breakers.insert("idle".into(), half_open(0, 4));
+        assert_eq!(claimed(&state), [("half".to_owned(), 3, 4)]);
     }
 }

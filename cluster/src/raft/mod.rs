@@ -133,6 +133,8 @@ fn raft_config(cluster_id: &str) -> Result<openraft::Config, ClusterError> {
 
 impl Consensus {
     /// Opens storage under data_dir, starts Raft + the gRPC server on `listener`, and the membership driver.
+    /// `request_timeout` (the routing deadline) bounds a half-open probe: a permit claimed past
+    /// it plus a margin is freed by the leader.
     pub async fn start(
         config: &ClusterConfig,
         node_id: &str,
@@ -140,6 +142,7 @@ impl Consensus {
         advertise_grpc: String,
         gossip: Arc<ArcSwap<ClusterView>>,
         registry: &prometheus::Registry,
+        request_timeout: Duration,
     ) -> Result<Self, ClusterError> {
         let self_id = raft_id(node_id);
         let bound = listener
@@ -221,6 +224,7 @@ impl Consensus {
                 proposer.clone(),
                 Arc::clone(&state),
                 stopping.clone(),
+                request_timeout + breaker_timer::PROBE_LEASE_MARGIN,
             )),
             tokio::spawn(metrics::follow(raft.clone(), metrics, self_id, stopping)),
         ];

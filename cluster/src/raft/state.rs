@@ -22,7 +22,13 @@ pub enum BreakerStatus {
         forced: bool,
     },
     /// A few probes (claimed through the log) decide between `Closed` and `Open` again.
-    HalfOpen { probes_claimed: u32 },
+    HalfOpen {
+        probes_claimed: u32,
+        /// Claims granted at this generation, ever: the leader sees a new claim by it (a
+        /// probe that is alive) even when a release came between two of its looks.
+        #[serde(default)]
+        claims: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -269,9 +275,10 @@ impl ReplicatedState {
                         until_unix_ms,
                         forced: false,
                         ..
-                    } if *until_unix_ms <= *now_unix_ms => {
-                        Some(BreakerStatus::HalfOpen { probes_claimed: 0 })
-                    }
+                    } if *until_unix_ms <= *now_unix_ms => Some(BreakerStatus::HalfOpen {
+                        probes_claimed: 0,
+                        claims: 0,
+                    }),
                     _ => None,
                 },
             ),
@@ -300,9 +307,10 @@ impl ReplicatedState {
                 *now_unix_ms,
                 "leader",
                 |status| match status {
-                    BreakerStatus::HalfOpen { .. } => {
-                        Some(BreakerStatus::HalfOpen { probes_claimed: 0 })
-                    }
+                    BreakerStatus::HalfOpen { .. } => Some(BreakerStatus::HalfOpen {
+                        probes_claimed: 0,
+                        claims: 0,
+                    }),
                     _ => None,
                 },
             ),
@@ -312,7 +320,7 @@ impl ReplicatedState {
                 ..
             } => match self.breakers.get_mut(provider) {
                 Some(breaker) if breaker.generation == *expected_generation => {
-                    if let BreakerStatus::HalfOpen { probes_claimed } = &mut breaker.status {
+                    if let BreakerStatus::HalfOpen { probes_claimed, .. } = &mut breaker.status {
                         *probes_claimed = probes_claimed.saturating_sub(1);
                     }
                     CommandOutcome::Released
@@ -342,8 +350,12 @@ impl ReplicatedState {
                     };
                 }
                 match &mut breaker.status {
-                    BreakerStatus::HalfOpen { probes_claimed } if *probes_claimed < *max_probes => {
+                    BreakerStatus::HalfOpen {
+                        probes_claimed,
+                        claims,
+                    } if *probes_claimed < *max_probes => {
                         *probes_claimed += 1;
+                        *claims += 1;
                         CommandOutcome::ProbeGranted(true)
                     }
                     _ => CommandOutcome::ProbeGranted(false),

@@ -69,7 +69,10 @@ fn breaker_goes_open_half_open_closed_and_bumps_the_generation_each_time() {
     );
     assert_eq!(
         state.breaker("openai").status,
-        BreakerStatus::HalfOpen { probes_claimed: 0 }
+        BreakerStatus::HalfOpen {
+            probes_claimed: 0,
+            claims: 0
+        }
     );
 
     let close = ClusterCommand::CloseBreaker {
@@ -401,7 +404,10 @@ fn a_probe_without_a_verdict_gives_its_permit_back_and_silent_probes_are_renewed
     );
     assert_eq!(
         state.breaker("p").status,
-        BreakerStatus::HalfOpen { probes_claimed: 0 }
+        BreakerStatus::HalfOpen {
+            probes_claimed: 0,
+            claims: 0
+        }
     );
     assert_eq!(state.apply(&claim(3)), CommandOutcome::ProbeGranted(true));
     // The silent probe's late release names the old generation: it changes nothing.
@@ -413,7 +419,10 @@ fn a_probe_without_a_verdict_gives_its_permit_back_and_silent_probes_are_renewed
     );
     assert_eq!(
         state.breaker("p").status,
-        BreakerStatus::HalfOpen { probes_claimed: 1 }
+        BreakerStatus::HalfOpen {
+            probes_claimed: 1,
+            claims: 1
+        }
     );
     // Only a half-open breaker is renewed.
     state.apply(&trip("p", 3, 91_000));

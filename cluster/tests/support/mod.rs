@@ -123,6 +123,7 @@ impl Sandbox {
             node.addr.clone(),
             Arc::clone(&node.view),
             &registry,
+            std::time::Duration::from_secs(120),
         )
         .await
         .unwrap();

@@ -187,6 +187,7 @@ impl Dispatcher {
             };
             let started = Instant::now();
             let budget = entry.timeout.min(attempts.remaining());
+            let cut_short = attempts.cut_short(budget, entry.timeout);
             let result = match tokio::time::timeout(budget, entry.client.chat(call)).await {
                 Ok(result) => result,
                 Err(_) => Err(ProviderError::Timeout),
@@ -204,7 +205,7 @@ impl Dispatcher {
                         attempts: attempts.count,
                     });
                 }
-                Err(error) => attempts.failed(&entry, permit, error, &self.metrics)?,
+                Err(error) => attempts.failed(&entry, permit, error, cut_short, &self.metrics)?,
             }
         }
         Err(attempts.exhausted())
@@ -229,6 +230,8 @@ impl Dispatcher {
             let started = Instant::now();
             let budget = entry.timeout.min(attempts.remaining());
             let first_budget = self.settings.first_token_timeout.min(attempts.remaining());
+            let cut_short = attempts.cut_short(budget, entry.timeout)
+                || attempts.cut_short(first_budget, self.settings.first_token_timeout);
             let opened = async {
                 let mut upstream =
                     match tokio::time::timeout(budget, entry.client.chat_stream(call)).await {
@@ -265,7 +268,7 @@ impl Dispatcher {
                         attempts: attempts.count,
                     });
                 }
-                Err(error) => attempts.failed(&entry, permit, error, &self.metrics)?,
+                Err(error) => attempts.failed(&entry, permit, error, cut_short, &self.metrics)?,
             }
         }
         Err(attempts.exhausted())
@@ -324,11 +327,12 @@ impl<'a> Attempts<'a> {
             if entry.breaker.shared_phase() == breaker::BreakerPhase::HalfOpen
                 && let Some(shared) = self.dispatcher.shared.get()
             {
-                if !shared.claim_probe(&entry.name).await {
+                let Some(generation) = shared.claim_probe(&entry.name).await else {
                     continue;
-                }
+                };
                 self.probe = Some(shared::ProbeClaim::new(
                     entry.name.clone(),
+                    generation,
                     Arc::clone(shared),
                 ));
             }
@@ -362,17 +366,24 @@ impl<'a> Attempts<'a> {
         }
     }
 
+    /// Whether an attempt's `budget` for a wait of `wanted` was cut short by the time earlier
+    /// attempts spent: less than half of what a fresh request would have given it.
+    fn cut_short(&self, budget: Duration, wanted: Duration) -> bool {
+        budget < wanted.min(self.dispatcher.settings.request_timeout) / 2
+    }
+
     /// Records a failed attempt; a failure that is the request's own fault ends the plan.
-    /// A timeout once the request's deadline has passed is the deadline's: the attempt's
-    /// budget was cut to what was left, so the provider is not charged with it.
+    /// A timeout of an attempt `cut_short` is the request deadline's (earlier attempts spent
+    /// the time): the provider is not charged with it, and the request ends (504).
     fn failed(
         &mut self,
         entry: &ProviderEntry,
         permit: breaker::BreakerPermit,
         error: ProviderError,
+        cut_short: bool,
         metrics: &Metrics,
     ) -> Result<(), DispatchError> {
-        if matches!(error, ProviderError::Timeout) && self.remaining().is_zero() {
+        if matches!(error, ProviderError::Timeout) && cut_short {
             drop(permit); // no verdict on the provider, nor on a probe it held
             self.probe = None;
             tracing::warn!(provider = %entry.name, attempt = self.count, "request deadline reached during the attempt: not counted against the provider");
