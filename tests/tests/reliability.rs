@@ -760,3 +760,39 @@ async fn a_provider_that_hangs_through_a_whole_deadline_is_still_charged() {
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-hapax-provider"), "backup");
 }
+
+#[tokio::test]
+async fn a_stream_that_reports_no_usage_keeps_its_token_estimate_charged() {
+    // An openai_compatible provider is not asked for stream usage (unknown servers may refuse
+    // `stream_options`) and the client did not ask either: no usage arrives. The 600-token
+    // estimate stays charged (before, it was refunded in full, so token limits never bound
+    // such streams).
+    let mock = MockUpstream::start();
+    let gateway = Gateway::start(&auth_config(
+        &mock,
+        "rate_limits: {global: {tokens_per_minute: 1000}}",
+    ));
+    let body = json!({"model": "mock-1", "max_tokens": 600, "stream": true,
+        "messages": [{"role": "user", "content": "words:5"}]});
+    let send = || {
+        client()
+            .post(gateway.url(CHAT))
+            .bearer_auth("alice-key-123")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let text = first.text().await.unwrap();
+    assert!(text.contains("data: [DONE]"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "no usage in this stream: {text}"
+    );
+    let second = send().await.unwrap();
+    assert_eq!(
+        second.status(),
+        429,
+        "600 of the 1000 tokens stay charged to the first stream"
+    );
+}

@@ -340,3 +340,30 @@ async fn mid_stream_reset_ends_the_sse_stream_with_an_error_event_and_no_done() 
         mock.clear_faults().await;
     }
 }
+
+#[tokio::test]
+async fn a_stream_whose_body_ends_before_its_end_marker_is_an_error_not_done() {
+    // The upstream's body ends cleanly (no reset) two chunks in: no `[DONE]`, no
+    // `message_stop`, no `done`. The client must see an error event, never a `[DONE]` that
+    // passes a cut answer as whole.
+    let mock = MockUpstream::start();
+    let gateway = Gateway::start(&gateway_config(&mock, ""));
+    for (model, route) in [
+        ("mock-1", "/v1/chat/completions"),
+        ("claude-mock", "/v1/messages"),
+        ("llama-mock", "/api/chat"),
+    ] {
+        mock.set_fault(json!({"route": route, "end_after_chunks": 2}))
+            .await;
+        let mut body = conversation(model);
+        body["messages"][3]["content"] = json!("words:50");
+        let (_, payloads) = stream(&gateway, &body).await;
+        assert!(
+            !payloads.iter().any(|p| p == "[DONE]"),
+            "{model}: a cut stream must not end with [DONE]: {payloads:?}"
+        );
+        let last: Value = serde_json::from_str(payloads.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["type"], "upstream_error", "{model}: {last}");
+        mock.clear_faults().await;
+    }
+}

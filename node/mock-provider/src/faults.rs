@@ -46,6 +46,10 @@ pub(crate) struct Fault {
     pub chunk_delay_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stall_after_chunks: Option<u32>,
+    /// End the body cleanly after this many chunks, without the stream's end marker (an
+    /// upstream cut off between events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_after_chunks: Option<u32>,
     /// Requests left before the fault clears itself; `None` means until cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
@@ -57,6 +61,7 @@ pub(crate) struct StreamFaults {
     pub chunk_delay: Option<Duration>,
     pub stall_after: Option<u32>,
     pub reset_after: Option<u32>,
+    pub end_after: Option<u32>,
 }
 
 /// The stored faults, one slot per API route plus one for `*`.
@@ -146,6 +151,7 @@ impl Fault {
             stall_after: self.stall_after_chunks,
             reset_after: (self.reset == Some(ResetMode::MidStream))
                 .then(|| self.reset_after_chunks.unwrap_or(1)),
+            end_after: self.end_after_chunks,
         }
     }
 }

@@ -135,6 +135,9 @@ fn faulty_body(frames: Vec<Bytes>, faults: StreamFaults, conn: &Arc<ConnAbort>) 
         if reached(state.faults.stall_after) {
             std::future::pending::<()>().await;
         }
+        if state.faults.end_after.is_some_and(|n| state.sent >= n) {
+            return None;
+        }
         if let Some(delay) = state.faults.chunk_delay {
             crate::delay::sleep(delay).await;
         }

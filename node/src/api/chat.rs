@@ -60,6 +60,7 @@ pub async fn chat(
         _ => {
             let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
             settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
+            settlement.served = true;
             if !shared {
                 cache.store(&served).await;
             }

@@ -187,6 +187,7 @@ async fn run_plain(
     }
     let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
     settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
+    settlement.served = true;
     if !shared {
         cache.store(&served).await;
     }

@@ -61,11 +61,15 @@ pub async fn admit(
     })
 }
 
-/// Settles an admission when dropped: with the real usage if one was seen, else a refund.
+/// Settles an admission when dropped: with the real usage if one was seen; else the
+/// estimate stays charged if an answer was served (a stream without usage, or cut short),
+/// and is refunded if none was (an error, a cache hit).
 pub struct Settlement {
     limiter: Arc<dyn RateLimiter>,
     admission: Option<Admission>,
     pub tokens: Option<u64>,
+    /// A provider's answer (or part of one) reached the client.
+    pub served: bool,
 }
 
 impl Settlement {
@@ -74,6 +78,7 @@ impl Settlement {
             limiter: Arc::clone(app.limiter()),
             admission: Some(admission),
             tokens: None,
+            served: false,
         }
     }
 
@@ -85,8 +90,12 @@ impl Settlement {
 impl Drop for Settlement {
     fn drop(&mut self) {
         if let Some(admission) = self.admission.take() {
-            self.limiter
-                .settle(admission, Some(self.tokens.unwrap_or(0)));
+            let tokens = match self.tokens {
+                Some(tokens) => Some(tokens),
+                None if self.served => None, // the estimate stands
+                None => Some(0),
+            };
+            self.limiter.settle(admission, tokens);
         }
     }
 }

@@ -53,6 +53,7 @@ pub fn sse_body(
                                 settlement.tokens = Some(usage.total_tokens);
                             }
                             if let Some(payload) = reframe(&item) {
+                                settlement.served = true;
                                 if let Some(r) = recorder.as_mut()
                                     && !r.push(&payload)
                                 {

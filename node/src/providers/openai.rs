@@ -138,68 +138,104 @@ impl Provider for OpenAiProvider {
 
 /// Forwards each upstream `data:` payload as is (no re-serialisation), noting usage, and
 /// dropping the usage-only chunk when the gateway asked for it on its own behalf.
+///
+/// A stream ends cleanly at `data: [DONE]`. A body that ends without it (a close-delimited
+/// upstream that died, a proxy that cut it) is broken unless a chunk already carried a
+/// `finish_reason` (some compatible servers omit `[DONE]`), and an event cut off at the end
+/// is broken too: the client gets an error event, never a truncated answer passed as whole
+/// (nor is it cached or counted as the provider's success).
 fn passthrough_stream(response: UpstreamResponse, hide_usage_chunk: bool) -> ChunkStream {
-    let state = (response.bytes_stream(), SseDecoder::default(), false);
-    futures_util::stream::unfold(state, move |(mut body, mut decoder, mut done)| async move {
-        loop {
-            if done {
-                return None;
-            }
-            if let Some(event) = decoder.next_event() {
-                if event.data == "[DONE]" {
+    let state = (response.bytes_stream(), SseDecoder::default(), false, false);
+    futures_util::stream::unfold(
+        state,
+        move |(mut body, mut decoder, mut done, mut finished)| async move {
+            loop {
+                if done {
                     return None;
                 }
-                let usage = extract_usage(&event.data);
-                if hide_usage_chunk && usage.is_some() && is_usage_only(&event.data) {
-                    // Keep the usage for accounting, without showing the chunk to the client.
-                    let item = StreamItem {
-                        data: Bytes::new(),
-                        usage,
-                    };
-                    return Some((Ok(item), (body, decoder, done)));
-                }
-                if let Some(message) = upstream_stream_error(&event.data) {
-                    done = true;
-                    return Some((
-                        Err(ProviderError::StreamBroken(message)),
-                        (body, decoder, done),
-                    ));
-                }
-                let item = StreamItem {
-                    data: Bytes::from(event.data),
-                    usage,
-                };
-                return Some((Ok(item), (body, decoder, done)));
-            }
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    if let Err(e) = decoder.push(&chunk) {
-                        done = true;
-                        return Some((Err(e), (body, decoder, done)));
+                if let Some(event) = decoder.next_event() {
+                    if event.data == "[DONE]" {
+                        return None;
                     }
-                }
-                Some(Err(e)) => {
-                    done = true;
-                    return Some((Err(e), (body, decoder, done)));
-                }
-                None => {
-                    done = true;
-                    if let Some(event) = decoder.finish().filter(|e| e.data != "[DONE]") {
-                        let usage = extract_usage(&event.data);
+                    finished |= has_finish_reason(&event.data);
+                    let usage = extract_usage(&event.data);
+                    if hide_usage_chunk && usage.is_some() && is_usage_only(&event.data) {
+                        // Keep the usage for accounting, without showing the chunk to the client.
+                        let item = StreamItem {
+                            data: Bytes::new(),
+                            usage,
+                        };
+                        return Some((Ok(item), (body, decoder, done, finished)));
+                    }
+                    if let Some(message) = upstream_stream_error(&event.data) {
+                        done = true;
                         return Some((
-                            Ok(StreamItem {
-                                data: Bytes::from(event.data),
-                                usage,
-                            }),
-                            (body, decoder, done),
+                            Err(ProviderError::StreamBroken(message)),
+                            (body, decoder, done, finished),
                         ));
                     }
-                    return None;
+                    let item = StreamItem {
+                        data: Bytes::from(event.data),
+                        usage,
+                    };
+                    return Some((Ok(item), (body, decoder, done, finished)));
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Err(e) = decoder.push(&chunk) {
+                            done = true;
+                            return Some((Err(e), (body, decoder, done, finished)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        done = true;
+                        return Some((Err(e), (body, decoder, done, finished)));
+                    }
+                    None => {
+                        done = true;
+                        let ended = match decoder.finish() {
+                            Some(event) if event.data == "[DONE]" => return None,
+                            Some(event) if !is_json(&event.data) => {
+                                Err("the stream ended inside an event")
+                            }
+                            Some(event) if finished || has_finish_reason(&event.data) => {
+                                let usage = extract_usage(&event.data);
+                                let data = Bytes::from(event.data);
+                                Ok(Some(StreamItem { data, usage }))
+                            }
+                            Some(_) => Err("the stream ended before [DONE]"),
+                            None if finished => Ok(None),
+                            None => Err("the stream ended before [DONE]"),
+                        };
+                        return match ended {
+                            Ok(last) => {
+                                last.map(|item| (Ok(item), (body, decoder, done, finished)))
+                            }
+                            Err(why) => Some((
+                                Err(ProviderError::StreamBroken(why.into())),
+                                (body, decoder, done, finished),
+                            )),
+                        };
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .boxed()
+}
+
+/// Whether a chunk says a choice finished (`"finish_reason": "…"`, not `null`).
+fn has_finish_reason(data: &str) -> bool {
+    const KEY: &str = "\"finish_reason\"";
+    data.match_indices(KEY).any(|(at, _)| {
+        let rest = data[at + KEY.len()..].trim_start();
+        rest.strip_prefix(':')
+            .is_some_and(|value| value.trim_start().starts_with('"'))
+    })
+}
+
+fn is_json(data: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok()
 }
 
 fn extract_usage(data: &str) -> Option<Usage> {
@@ -237,4 +273,27 @@ fn upstream_stream_error(data: &str) -> Option<String> {
         .and_then(|m| m.as_str())
         .unwrap_or("upstream stream error");
     Some(super::redact::redact(message, &[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finish_reason_is_seen_in_any_spacing_and_null_is_not_one() {
+        for finished in [
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices": [{"delta": {}, "finish_reason": "length"}]}"#,
+            r#"{"choices":[{"finish_reason":null},{"finish_reason" : "stop"}]}"#,
+        ] {
+            assert!(has_finish_reason(finished), "{finished}");
+        }
+        for open in [
+            r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"content":"\"finish_reason\""}}]}"#,
+            r#"{"choices":[{"delta":{"content":"hi"}}]}"#,
+        ] {
+            assert!(!has_finish_reason(open), "{open}");
+        }
+    }
 }

@@ -22,10 +22,12 @@ pub struct SseDecoder {
 }
 
 impl SseDecoder {
-    /// Buffers more input; fails once an unfinished line passes [`MAX_LINE_BYTES`].
+    /// Buffers more input; fails once an unfinished event (its `data:` lines so far and the
+    /// unfinished line) passes [`MAX_LINE_BYTES`].
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), ProviderError> {
         self.buffer.extend_from_slice(chunk);
-        if self.buffer.len() > MAX_LINE_BYTES {
+        let pending = self.data.as_ref().map_or(0, String::len);
+        if self.buffer.len().saturating_add(pending) > MAX_LINE_BYTES {
             return Err(too_long());
         }
         Ok(())
@@ -118,7 +120,7 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 fn too_long() -> ProviderError {
     ProviderError::StreamBroken(format!(
-        "the provider sent a stream line longer than {MAX_LINE_BYTES} bytes"
+        "the provider sent a stream line or event longer than {MAX_LINE_BYTES} bytes"
     ))
 }
 
@@ -188,6 +190,26 @@ mod tests {
             assert_eq!(d.next_line(), None);
         }
         assert!(refused, "a line over the cap is an error");
+    }
+
+    #[test]
+    fn an_endless_event_of_short_data_lines_is_refused_instead_of_buffered() {
+        let mut d = SseDecoder::default();
+        let mut line = b"data: ".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 1024 * 1024));
+        line.push(b'\n');
+        let mut refused = false;
+        for _ in 0..20 {
+            if d.push(&line).is_err() {
+                refused = true;
+                break;
+            }
+            assert_eq!(d.next_event(), None, "no blank line: the event never ends");
+        }
+        assert!(
+            refused,
+            "an event over the cap is an error, whatever its lines"
+        );
     }
 
     #[test]
