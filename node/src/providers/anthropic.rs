@@ -391,6 +391,17 @@ fn translate_stream(response: UpstreamResponse, model: String, include_usage: bo
                     }
                     None => {
                         done = true;
+                        // A last `message_stop` whose blank line never came ends it cleanly.
+                        let last = decoder.finish();
+                        let stopped = last.is_some_and(|event| {
+                            matches!(
+                                translator.translate(event.event.as_deref(), &event.data),
+                                Ok(None)
+                            )
+                        });
+                        if stopped {
+                            continue;
+                        }
                         let error = ProviderError::StreamBroken(
                             "anthropic stream ended before message_stop".into(),
                         );
