@@ -59,14 +59,20 @@ pub fn parse_duration(text: &str) -> Result<ConfigDuration, String> {
     if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err(bare_number(trimmed));
     }
-    humantime::parse_duration(trimmed)
-        .map(ConfigDuration)
-        .map_err(|err| {
-            format!(
-                "invalid duration \"{text}\": {err}; write e.g. \"30s\", \"250ms\" or \"1m30s\""
-            )
-        })
+    let duration = humantime::parse_duration(trimmed).map_err(|err| {
+        format!("invalid duration \"{text}\": {err}; write e.g. \"30s\", \"250ms\" or \"1m30s\"")
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration \"{text}\" is longer than the most any setting takes (100 years)"
+        ));
+    }
+    Ok(ConfigDuration(duration))
 }
+
+/// Longer than any sensible setting, far below what deadlines computed from it (an `Instant`
+/// plus the duration) can hold: past it a value is a typo, and would overflow them.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn bare_number(number: impl fmt::Display) -> String {
     format!("invalid duration {number}: write it with a unit, e.g. \"30s\" or \"250ms\"")
@@ -121,6 +127,13 @@ mod tests {
         assert_eq!(parse("1h30m").unwrap(), ConfigDuration::from_secs(5400));
         assert_eq!(parse("2m30s").unwrap(), ConfigDuration::from_secs(150));
         assert_eq!(parse("\"2m 30s\"").unwrap(), ConfigDuration::from_secs(150));
+    }
+
+    #[test]
+    fn durations_past_a_century_are_refused_before_they_overflow_a_deadline() {
+        assert!(parse("99y").is_ok());
+        let error = parse("300000000000y").unwrap_err();
+        assert!(error.contains("longer than"), "{error}");
     }
 
     #[test]

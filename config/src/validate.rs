@@ -319,6 +319,18 @@ fn logging(config: &Config, report: &mut Report<'_>) {
     }
 }
 
+/// The caller name of requests served with auth off.
+const RESERVED_CALLER: &str = "anonymous";
+
+/// Endpoints whose requests the rate limiter admits (the model calls).
+const RATE_LIMITED_ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/completions"];
+
+fn secret_digest(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -326,6 +338,9 @@ fn is_sha256_hex(text: &str) -> bool {
 fn auth(config: &Config, facts: &Facts, report: &mut Report<'_>) {
     let auth = &config.auth;
     let mut names: HashMap<&str, KeyPath> = HashMap::new();
+    // The same secret under two names would serve whichever is matched last, under its
+    // limits and provider restrictions: each secret names one caller.
+    let mut secrets: HashMap<String, (KeyPath, &str)> = HashMap::new();
     let lists: [(&str, &[ApiKeyConfig], &[usize]); 2] = [
         ("api_keys", &auth.api_keys, &facts.api_key_rows),
         ("admin_keys", &auth.admin_keys, &facts.admin_key_rows),
@@ -341,6 +356,31 @@ fn auth(config: &Config, facts: &Facts, report: &mut Report<'_>) {
                     &path.key("name"),
                     format!("key name `{}` is already used by {first}", key.name),
                 );
+            }
+            if key.name == RESERVED_CALLER {
+                report.problem(
+                    &path.key("name"),
+                    format!("`{RESERVED_CALLER}` is reserved for requests when auth is off"),
+                );
+            }
+            let secret = match (&key.key, &key.key_sha256) {
+                (Some(secret), None) if !secret.expose().is_empty() => {
+                    Some((secret_digest(secret.expose()), "key"))
+                }
+                (None, Some(hash)) if is_sha256_hex(hash) => {
+                    Some((hash.to_ascii_lowercase(), "key_sha256"))
+                }
+                _ => None,
+            };
+            if let Some((digest, field)) = secret {
+                if let Some((first, other)) = secrets.get(&digest) {
+                    report.problem(
+                        &path.key(field),
+                        format!("is the same secret as {first} (key `{other}`): each secret must name one caller"),
+                    );
+                } else {
+                    secrets.insert(digest, (path.clone(), key.name.as_str()));
+                }
             }
         }
     }
@@ -380,6 +420,13 @@ fn api_key(config: &Config, report: &mut Report<'_>, path: &KeyPath, key: &ApiKe
                 &path.key("providers").index(j),
                 format!("unknown provider `{provider}`"),
             );
+        } else if !config.provider_preference.contains(provider) {
+            report.problem(
+                &path.key("providers").index(j),
+                format!(
+                    "provider `{provider}` is declared but not in provider_preference, so it never serves"
+                ),
+            );
         }
     }
     if let Some(limit) = &key.rate_limit {
@@ -412,8 +459,14 @@ fn rate_limits(config: &Config, report: &mut Report<'_>) {
     }
     for (endpoint, limit) in &limits.endpoints {
         let path = at("rate_limits.endpoints").key(endpoint.as_str());
-        if !endpoint.starts_with('/') {
-            report.problem(&path, format!("endpoint `{endpoint}` must start with `/`"));
+        if !RATE_LIMITED_ENDPOINTS.contains(&endpoint.as_str()) {
+            report.problem(
+                &path,
+                format!(
+                    "endpoint `{endpoint}` is not one that is rate limited (one of: {})",
+                    RATE_LIMITED_ENDPOINTS.join(", ")
+                ),
+            );
         }
         rate_limit(report, &path, limit);
     }

@@ -145,10 +145,11 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
     {
         let value = value.trim();
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value);
+        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+            _ => value,
+        };
         return Some(token.trim()).filter(|t| !t.is_empty());
     }
     headers
@@ -209,6 +210,16 @@ mod tests {
         h.insert("authorization", "Bearer s3cret-a".parse().unwrap());
         assert_eq!(&*auth.client(&h).unwrap().name, "a");
         assert!(auth.admin(&h).is_err());
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let value = format!("{scheme} s3cret-a").parse().unwrap();
+            h.insert("authorization", value);
+            assert_eq!(&*auth.client(&h).unwrap().name, "a", "{scheme}");
+        }
+        h.insert("authorization", "Basic s3cret-a".parse().unwrap());
+        assert!(
+            auth.client(&h).is_err(),
+            "another scheme is not a bearer key"
+        );
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "s3cret-b".parse().unwrap());
         assert_eq!(&*auth.client(&h).unwrap().name, "b");

@@ -231,3 +231,66 @@ providers: {m: {type: mock}}
     assert!(clash.message.contains("gossip_listen"), "{clash}");
     assert_eq!(at(clash), (Some(5), Some(5)));
 }
+
+#[test]
+fn keys_that_would_be_served_otherwise_than_configured_are_refused() {
+    let text = "\
+providers:
+  main: { type: mock }
+  spare: { type: mock }
+provider_preference: [main]
+auth:
+  api_keys:
+    - { name: web, key: same-secret, providers: [spare] }
+    - { name: other, key: same-secret }
+    - { name: hashed, key_sha256: 0d6d5e1d9a3bf7e2b5a5d8d5ac2a3d2bd11bb4a0e8c5b29d1cbf4b1d3e0c4d2f }
+    - { name: anonymous, key: anon-secret }
+rate_limits:
+  endpoints:
+    /v1/chat/completions/: { requests_per_minute: 5 }
+    /v1/completions: { requests_per_minute: 5 }
+";
+    let errors = load(text, &[]).unwrap_err();
+    assert!(
+        problem(&errors, "auth.api_keys[0].providers[0]")
+            .message
+            .contains("not in provider_preference"),
+        "{errors}"
+    );
+    let duplicate = problem(&errors, "auth.api_keys[1].key");
+    assert!(
+        duplicate.message.contains("same secret") && duplicate.message.contains("`web`"),
+        "{errors}"
+    );
+    assert!(
+        problem(&errors, "auth.api_keys[3].name")
+            .message
+            .contains("reserved"),
+        "{errors}"
+    );
+    assert!(
+        problem(&errors, "rate_limits.endpoints./v1/chat/completions/")
+            .message
+            .contains("not one that is rate limited"),
+        "{errors}"
+    );
+    assert_eq!(errors.problems.len(), 4, "{errors}");
+
+    // A digest of a plain key already given is the same secret too (in either case).
+    let sha = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(b"plain-secret");
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let text = format!(
+        "providers:\n  m: {{ type: mock }}\nauth:\n  api_keys:\n    - {{ name: a, key: plain-secret }}\n    - {{ name: b, key_sha256: {} }}\n",
+        sha.to_uppercase()
+    );
+    let errors = load(&text, &[]).unwrap_err();
+    assert!(
+        problem(&errors, "auth.api_keys[1].key_sha256")
+            .message
+            .contains("same secret"),
+        "{errors}"
+    );
+}

@@ -20,8 +20,11 @@ pub fn validate_chat(request: &ChatRequest) -> Result<(), ApiError> {
     }
     for (i, message) in request.messages.iter().enumerate() {
         let missing = match &message.content {
+            // An assistant turn that only called tools (or, in the older API, a function).
             MessageContent::Null => {
-                !(message.role == Role::Assistant && message.extra.contains_key("tool_calls"))
+                !(message.role == Role::Assistant
+                    && (message.extra.contains_key("tool_calls")
+                        || message.extra.contains_key("function_call")))
             }
             MessageContent::Parts(parts) => parts.is_empty(),
             MessageContent::Text(_) => false,
@@ -99,6 +102,24 @@ mod tests {
                 .to_string()
                 .contains("max_tokens")
         );
+        // An assistant turn with no content is fine when it called a tool or a function.
+        for call in ["tool_calls", "function_call"] {
+            let mut turn = ChatMessage::new(Role::Assistant, "");
+            turn.content = MessageContent::Null;
+            turn.extra.insert(call.into(), serde_json::json!({}));
+            let with_call = ChatRequest {
+                messages: vec![ChatMessage::new(Role::User, "hi"), turn],
+                ..Default::default()
+            };
+            assert!(validate_chat(&with_call).is_ok(), "{call}");
+        }
+        let mut silent = ChatMessage::new(Role::Assistant, "");
+        silent.content = MessageContent::Null;
+        let without = ChatRequest {
+            messages: vec![silent],
+            ..Default::default()
+        };
+        assert!(validate_chat(&without).is_err());
         r.max_tokens = Some(10);
         r.temperature = Some(3.0);
         assert!(
