@@ -1,6 +1,7 @@
 //! The one error type of the HTTP API, mapped once to a status and the one JSON shape:
 //! `{"error": {"message", "type", "code", "request_id"}}`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -193,6 +194,21 @@ impl IntoResponse for ApiError {
 /// Marks a response as an error for the observing middleware's metrics and log line.
 #[derive(Clone, Copy)]
 pub struct ErrorMarker(pub &'static str);
+
+/// Set by a streamed body that ended with an error event after its 200 went out, so the
+/// request's log line and `hapax_errors_total` still say it broke.
+#[derive(Clone, Default)]
+pub struct StreamFault(Arc<std::sync::OnceLock<&'static str>>);
+
+impl StreamFault {
+    pub fn set(&self, kind: &'static str) {
+        let _ = self.0.set(kind);
+    }
+
+    pub fn get(&self) -> Option<&'static str> {
+        self.0.get().copied()
+    }
+}
 
 impl From<DispatchError> for ApiError {
     fn from(error: DispatchError) -> Self {

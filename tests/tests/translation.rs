@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use hapax_tests::{Gateway, MockUpstream, client, sse_data};
+use hapax_tests::{Gateway, MockUpstream, client, eventually, metric, sse_data};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -338,7 +338,24 @@ async fn mid_stream_reset_ends_the_sse_stream_with_an_error_event_and_no_done() 
             "{model}: only a prefix of the answer arrived: {text:?}"
         );
         mock.clear_faults().await;
+        // The 200 went out before the break, yet the request's log line and the error count
+        // say it broke.
+        let line = eventually(Duration::from_secs(5), "the request line", || async {
+            gateway
+                .logs()
+                .lines()
+                .find(|l| l.contains(&request_id) && l.contains("request finished"))
+                .map(str::to_owned)
+        })
+        .await;
+        assert!(
+            line.contains("\"error\":\"stream_broken\"") && line.contains("WARN"),
+            "{model}: {line}"
+        );
     }
+    let metrics = gateway.metrics().await;
+    let broken = metric(&metrics, "hapax_errors_total", &[("type", "stream_broken")]);
+    assert_eq!(broken, Some(3.0), "{metrics}");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::cache::{CachePlan, CachedAnswer};
 use crate::dedup::dedup_key;
-use crate::error::ApiError;
+use crate::error::{ApiError, StreamFault};
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
 use crate::server::number_header::number_header;
@@ -227,13 +227,16 @@ pub async fn stream_response(
             attempts: served.attempts,
         };
         let recorder = cache.recorder(&by.provider);
+        let fault = StreamFault::default();
         let mut response = sse_response(sse_body(
             served.value,
             current_request_id(),
             settlement,
             reframe,
             recorder,
+            fault.clone(),
         ));
+        response.extensions_mut().insert(fault);
         decorate(&mut response, by, limits, false, true);
         response
     };

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use super::exec::Settlement;
 use crate::cache::{CachedStream, StreamRecorder};
-use crate::error::ApiError;
+use crate::error::{ApiError, StreamFault};
 use crate::providers::StreamItem;
 use crate::routing::CommittedStream;
 
@@ -30,18 +30,21 @@ fn frame(payload: &[u8]) -> Bytes {
 
 /// The stream as SSE; `recorder` (when the answer is to be cached) sees every payload sent
 /// and stores them before `[DONE]` goes out, only if the stream ended cleanly.
+/// `fault` is set when the stream ends with an error event.
 pub fn sse_body(
     stream: CommittedStream,
     request_id: Arc<str>,
     settlement: Settlement,
     reframe: Reframe,
     recorder: Option<StreamRecorder>,
+    fault: StreamFault,
 ) -> Body {
     let state = (stream, settlement, recorder, false);
     let frames = futures_util::stream::unfold(
         state,
         move |(mut stream, mut settlement, mut recorder, finished)| {
             let request_id = Arc::clone(&request_id);
+            let fault = fault.clone();
             async move {
                 if finished {
                     return None;
@@ -66,6 +69,7 @@ pub fn sse_body(
                             }
                         }
                         Some(Err(error)) => {
+                            fault.set("stream_broken");
                             tracing::warn!(error = %error, "stream broke after it started; ending it with an error event");
                             let api_error = ApiError::Upstream {
                                 status: axum::http::StatusCode::BAD_GATEWAY,

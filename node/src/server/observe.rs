@@ -21,7 +21,7 @@ use super::guarded_body::GuardedBody;
 use super::request_id;
 use super::scope::{self, Outcome, RequestContext};
 use crate::app::App;
-use crate::error::ErrorMarker;
+use crate::error::{ErrorMarker, StreamFault};
 use crate::logging::request_line::{self, RequestLine};
 
 /// Endpoint labels are a fixed set, so metric cardinality stays bounded.
@@ -102,6 +102,7 @@ impl ObservedRouter {
                 protocol: protocol_label(Version::HTTP_11),
             },
             error: Some(error),
+            stream_fault: None,
             outcome: Outcome::default(),
         }
         .finish(false);
@@ -170,6 +171,7 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
             protocol_index: protocol_index(version),
             context: context.clone(),
             error: Some("client_closed"),
+            stream_fault: None,
             outcome: Outcome::default(),
         }),
         false,
@@ -184,6 +186,7 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     let streamed = outcome.streamed;
     record.status = response.status().as_u16();
     record.error = response.extensions().get::<ErrorMarker>().map(|m| m.0);
+    record.stream_fault = response.extensions().get::<StreamFault>().cloned();
     record.outcome = outcome;
     if streamed {
         let (parts, body) = response.into_parts();
@@ -214,11 +217,15 @@ struct Record {
     protocol_index: usize,
     context: RequestContext,
     error: Option<&'static str>,
+    /// A stream's: set if it ended with an error event after its 200.
+    stream_fault: Option<StreamFault>,
     outcome: Outcome,
 }
 
 impl Record {
-    fn finish(self, streamed: bool) {
+    fn finish(mut self, streamed: bool) {
+        let broke = self.stream_fault.as_ref().and_then(StreamFault::get);
+        self.error = self.error.or(broke);
         let elapsed = self.started.elapsed();
         let metrics = &self.app.metrics;
         let handles = &metrics.endpoints[self.endpoint_index];
@@ -244,7 +251,7 @@ impl Record {
         let attempts = served.map(|s| s.attempts).unwrap_or(0);
         let client = self.outcome.client.as_deref().unwrap_or("");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        let failed = self.status >= 500;
+        let failed = self.status >= 500 || broke.is_some();
         let enabled = if failed {
             tracing::enabled!(tracing::Level::WARN)
         } else {
