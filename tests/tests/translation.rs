@@ -304,12 +304,13 @@ async fn ollama_ndjson_stream_translates_to_openai_chunks_with_usage() {
 async fn mid_stream_reset_ends_the_sse_stream_with_an_error_event_and_no_done() {
     let mock = MockUpstream::start();
     let gateway = Gateway::start(&gateway_config(&mock, ""));
-    for (model, route) in [
-        ("mock-1", "/v1/chat/completions"),
-        ("claude-mock", "/v1/messages"),
-        ("llama-mock", "/api/chat"),
+    // Anthropic's first three events say nothing yet: reset after two content deltas there.
+    for (model, route, sent) in [
+        ("mock-1", "/v1/chat/completions", 2),
+        ("claude-mock", "/v1/messages", 5),
+        ("llama-mock", "/api/chat", 2),
     ] {
-        mock.set_fault(json!({"route": route, "reset": "mid_stream", "reset_after_chunks": 2}))
+        mock.set_fault(json!({"route": route, "reset": "mid_stream", "reset_after_chunks": sent}))
             .await;
         let mut body = conversation(model);
         body["messages"][3]["content"] = json!("words:50");
@@ -365,12 +366,14 @@ async fn a_stream_whose_body_ends_before_its_end_marker_is_an_error_not_done() {
     // passes a cut answer as whole.
     let mock = MockUpstream::start();
     let gateway = Gateway::start(&gateway_config(&mock, ""));
-    for (model, route) in [
-        ("mock-1", "/v1/chat/completions"),
-        ("claude-mock", "/v1/messages"),
-        ("llama-mock", "/api/chat"),
+    // Anthropic's first three events say nothing yet (message_start, content_block_start,
+    // ping): cut after two content deltas there.
+    for (model, route, sent) in [
+        ("mock-1", "/v1/chat/completions", 2),
+        ("claude-mock", "/v1/messages", 5),
+        ("llama-mock", "/api/chat", 2),
     ] {
-        mock.set_fault(json!({"route": route, "end_after_chunks": 2}))
+        mock.set_fault(json!({"route": route, "end_after_chunks": sent}))
             .await;
         let mut body = conversation(model);
         body["messages"][3]["content"] = json!("words:50");
@@ -383,4 +386,43 @@ async fn a_stream_whose_body_ends_before_its_end_marker_is_an_error_not_done() {
         assert_eq!(last["error"]["type"], "upstream_error", "{model}: {last}");
         mock.clear_faults().await;
     }
+}
+
+#[tokio::test]
+async fn an_anthropic_error_before_any_content_fails_over_instead_of_breaking_the_stream() {
+    // Anthropic can send `event: error` (overloaded) right after `message_start`. Nothing has
+    // been said yet, so the stream is not committed: the next provider answers it.
+    let (claude, backup) = (MockUpstream::start(), MockUpstream::start());
+    let config = format!(
+        r#"
+server: {{host: 127.0.0.1, port: 0}}
+auth: {{enabled: false}}
+providers:
+  claude: {{type: anthropic, base_url: "{}", api_key: test, model: claude-mock, health_check: {{enabled: false}}}}
+  backup: {{type: openai_compatible, base_url: "{}", model: mock-1, models: [claude-mock], health_check: {{enabled: false}}}}
+provider_preference: [claude, backup]
+routing: {{backoff_initial: 5ms, backoff_max: 20ms}}
+"#,
+        claude.base(),
+        backup.openai_base()
+    );
+    let gateway = Gateway::start(&config);
+    claude
+        .set_fault(json!({"route": "/v1/messages", "end_after_chunks": 3}))
+        .await;
+    let mut body = conversation("claude-mock");
+    body["messages"][3]["content"] = json!("words:5");
+    let (_, payloads) = stream(&gateway, &body).await;
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{payloads:?}"
+    );
+    let chunks = chunks(&payloads);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        concat_deltas(&chunks),
+        "w1 w2 w3 w4 w5",
+        "the backup answered it whole"
+    );
 }

@@ -234,6 +234,10 @@ pub(crate) struct StreamTranslator {
     created: u64,
     input_tokens: u64,
     include_usage: bool,
+    /// The role chunk of `message_start`, held until the answer's first content (or its
+    /// end): until something is said, the stream is not committed, so an `error` event right
+    /// after `message_start` (`overloaded_error`) still fails over to another provider.
+    held: Option<StreamItem>,
 }
 
 impl StreamTranslator {
@@ -244,6 +248,7 @@ impl StreamTranslator {
             created: unix_now(),
             input_tokens: 0,
             include_usage,
+            held: None,
         }
     }
 
@@ -271,7 +276,7 @@ impl StreamTranslator {
                     .pointer("/message/usage/input_tokens")
                     .and_then(Value::as_u64)
                     .unwrap_or(0);
-                items.push(self.chunk(
+                self.held = Some(self.chunk(
                     ChatChunk::delta(
                         &self.id,
                         &self.model,
@@ -335,6 +340,11 @@ impl StreamTranslator {
                 )));
             }
             _ => {}
+        }
+        if !items.is_empty()
+            && let Some(role) = self.held.take()
+        {
+            items.insert(0, role);
         }
         Ok(Some(items))
     }
@@ -454,13 +464,21 @@ mod tests {
     fn stream_events_translate_to_openai_chunks() {
         let mut t = StreamTranslator::new("m".into(), true);
         let start = t.translate(Some("message_start"), r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","usage":{"input_tokens":5}}}"#).unwrap().unwrap();
+        // The role chunk waits for the first content: nothing is committed before it.
+        assert!(start.is_empty());
+        let ping = t
+            .translate(Some("ping"), r#"{"type":"ping"}"#)
+            .unwrap()
+            .unwrap();
+        assert!(ping.is_empty());
+        let delta = t.translate(Some("content_block_delta"), r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#).unwrap().unwrap();
+        assert_eq!(delta.len(), 2, "the role chunk, then the content");
         assert!(
-            std::str::from_utf8(&start[0].data)
+            std::str::from_utf8(&delta[0].data)
                 .unwrap()
                 .contains("\"role\":\"assistant\"")
         );
-        let delta = t.translate(Some("content_block_delta"), r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#).unwrap().unwrap();
-        let chunk: ChatChunk = serde_json::from_slice(&delta[0].data).unwrap();
+        let chunk: ChatChunk = serde_json::from_slice(&delta[1].data).unwrap();
         assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("Hi"));
         assert_eq!(chunk.id, "msg_1");
         let end = t.translate(Some("message_delta"), r#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":3}}"#).unwrap().unwrap();
