@@ -338,14 +338,16 @@ fn is_sha256_hex(text: &str) -> bool {
 fn auth(config: &Config, facts: &Facts, report: &mut Report<'_>) {
     let auth = &config.auth;
     let mut names: HashMap<&str, KeyPath> = HashMap::new();
-    // The same secret under two names would serve whichever is matched last, under its
-    // limits and provider restrictions: each secret names one caller.
-    let mut secrets: HashMap<String, (KeyPath, &str)> = HashMap::new();
+
     let lists: [(&str, &[ApiKeyConfig], &[usize]); 2] = [
         ("api_keys", &auth.api_keys, &facts.api_key_rows),
         ("admin_keys", &auth.admin_keys, &facts.admin_key_rows),
     ];
     for (list, keys, rows) in lists {
+        // The same secret under two names of one list would serve whichever is matched last,
+        // under its limits and provider restrictions: in a list, each secret names one caller.
+        // (Client and admin keys are looked up apart: one secret may be both.)
+        let mut secrets: HashMap<String, (KeyPath, &str)> = HashMap::new();
         for (i, key) in keys.iter().enumerate() {
             let path = at("auth")
                 .key(list)

@@ -293,4 +293,8 @@ rate_limits:
             .contains("same secret"),
         "{errors}"
     );
+
+    // Client and admin keys are looked up apart: one operator secret may be both.
+    let text = "providers:\n  m: { type: mock }\nauth:\n  api_keys:\n    - { name: ops-client, key: op-secret }\n  admin_keys:\n    - { name: ops, key: op-secret }\n";
+    assert!(load(text, &[]).is_ok());
 }

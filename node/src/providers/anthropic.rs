@@ -55,7 +55,7 @@ pub(crate) fn to_messages_request(
     default_max_tokens: u32,
     stream: bool,
 ) -> Result<MessagesRequest, ProviderError> {
-    if req.tools.is_some() {
+    if req.uses_tools() {
         return Err(ProviderError::Unsupported(
             "tool calls are not translated for anthropic providers yet".into(),
         ));
@@ -401,20 +401,18 @@ fn translate_stream(response: UpstreamResponse, model: String, include_usage: bo
                     }
                     None => {
                         done = true;
-                        // A last `message_stop` whose blank line never came ends it cleanly.
-                        let last = decoder.finish();
-                        let stopped = last.is_some_and(|event| {
-                            matches!(
-                                translator.translate(event.event.as_deref(), &event.data),
-                                Ok(None)
-                            )
-                        });
-                        if stopped {
-                            continue;
-                        }
-                        let error = ProviderError::StreamBroken(
-                            "anthropic stream ended before message_stop".into(),
-                        );
+                        // A last event whose blank line never came: a `message_stop` ends
+                        // the stream cleanly, an `error` says why it broke.
+                        let last = decoder
+                            .finish()
+                            .map(|event| translator.translate(event.event.as_deref(), &event.data));
+                        let error = match last {
+                            Some(Ok(None)) => continue,
+                            Some(Err(error)) => error,
+                            _ => ProviderError::StreamBroken(
+                                "anthropic stream ended before message_stop".into(),
+                            ),
+                        };
                         return Some((Err(error), (body, decoder, translator, pending, done)));
                     }
                 }
@@ -429,6 +427,40 @@ fn translate_stream(response: UpstreamResponse, model: String, include_usage: bo
 mod tests {
     use super::*;
     use crate::wire::openai::ChatMessage;
+
+    #[test]
+    fn tool_calling_in_any_form_is_not_translated_silently() {
+        let user = ChatMessage::new(Role::User, "a");
+        let mut called = ChatMessage::new(Role::Assistant, "");
+        called
+            .extra
+            .insert("function_call".into(), serde_json::json!({}));
+        let mut functions = ChatRequest {
+            messages: vec![user.clone()],
+            ..Default::default()
+        };
+        functions
+            .extra
+            .insert("functions".into(), serde_json::json!([]));
+        let tools = ChatRequest {
+            messages: vec![user.clone()],
+            tools: Some(serde_json::json!([])),
+            ..Default::default()
+        };
+        let turn = ChatRequest {
+            messages: vec![user.clone(), called],
+            ..Default::default()
+        };
+        for request in [functions, tools, turn] {
+            let refused = to_messages_request(&request, "claude", 16, false);
+            assert!(matches!(refused, Err(ProviderError::Unsupported(_))));
+        }
+        let plain = ChatRequest {
+            messages: vec![user],
+            ..Default::default()
+        };
+        assert!(to_messages_request(&plain, "claude", 16, false).is_ok());
+    }
 
     #[test]
     fn system_messages_become_system_and_turns_merge() {

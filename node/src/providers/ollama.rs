@@ -37,7 +37,7 @@ fn to_ollama_request<'a>(
     model: &'a str,
     stream: bool,
 ) -> Result<OllamaRequest<'a>, ProviderError> {
-    if req.tools.is_some() {
+    if req.uses_tools() {
         return Err(ProviderError::Unsupported(
             "tool calls are not translated for ollama providers yet".into(),
         ));

@@ -50,6 +50,16 @@ impl ChatRequest {
         self.stream.unwrap_or(false)
     }
 
+    /// Tool or function calling in any form: `tools`, the older `functions`, or a turn that
+    /// carries a call. A translation that does not carry tools must not drop them silently.
+    pub fn uses_tools(&self) -> bool {
+        self.tools.is_some()
+            || self.extra.contains_key("functions")
+            || self.messages.iter().any(|m| {
+                m.extra.contains_key("tool_calls") || m.extra.contains_key("function_call")
+            })
+    }
+
     pub fn wants_stream_usage(&self) -> bool {
         self.stream_options
             .as_ref()
