@@ -389,9 +389,11 @@ async fn a_stream_whose_body_ends_before_its_end_marker_is_an_error_not_done() {
 }
 
 #[tokio::test]
-async fn an_anthropic_error_before_any_content_fails_over_instead_of_breaking_the_stream() {
-    // Anthropic can send `event: error` (overloaded) right after `message_start`. Nothing has
-    // been said yet, so the stream is not committed: the next provider answers it.
+async fn an_anthropic_stream_that_fails_before_any_content_fails_over() {
+    // Anthropic can send `event: error` (overloaded) right after `message_start`; here the
+    // stream is cut there instead (the mock has no error event), which takes the same path:
+    // nothing has been said yet, so the stream is not committed and the next provider
+    // answers it.
     let (claude, backup) = (MockUpstream::start(), MockUpstream::start());
     let config = format!(
         r#"

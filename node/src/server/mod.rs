@@ -335,7 +335,7 @@ impl TlsConnection {
             tracing::debug!(%error, "connection ended with an error");
             if let Some((status, code)) = error.downcast_ref().and_then(refused_by_hyper) {
                 // hyper does not say which method the refused head had.
-                let method = Method::from_bytes(b"-").unwrap_or(Method::GET);
+                let method = http1::head::unreadable_method();
                 self.router.record_refused_head(method, status, code);
             }
         }

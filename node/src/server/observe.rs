@@ -186,9 +186,9 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     let streamed = outcome.streamed;
     record.status = response.status().as_u16();
     record.error = response.extensions().get::<ErrorMarker>().map(|m| m.0);
-    record.stream_fault = response.extensions().get::<StreamFault>().cloned();
     record.outcome = outcome;
     if streamed {
+        record.stream_fault = response.extensions().get::<StreamFault>().cloned();
         let (parts, body) = response.into_parts();
         return Response::from_parts(
             parts,

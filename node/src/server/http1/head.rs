@@ -323,6 +323,11 @@ pub fn method_of(buf: &[u8]) -> Method {
     {
         return method;
     }
+    unreadable_method()
+}
+
+/// `-`, the method logged for a head whose method is unknown (what nginx logs).
+pub fn unreadable_method() -> Method {
     // `-` is a token, so this never falls back.
     Method::from_bytes(b"-").unwrap_or(Method::GET)
 }
