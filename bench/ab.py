@@ -76,7 +76,13 @@ def main() -> None:
     ap.add_argument("--closed-loop", action="store_true", help="throughput against the first binary instead")
     ap.add_argument("--concurrency", type=int, default=b.PAIRED_CONCURRENCY,
                     help="connections of the closed loop (default: the cluster comparison's)")
+    ap.add_argument("--one-core", action="store_true",
+                    help="every process on the client's core (no cross-core wake-up on any path)")
+    ap.add_argument("--paced", metavar="H3LOAD",
+                    help="open loop by bench/h3load (requests released one by one) instead of oha")
     args = ap.parse_args()
+    if args.one_core:
+        b.GATEWAY_CORE = b.CLIENT_CORE
     binaries = dict(a.split("=", 1) for a in args.binaries)
     if "+" in binaries[next(iter(binaries))]:
         sys.exit("bench/ab.py: the first binary runs the harness's config as is; give settings to the others")
@@ -94,7 +100,7 @@ def main() -> None:
             b.stop_all()
         return
     try:
-        rows = b.fixed_rate(rig, b.Loader(oha, None, rig.workdir), [int(x) for x in args.rates.split(",")],
+        rows = b.fixed_rate(rig, b.Loader(oha, None, rig.workdir, paced=args.paced), [int(x) for x in args.rates.split(",")],
                             [int(x) for x in args.latencies.split(",")], args.duration, args.rounds)
     finally:
         b.stop_all()

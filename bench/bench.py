@@ -8,7 +8,9 @@ Three targets, measured side by side in one invocation so the machine's noise is
   hapax  : the load generator -> one hapax node (auth on, rate limits, metrics, info logs) -> the same mock
 "Added latency" is a target's percentile minus direct's percentile in the same round; each cell
 runs ROUNDS rounds (rotating order) and reports the median over them.
-Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
+run_one_core measures the fixed rates again with every process on one core and requests paced
+one by one (bench/h3load): there a proxy's added latency is its own work, not the VM's
+cross-core wake-ups. Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
 beside the single node) and run_h3 (one node with HTTP/3 on, bench/h3load over HTTP/1.1 and
 HTTP/3); both skipped by --smoke.
 """
@@ -187,15 +189,21 @@ def http(method: str, url: str, body: dict | None = None) -> bytes:
 
 
 class Rig:
-    def __init__(self, hapax: str, workdir: Path, with_nginx: bool):
+    """direct, nginx and one hapax node in front of one mock. `core` is where the proxies run
+    (the harness's layout: core 0, the mock and the load generator on core 1); `mock`, another
+    rig's mock to share instead of starting one."""
+
+    def __init__(self, hapax: str, workdir: Path, with_nginx: bool, core: str = GATEWAY_CORE,
+                 mock: Proc | None = None):
         self.workdir = workdir
-        self.mock = Proc("mock", taskset(CLIENT_CORE) + [hapax, "mock-provider", "--listen", "127.0.0.1:0"],
-                         workdir, r"mock-provider listening http=(\S+)", env={"RUST_LOG": "warn"})
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.mock = mock or Proc("mock", taskset(CLIENT_CORE) + [hapax, "mock-provider", "--listen", "127.0.0.1:0"],
+                                 workdir, r"mock-provider listening http=(\S+)", env={"RUST_LOG": "warn"})
         self.mock_addr = self.mock.match.group(1)  # type: ignore[union-attr]
         log(f"mock on {self.mock_addr}")
         cfg = workdir / "hapax.yaml"
         cfg.write_text(GATEWAY_CONFIG.format(mock=self.mock_addr, key=KEY))
-        self.gw = Proc("hapax", taskset(GATEWAY_CORE) + [hapax, "serve", "--config", str(cfg)], workdir,
+        self.gw = Proc("hapax", taskset(core) + [hapax, "serve", "--config", str(cfg)], workdir,
                        r"hapax listening http=(\S+)")
         self.gw_addr = self.gw.match.group(1)  # type: ignore[union-attr]
         log(f"hapax on {self.gw_addr} (pid {self.gw.pid}, log: {self.gw.stderr_path})")
@@ -205,7 +213,7 @@ class Rig:
             port = free_port()
             conf = workdir / "nginx.conf"
             conf.write_text(NGINX_CONFIG.format(dir=workdir, port=port, mock=self.mock_addr))
-            self.nginx = Proc("nginx", taskset(GATEWAY_CORE) + [shutil.which("nginx") or "nginx", "-p", str(workdir),
+            self.nginx = Proc("nginx", taskset(core) + [shutil.which("nginx") or "nginx", "-p", str(workdir),
                               "-c", str(conf), "-g", "daemon off;"], workdir, None)
             wait_port(port)
             self.nginx_addr = f"127.0.0.1:{port}"
@@ -222,6 +230,12 @@ class Rig:
 
     def pid(self, target: str) -> int | None:
         return {"hapax": self.gw.pid, "nginx": self.nginx.pid if self.nginx else None}.get(target)
+
+    def stop_proxies(self) -> None:
+        """Stops this rig's hapax and nginx (a shared mock stays up)."""
+        for p in (self.gw, self.nginx):
+            if p:
+                p.stop()
 
     def fault(self, **fields) -> None:
         http("DELETE", f"http://{self.mock_addr}/_mock/faults")
@@ -281,14 +295,18 @@ http {{
 
 
 class Loader:
-    """oha (open and closed loop), else wrk (closed loop), else the Python fallback."""
+    """oha (open and closed loop), else wrk (closed loop), else the Python fallback; with
+    `paced` (bench/h3load), the open loop is h3load's over HTTP/1.1, which releases requests
+    one by one at their due times instead of oha's two per 1 ms timer tick at 2000 req/s."""
 
-    def __init__(self, oha: str | None, wrk: str | None, workdir: Path):
-        self.oha, self.wrk, self.workdir = oha, wrk, workdir
+    def __init__(self, oha: str | None, wrk: str | None, workdir: Path, paced: str | None = None):
+        self.oha, self.wrk, self.workdir, self.paced = oha, wrk, workdir, paced
         self.body = json.dumps(sc.chat_body(5, False))
         self.name = "oha" if oha else "wrk" if wrk else "python-fallback"
 
     def run(self, url: str, duration: float, conns: int, rate: int | None = None, key: str | None = KEY) -> dict:
+        if rate is not None and self.paced:
+            return self._paced(url, duration, conns, rate, key)
         if self.oha:
             return self._oha(url, duration, conns, rate, key)
         if rate is not None:
@@ -321,6 +339,17 @@ class Loader:
         return {"requests": total, "errors": total - ok, "rps": ok / max(summary.get("total") or duration, 1e-9),
                 "p50": pcts.get("p50"), "p90": pcts.get("p90"), "p99": pcts.get("p99"),
                 "error_kinds": j.get("errorDistribution") or {}}
+
+    def _paced(self, url: str, duration: float, conns: int, rate: int, key: str | None) -> dict:
+        cmd = taskset(CLIENT_CORE) + [self.paced, "--url", url + sc.CHAT, "--proto", "h1", "--duration", str(duration),
+                                      "--concurrency", str(conns), "--rate", str(rate), "--body", self.body,
+                                      "-H", "x-hapax-dedup: off"]
+        if key:
+            cmd += ["-H", f"authorization: Bearer {key}"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        if r.returncode != 0:
+            raise RuntimeError(f"h3load failed: {r.stderr[-1000:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
 
     def _wrk(self, url: str, duration: float, conns: int, key: str | None) -> dict:
         script = self.workdir / "wrk.lua"
@@ -426,6 +455,30 @@ def load_via(rig, loader, target: str, duration: float, conns: int, rate: int | 
     if hasattr(rig, "load"):
         return rig.load(target, duration, conns, rate)
     return loader.run(rig.urls()[target], duration, conns, rate)
+
+
+def run_one_core(rig: Rig, hapax: str, h3load: str | None, workdir: Path, rates: list[int],
+                 latencies: list[int], duration: float, skip: str = "") -> dict:
+    """The fixed rates again with every process on the client's core and requests paced one
+    by one (bench/h3load). With the proxy on a core of its own, a proxied request wakes a
+    halted vCPU four times (in, out to the mock, back, out to the client) where the direct
+    call wakes none, and on a VM each wake-up costs tens of µs: the two-core figures measure
+    the VM's wake-ups more than the proxy. On one core nothing crosses cores, so what a proxy
+    adds is its own work: its CPU time on the request's path and two context switches. And
+    oha's open loop releases requests on tokio's 1 ms timer ticks (two at a time at
+    2000 req/s, the second waiting for the first); h3load releases each at its due time."""
+    if not skip and not (h3load and os.access(h3load, os.X_OK)):
+        skip = "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
+    if skip:
+        print(f"run_one_core: skipped ({skip})", flush=True)
+        return {"available": False, "why": skip}
+    log("fixed rates, every process on one core, paced open loop (h3load over HTTP/1.1)")
+    one = Rig(hapax, workdir / "one-core", with_nginx=rig.nginx is not None, core=CLIENT_CORE, mock=rig.mock)
+    try:
+        rows = fixed_rate(one, Loader(None, None, workdir, paced=h3load), rates, latencies, duration)
+    finally:
+        one.stop_proxies()
+    return {"available": True, "rows": rows}
 
 
 def max_throughput(rig, loader, levels: list[int], duration: float) -> dict:
@@ -1074,6 +1127,53 @@ def h3_section(L: list[str], h: dict) -> None:
         L.append("")
 
 
+def one_core_section(L: list[str], one: dict) -> None:
+    if not one.get("available"):
+        L.append(f"## Added latency on one core: not measured ({one.get('why', 'not run')})\n")
+        return
+    L.append("## Added latency on one core (paced open loop, bench/h3load over HTTP/1.1)\n")
+    L.append("The same cells with every process on core 1 (mock, load generator, and the proxy: a hapax node or "
+             "nginx of their own, same configs) and each request released at its due time by h3load's pacing "
+             "thread instead of oha's 1 ms timer ticks. In the layout above a proxied request wakes a halted vCPU "
+             "four times where the direct call wakes none, and on this VM that alone costs nginx 130-200 µs; here "
+             "nothing crosses cores, so a proxy's added latency is its own CPU time on the request's path plus two "
+             "context switches. Latency counts from each request's due time (a request held up by a proxy "
+             "busy on the shared core is charged for it).\n")
+    fixed_rate_table(L, one["rows"])
+
+
+def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: list[int], layout: str = "") -> list[str]:
+    """The added-latency rows of the targets table for one layout's fixed-rate cells."""
+    added = added_fn(rows)
+    spread = round_spread_fn(rows)
+    L = []
+    for lat in latencies:
+        a50, a99 = added(lat, 2000, "hapax", "p50"), added(lat, 2000, "hapax", "p99")
+        L.append(f"| added latency p50, 2000 rps, {lat} ms mock{layout} | <= 50 µs | {with_spread(us(a50), spread(lat, 2000, 'hapax', 'p50'))} | "
+                 f"{verdict(a50, 50e-6)} |")
+        L.append(f"| added latency p99, 2000 rps, {lat} ms mock{layout} | <= 1 ms | {with_spread(us(a99), spread(lat, 2000, 'hapax', 'p99'))} | "
+                 f"{verdict(a99, 1e-3)} |")
+    for lat in latencies:
+        for rate in rates:
+            for p in ("p50", "p99"):
+                h, n = added(lat, rate, "hapax", p), added(lat, rate, "nginx", p)
+                if h is None or n is None:
+                    continue
+                if n < 5e-6:
+                    # nginx's added latency is within the noise (~0 or negative): no meaningful ratio
+                    L.append(f"| added latency {p} vs nginx, {rate} rps, {lat} ms mock{layout} | <= 1.5x nginx "
+                             f"{with_spread(us(n), spread(lat, rate, 'nginx', p))} | "
+                             f"{with_spread(us(h), spread(lat, rate, 'hapax', p))} | "
+                             f"inconclusive (nginx's added latency is in the noise) |")
+                    continue
+                ratio = h / n
+                L.append(f"| added latency {p} vs nginx, {rate} rps, {lat} ms mock{layout} | <= 1.5x nginx "
+                         f"{with_spread(us(n), spread(lat, rate, 'nginx', p))} | "
+                         f"{with_spread(us(h), spread(lat, rate, 'hapax', p), f'{ratio:.1f}x')} | "
+                         f"{verdict(ratio, 1.5)} |")
+    return L
+
+
 def report(r: dict) -> str:
     m = r["machine"]
     L = []
@@ -1085,44 +1185,22 @@ def report(r: dict) -> str:
     L.append(f"- date: {m['date']}; commit {m['commit']}; load average at start {m['loadavg']}")
     L.append(f"- load generator: {r['loader']}; nginx: {r.get('nginx_version', 'absent')}; "
              f"{r['duration']} s per run; pinning: hapax / nginx on core {GATEWAY_CORE}, "
-             f"mock + load generator + stream client on core {CLIENT_CORE}")
+             f"mock + load generator + stream client on core {CLIENT_CORE} (the one-core section: everything on core "
+             f"{CLIENT_CORE})")
     if r.get("noisy"):
         L.append(f"- **{r['noisy']}**")
     L.append("")
 
     # targets
-    added = added_fn(r["fixed_rate"])
-    spread = round_spread_fn(r["fixed_rate"])
-
     L.append("## Against the targets\n")
     L.append("Added latencies are medians over the cell's rounds (see below), with the lowest and highest "
              "single round beside them (nginx's in the target column).\n")
     L.append("| figure | target | measured | where we stand |")
     L.append("|---|---|---|---|")
-    for lat in r["latencies"]:
-        a50, a99 = added(lat, 2000, "hapax", "p50"), added(lat, 2000, "hapax", "p99")
-        L.append(f"| added latency p50, 2000 rps, {lat} ms mock | <= 50 µs | {with_spread(us(a50), spread(lat, 2000, 'hapax', 'p50'))} | "
-                 f"{verdict(a50, 50e-6)} |")
-        L.append(f"| added latency p99, 2000 rps, {lat} ms mock | <= 1 ms | {with_spread(us(a99), spread(lat, 2000, 'hapax', 'p99'))} | "
-                 f"{verdict(a99, 1e-3)} |")
-    for lat in r["latencies"]:
-        for rate in r["rates"]:
-            for p in ("p50", "p99"):
-                h, n = added(lat, rate, "hapax", p), added(lat, rate, "nginx", p)
-                if h is None or n is None:
-                    continue
-                if n < 5e-6:
-                    # nginx's added latency is within the noise (~0 or negative): no meaningful ratio
-                    L.append(f"| added latency {p} vs nginx, {rate} rps, {lat} ms mock | <= 1.5x nginx "
-                             f"{with_spread(us(n), spread(lat, rate, 'nginx', p))} | "
-                             f"{with_spread(us(h), spread(lat, rate, 'hapax', p))} | "
-                             f"inconclusive (nginx's added latency is in the noise) |")
-                    continue
-                ratio = h / n
-                L.append(f"| added latency {p} vs nginx, {rate} rps, {lat} ms mock | <= 1.5x nginx "
-                         f"{with_spread(us(n), spread(lat, rate, 'nginx', p))} | "
-                         f"{with_spread(us(h), spread(lat, rate, 'hapax', p), f'{ratio:.1f}x')} | "
-                         f"{verdict(ratio, 1.5)} |")
+    L.extend(added_latency_target_rows(r["fixed_rate"], r["rates"], r["latencies"]))
+    one = r.get("one_core") or {}
+    if one.get("available"):
+        L.extend(added_latency_target_rows(one["rows"], r["rates"], r["latencies"], ", one core, paced"))
     bt = r["max"].get("best_hapax")
     bd = r["max"].get("best_direct")
     if bt:
@@ -1155,6 +1233,7 @@ def report(r: dict) -> str:
              "user-space part. The system part (loopback TCP, epoll) is what any proxy pays for the extra hop; the "
              "user-space part is the proxy's own code.\n")
     fixed_rate_table(L, r["fixed_rate"])
+    one_core_section(L, r.get("one_core") or {})
 
     L.append("## Throughput (closed loop, 0 ms mock)\n")
     L.append("CPU % is the share of one core the target used during the run (100% = its core saturated; "
@@ -1183,7 +1262,8 @@ def report(r: dict) -> str:
     L.append("## Notes\n")
     L.append("- Pinning: on 2 cores the system under test (hapax, or nginx with one worker) gets core 0 to itself; "
              "the mock, the load generator and the stream client share core 1, the same for every target, "
-             "so the direct baseline carries the same client-side cost and the difference is the proxy's.")
+             "so the direct baseline carries the same client-side cost and the difference is the proxy's. "
+             "The one-core section puts the proxies on core 1 too, so that no path crosses cores.")
     L.append("- The closed-loop ceiling of this rig is what the mock + load generator can do on one core "
              "(the `direct` rows): one node cannot be shown faster than that here.")
     L.append("- Requests carry `X-Hapax-Dedup: off` (identical bodies would otherwise be shared by singleflight) "
@@ -1250,6 +1330,9 @@ def main() -> int:
 
         log("fixed rates (open loop)")
         res["fixed_rate"] = fixed_rate(rig, loader, rates, latencies, d)
+
+        res["one_core"] = run_one_core(rig, a.hapax, a.h3load, workdir, rates, latencies, d,
+                                       skip="skipped in --smoke" if smoke else "")
 
         log("max throughput (closed loop)")
         runs = max_throughput(rig, loader, levels, d)

@@ -2,10 +2,11 @@
 //! HTTP/3), with an HTTP/1.1 mode so both protocols are measured by the same tool.
 //!
 //! Closed loop (no `--rate`): `--concurrency` workers, each sends its next request when the
-//! previous one is answered. Open loop (`--rate R`): request i is due at start + i/R; it takes
-//! a free worker slot (at most `--concurrency` in flight) and its latency is counted from when
-//! it was due (the timer tick that released it), not when it left: waiting for a free slot counts
-//! (latency correction, like `oha -q R --latency-correction`).
+//! previous one is answered. Open loop (`--rate R`): request i is due at start + i/R, released
+//! at that time by a pacing thread on the kernel's high-resolution timer (not tokio's 1 ms
+//! ticks, which would release requests in bursts); it takes a free worker slot (at most
+//! `--concurrency` in flight) and its latency is counted from when it was due, not when it
+//! left: waiting for a free slot counts (latency correction, like `oha -q R --latency-correction`).
 //!
 //! HTTP/3: `--connections` QUIC connections, slots spread round robin over them (several
 //! requests in flight per connection). HTTP/1.1: one keep-alive TCP connection per slot.
@@ -442,18 +443,11 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
             for s in slots {
                 let _ = free_tx.try_send(s);
             }
-            let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut i: u32 = 0;
-            loop {
-                let due = start + interval * i;
-                if due >= deadline {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                // The timer has 1 ms granularity: count from when the tick came (at most 1 ms
-                // after `due`), not from `due`, so the tool's own lateness is not charged to
-                // the server; the wait for a free slot (the server's back-pressure) is.
-                let from = due.max(Instant::now());
+            let mut due_rx = pacer(start, deadline, Duration::from_secs_f64(1.0 / rate));
+            while let Some(due) = due_rx.recv().await {
+                // Counted from when the request was due, whatever delayed it after that (the
+                // pacer's wake-up, the wait for a free slot, a server hogging a shared core):
+                // latency correction, as `oha -q R --latency-correction` does.
                 let Some(mut slot) = free_rx.recv().await else {
                     break;
                 };
@@ -461,10 +455,9 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
                 tasks.spawn(async move {
                     let sent = Instant::now();
                     let o = one(&mut slot, &args, addr).await;
-                    stats.lock().await.record(from, sent, o);
+                    stats.lock().await.record(due, sent, o);
                     let _ = free_tx.send(slot).await;
                 });
-                i += 1;
             }
         }
     }
@@ -501,6 +494,39 @@ async fn run(args: Arc<Args>) -> serde_json::Value {
         out["ttft_p99"] = pct(&s.ttfts, 99.0);
     }
     out
+}
+
+/// Request i is due at `start + i * interval`: a thread of its own sleeps until each due time
+/// on the kernel's high-resolution timer (1 µs timer slack) and hands it to the runtime. tokio's
+/// timer has 1 ms ticks, so at 2000 req/s it would release requests two at a time every
+/// millisecond (as `oha -q` does), and the second of each pair would wait for the first in
+/// whatever is measured; paced this way they arrive one every 500 µs, as the rate says.
+fn pacer(
+    start: Instant,
+    deadline: Instant,
+    interval: Duration,
+) -> mpsc::UnboundedReceiver<Instant> {
+    let (due_tx, due_rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only this thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
+        let mut i: u32 = 0;
+        loop {
+            let due = start + interval * i;
+            if due >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if due_tx.send(due).is_err() {
+                break;
+            }
+            i += 1;
+        }
+    });
+    due_rx
 }
 
 fn main() {
