@@ -14,6 +14,7 @@ pub mod overload;
 pub mod request_id;
 pub mod scope;
 pub mod tls;
+mod tls_front;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +32,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::api;
 use crate::app::App;
@@ -218,18 +218,7 @@ pub async fn serve_tcp(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let secure = Arc::new(secure);
-    let alt_svc = options.alt_svc;
-    let secure_router = ServiceExt::<Request<Incoming>>::map_response(
-        router.clone(),
-        move |mut response: Response| {
-            if let Some(value) = &alt_svc {
-                response
-                    .headers_mut()
-                    .insert(header::ALT_SVC, value.clone());
-            }
-            response
-        },
-    );
+    let secure_router = tls_front::TlsFront::new(router.clone(), options.alt_svc);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -62,6 +62,16 @@ pub struct RequestHead {
     pub expect_continue: bool,
 }
 
+/// RFC 9112 §3.2: a server must refuse an HTTP/1.1 request without a Host, and any request
+/// with more than one (a front proxy routing by Host might have read another). Shared with the
+/// TLS listener, whose HTTP/1.1 server (hyper's) does not check it.
+pub fn host_problem(http11: bool, hosts: usize) -> Option<HeadError> {
+    if hosts > 1 {
+        return Some(malformed("the request has more than one Host header"));
+    }
+    (http11 && hosts == 0).then(|| malformed("an HTTP/1.1 request needs a Host header"))
+}
+
 fn malformed(message: impl Into<String>) -> HeadError {
     HeadError::Malformed(message.into())
 }
@@ -158,13 +168,8 @@ pub fn parse_request_head_with(
             line.value.len(),
         ));
     }
-    // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request without a Host, and any request
-    // with more than one (a front proxy routing by Host might have read another).
-    if hosts > 1 {
-        return Err(malformed("the request has more than one Host header"));
-    }
-    if http11 && hosts == 0 {
-        return Err(malformed("an HTTP/1.1 request needs a Host header"));
+    if let Some(error) = host_problem(http11, hosts) {
+        return Err(error);
     }
     let (framing, ambiguous) = framing.resolve()?;
     let head = buf.split_to(head_len).freeze();
