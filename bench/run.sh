@@ -91,7 +91,7 @@ if [ "$smoke" -eq 0 ]; then
   if [ "$build" -eq 1 ]; then
     say "cargo build --release (bench/h3load)"
     CARGO_TARGET_DIR="$h3target" cargo build --release --locked --quiet \
-      --manifest-path bench/h3load/Cargo.toml || say "bench/h3load did not build: the HTTP/3 run is skipped"
+      --manifest-path bench/h3load/Cargo.toml || say "bench/h3load did not build: the one-core and HTTP/3 runs are skipped"
   fi
   [ -x "$h3target/release/h3load" ] && h3load="$h3target/release/h3load"
 fi

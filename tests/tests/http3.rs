@@ -17,7 +17,7 @@ use hapax_tests::{
     Gateway, MockUpstream, chat_body, client, eventually, hapax_bin, metric, sse_data,
 };
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHAT: &str = "/v1/chat/completions";
 const KEY: &str = "hk-http3-test";
@@ -343,8 +343,19 @@ providers:
     }
 }
 
+type RawTlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
 /// Writes `request` on a new TLS connection (HTTP/1.1 by ALPN) and reads the answer.
 async fn raw_tls_exchange(certs: &Certs, gateway: &Gateway, request: &[u8]) -> RawResponse {
+    raw_tls_exchange_on(certs, gateway, request).await.0
+}
+
+/// [`raw_tls_exchange`], and the connection after the answer.
+async fn raw_tls_exchange_on(
+    certs: &Certs,
+    gateway: &Gateway,
+    request: &[u8],
+) -> (RawResponse, RawTlsStream) {
     let config = h3_client::tls_client_config(&certs.cert, &[b"http/1.1"]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(&gateway.process.addr)
@@ -357,7 +368,10 @@ async fn raw_tls_exchange(certs: &Certs, gateway: &Gateway, request: &[u8]) -> R
         eprintln!("writing the request: {error} (reading the answer anyway)");
     }
     let response = read_response(&mut stream).await;
-    response.expect("an answer before the connection closed")
+    (
+        response.expect("an answer before the connection closed"),
+        stream,
+    )
 }
 
 #[tokio::test]
@@ -399,14 +413,26 @@ providers:
     assert_eq!(answer.status, 400);
     // hyper does not check Host (RFC 9112 §3.2); the gateway does, as on the plain listener.
     let hostless = b"GET /health HTTP/1.1\r\n\r\n";
-    let answer = raw_tls_exchange(&certs, &gateway, hostless).await;
+    let (answer, mut after) = raw_tls_exchange_on(&certs, &gateway, hostless).await;
     assert_eq!(answer.status, 400);
+    let mut byte = [0u8; 1];
+    let next = tokio::time::timeout(Duration::from_secs(5), after.read(&mut byte)).await;
+    assert!(
+        matches!(next, Ok(Ok(0) | Err(_))),
+        "the connection closes after the refusal: {next:?}"
+    );
     assert!(
         answer.body.contains("needs a Host header"),
         "{}",
         answer.body
     );
     assert!(answer.body.contains("malformed_request"), "{}", answer.body);
+    assert_eq!(
+        answer.header("connection"),
+        Some("close"),
+        "{}",
+        answer.head
+    );
     let two_hosts = b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
     let answer = raw_tls_exchange(&certs, &gateway, two_hosts).await;
     assert_eq!(answer.status, 400);
