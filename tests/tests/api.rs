@@ -371,6 +371,82 @@ async fn legacy_prompt_completion_answers_text_completion_plain_and_streamed() {
 }
 
 #[tokio::test]
+async fn legacy_members_are_forwarded_refused_by_name_or_carry_the_usage_chunk() {
+    let mock = MockUpstream::start();
+    let gateway = Gateway::start(&primary_only(&mock, ""));
+    let url = gateway.url("/v1/completions");
+
+    // Members with a chat counterpart go on as the chat endpoint sends unknown members;
+    // the legacy members' "nothing asked" values are accepted and dropped.
+    let body = json!({"model": "mock-1", "prompt": "pass these", "presence_penalty": 0.5,
+        "frequency_penalty": 0.25, "logit_bias": {"50256": -100}, "user": "u-42",
+        "echo": false, "best_of": 1, "suffix": null, "logprobs": null});
+    let response = post_json(&url, &body).await;
+    assert_eq!(response.status(), 200);
+    let seen = mock.last_request("/v1/chat/completions").await;
+    let sent = &seen["body"];
+    assert_eq!(sent["presence_penalty"], 0.5, "{seen}");
+    assert_eq!(sent["frequency_penalty"], 0.25, "{seen}");
+    assert_eq!(sent["logit_bias"]["50256"], -100, "{seen}");
+    assert_eq!(sent["user"], "u-42", "{seen}");
+    for legacy in ["echo", "best_of", "suffix", "logprobs", "prompt"] {
+        assert!(
+            sent.get(legacy).is_none(),
+            "{legacy} reached the chat upstream: {seen}"
+        );
+    }
+
+    // What a chat model cannot do is refused by name, not answered as if it was not asked.
+    for (member, value) in [
+        ("echo", json!(true)),
+        ("logprobs", json!(3)),
+        ("suffix", json!("}")),
+        ("best_of", json!(4)),
+    ] {
+        let mut body = json!({"model": "mock-1", "prompt": "refuse me"});
+        body[member] = value;
+        let response = post_json(&url, &body).await;
+        assert_eq!(response.status(), 400, "{member}");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("`{member}`")),
+            "{member}: {error}"
+        );
+    }
+    let bad = json!({"model": "mock-1", "prompt": "x", "stream": true, "stream_options": "yes"});
+    let response = post_json(&url, &bad).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream_options")
+    );
+
+    // `stream_options.include_usage`: the last event before [DONE] is the usage, no choices.
+    let body = json!({"model": "mock-1", "prompt": "count words:4", "stream": true,
+        "stream_options": {"include_usage": true}});
+    let response = post_json(&url, &body).await;
+    assert_eq!(response.status(), 200);
+    let payloads = sse_data(&body_text(response).await);
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = serde_json::from_str(&payloads[payloads.len() - 2]).unwrap();
+    assert_eq!(usage["object"], "text_completion", "{usage}");
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    assert!(
+        usage["usage"]["completion_tokens"].as_u64() > Some(0),
+        "{usage}"
+    );
+    let seen = mock.last_request("/v1/chat/completions").await;
+    assert_eq!(
+        seen["body"]["stream_options"]["include_usage"], true,
+        "{seen}"
+    );
+}
+
+#[tokio::test]
 async fn models_endpoint_lists_configured_models_in_openai_format() {
     let mock = MockUpstream::start();
     let gateway = Gateway::start(&primary_and_claude(&mock));

@@ -67,9 +67,43 @@ struct LegacyCompletionRequest {
     seed: Option<i64>,
     #[serde(default)]
     n: Option<u32>,
+    /// The rest: forwarded as the chat endpoint forwards unknown members, except what a chat
+    /// model cannot do ([`UNSERVABLE`]).
     #[serde(flatten)]
-    _extra: Map<String, Value>,
+    extra: Map<String, Value>,
 }
+
+/// A legacy member that changes what the answer is and has no chat counterpart.
+struct Unservable {
+    member: &'static str,
+    why: &'static str,
+    /// The value that asks for nothing (accepted, and dropped).
+    asks_nothing: fn(&Value) -> bool,
+}
+
+/// Refused by name rather than answered as if the member had not been sent.
+const UNSERVABLE: [Unservable; 4] = [
+    Unservable {
+        member: "echo",
+        why: "the prompt cannot be echoed back",
+        asks_nothing: |v| v == &Value::Bool(false),
+    },
+    Unservable {
+        member: "logprobs",
+        why: "chat models return no legacy log probabilities",
+        asks_nothing: |_| false,
+    },
+    Unservable {
+        member: "suffix",
+        why: "chat models do not insert between a prefix and a suffix",
+        asks_nothing: |v| v.as_str() == Some(""),
+    },
+    Unservable {
+        member: "best_of",
+        why: "candidates are not generated and ranked server-side",
+        asks_nothing: |v| v.as_u64() == Some(1),
+    },
+];
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -217,10 +251,38 @@ fn legacy_chat_request(body: LegacyCompletionRequest) -> Result<ChatRequest, Api
             ));
         }
     };
+    let mut extra = body.extra;
+    for Unservable {
+        member,
+        why,
+        asks_nothing,
+    } in UNSERVABLE
+    {
+        match extra.remove(member) {
+            None | Some(Value::Null) => {}
+            Some(value) if asks_nothing(&value) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "`{member}` is not supported on /v1/completions: the gateway serves it \
+                     through chat models, and {why}"
+                )));
+            }
+        }
+    }
+    let stream_options = match extra.remove("stream_options") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(serde_json::from_value(value).map_err(|_| {
+            ApiError::bad_request(
+                "`stream_options` must be an object such as {\"include_usage\": true}",
+            )
+        })?),
+    };
     Ok(ChatRequest {
         model: body.model,
         messages: vec![ChatMessage::new(Role::User, prompt)],
         stream: Some(body.stream.unwrap_or(false)),
+        stream_options,
+        extra,
         max_tokens: body.max_tokens,
         temperature: body.temperature,
         top_p: body.top_p,
@@ -271,19 +333,31 @@ async fn legacy_completion(
     .await
 }
 
-/// A chat chunk as a legacy `text_completion` chunk; role-only and usage-only chunks vanish.
+/// A chat chunk as a legacy `text_completion` chunk; role-only chunks vanish, and the usage
+/// chunk (`stream_options.include_usage`) keeps its shape: no choices, the usage.
 fn to_text_completion_chunk(item: &StreamItem) -> Option<Bytes> {
     let chunk: ChatChunk = serde_json::from_slice(&item.data).ok()?;
-    let choice = chunk.choices.first()?;
-    let text = choice.delta.content.clone().unwrap_or_default();
-    if text.is_empty() && choice.finish_reason.is_none() {
-        return None;
-    }
     let created = if chunk.created == 0 {
         unix_now()
     } else {
         chunk.created
     };
+    let Some(choice) = chunk.choices.first() else {
+        let usage = chunk.usage?;
+        let out = serde_json::json!({
+            "id": chunk.id.replace("chatcmpl", "cmpl"),
+            "object": "text_completion",
+            "created": created,
+            "model": chunk.model,
+            "choices": [],
+            "usage": usage,
+        });
+        return serde_json::to_vec(&out).ok().map(Bytes::from);
+    };
+    let text = choice.delta.content.clone().unwrap_or_default();
+    if text.is_empty() && choice.finish_reason.is_none() {
+        return None;
+    }
     let out = serde_json::json!({
         "id": chunk.id.replace("chatcmpl", "cmpl"),
         "object": "text_completion",
