@@ -136,3 +136,26 @@ def test_invalid_request_raises_bad_request_error(client):
             temperature=5,
         )
     assert "temperature" in caught.value.body["message"]
+
+
+def test_legacy_completions_plain_streamed_and_unservable_members(client):
+    plain = client.completions.create(model="mock-1", prompt="legacy hello", max_tokens=16)
+    assert plain.object == "text_completion"
+    assert plain.choices[0].text.endswith("legacy hello")
+    assert plain.usage.total_tokens > 0
+
+    chunks = list(
+        client.completions.create(
+            model="mock-1",
+            prompt="legacy words:3",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == "w1 w2 w3"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="mock-1", prompt="hi", echo=True)
+    assert "`echo`" in caught.value.body["message"]
