@@ -269,6 +269,27 @@ fn legacy_chat_request(body: LegacyCompletionRequest) -> Result<ChatRequest, Api
             }
         }
     }
+    // Members the translation sets itself would otherwise go upstream twice.
+    if extra.contains_key("messages") {
+        return Err(ApiError::bad_request(
+            "send either `prompt` (legacy form) or `messages` (chat form), not both",
+        ));
+    }
+    if let Some(member) = ["tools", "tool_choice", "functions", "function_call"]
+        .into_iter()
+        .find(|member| extra.contains_key(*member))
+    {
+        return Err(ApiError::bad_request(format!(
+            "`{member}` is not supported on /v1/completions: a text completion cannot carry \
+             tool calls (use /v1/chat/completions)"
+        )));
+    }
+    let max_completion_tokens = match extra.remove("max_completion_tokens") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_u64().ok_or_else(|| {
+            ApiError::bad_request("`max_completion_tokens` must be a non-negative integer")
+        })?),
+    };
     let stream_options = match extra.remove("stream_options") {
         None | Some(Value::Null) => None,
         Some(value) => Some(serde_json::from_value(value).map_err(|_| {
@@ -282,6 +303,7 @@ fn legacy_chat_request(body: LegacyCompletionRequest) -> Result<ChatRequest, Api
         messages: vec![ChatMessage::new(Role::User, prompt)],
         stream: Some(body.stream.unwrap_or(false)),
         stream_options,
+        max_completion_tokens,
         extra,
         max_tokens: body.max_tokens,
         temperature: body.temperature,
@@ -366,4 +388,45 @@ fn to_text_completion_chunk(item: &StreamItem) -> Option<Bytes> {
         "choices": [{"text": text, "index": choice.index, "logprobs": null, "finish_reason": choice.finish_reason}],
     });
     serde_json::to_vec(&out).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(body: &str) -> Result<ChatRequest, ApiError> {
+        match parse_completion_body(body.as_bytes())? {
+            CompletionBody::Legacy(request) => Ok(request),
+            CompletionBody::Hapax(_) => panic!("not read as the legacy form: {body}"),
+        }
+    }
+
+    #[test]
+    fn a_legacy_body_goes_upstream_with_each_member_once() {
+        // Found by the completion_request fuzz target: `messages` beside `prompt` was
+        // forwarded and went upstream twice.
+        let refused = legacy(r#"{"prompt":"p","messages":1}"#).err();
+        assert!(refused.is_some_and(|e| e.to_string().contains("not both")));
+        for member in ["tools", "tool_choice", "functions", "function_call"] {
+            let body = format!(r#"{{"prompt":"p","{member}":[]}}"#);
+            let refused = legacy(&body).err();
+            assert!(
+                refused.is_some_and(|e| e.to_string().contains(member)),
+                "{member}"
+            );
+        }
+        let request = legacy(
+            r#"{"prompt":"p","max_completion_tokens":7,"user":"u","stream_options":null,"n":1}"#,
+        )
+        .ok();
+        let body = request.as_ref().and_then(|r| serde_json::to_vec(r).ok());
+        let sent: Option<Value> = body.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        let sent = sent.unwrap_or_default();
+        assert_eq!(sent["max_completion_tokens"], 7, "{sent}");
+        assert_eq!(sent["user"], "u", "{sent}");
+        let reread = body
+            .as_deref()
+            .map(crate::api::body::parse_json::<ChatRequest>);
+        assert!(reread.is_some_and(|r| r.is_ok()), "{sent}");
+    }
 }
