@@ -342,15 +342,7 @@ class Loader:
                 "error_kinds": j.get("errorDistribution") or {}}
 
     def _paced(self, url: str, duration: float, conns: int, rate: int, key: str | None) -> dict:
-        cmd = taskset(CLIENT_CORE) + [self.paced, "--url", url + sc.CHAT, "--proto", "h1", "--duration", str(duration),
-                                      "--concurrency", str(conns), "--rate", str(rate), "--body", self.body,
-                                      "-H", "x-hapax-dedup: off"]
-        if key:
-            cmd += ["-H", f"authorization: Bearer {key}"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-        if r.returncode != 0:
-            raise RuntimeError(f"h3load failed: {r.stderr[-1000:]}")
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        return run_h3load(self.paced, url + sc.CHAT, duration, conns, self.body, key, rate, ["--proto", "h1"])
 
     def _wrk(self, url: str, duration: float, conns: int, key: str | None) -> dict:
         script = self.workdir / "wrk.lua"
@@ -458,16 +450,25 @@ def load_via(rig, loader, target: str, duration: float, conns: int, rate: int | 
     return loader.run(rig.urls()[target], duration, conns, rate)
 
 
+def run_h3load(h3load: str, url: str, duration: float, conns: int, body: str, key: str | None,
+               rate: int | None, extra: list[str]) -> dict:
+    """One bench/h3load run on the client core: its JSON result."""
+    cmd = taskset(CLIENT_CORE) + [h3load, "--url", url, "--duration", str(duration), "--concurrency", str(conns),
+                                  "--body", body, "-H", "x-hapax-dedup: off", *extra]
+    if key:
+        cmd += ["-H", f"authorization: Bearer {key}"]
+    if rate is not None:
+        cmd += ["--rate", str(rate)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if r.returncode != 0:
+        raise RuntimeError(f"h3load failed: {r.stderr[-1000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def run_one_core(rig: Rig, hapax: str, h3load: str | None, workdir: Path, rates: list[int],
                  latencies: list[int], duration: float, skip: str = "") -> dict:
     """The fixed rates again with every process on the client's core and requests paced one
-    by one (bench/h3load). With the proxy on a core of its own, a proxied request wakes a
-    halted vCPU four times (in, out to the mock, back, out to the client) where the direct
-    call wakes none, and on a VM each wake-up costs tens of µs: the two-core figures measure
-    the VM's wake-ups more than the proxy. On one core nothing crosses cores, so what a proxy
-    adds is its own work: its CPU time on the request's path and two context switches. And
-    oha's open loop releases requests on tokio's 1 ms timer ticks (two at a time at
-    2000 req/s, the second waiting for the first); h3load releases each at its due time."""
+    by one (bench/h3load); why, in `one_core_section`'s text."""
     if not skip and not (h3load and os.access(h3load, os.X_OK)):
         skip = "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
     if skip:
@@ -827,21 +828,13 @@ class H3Rig:
              words: int = 5) -> dict:
         url = self.urls()[target] + sc.CHAT
         body = self.body if not stream else json.dumps(sc.chat_body(words, True))
-        cmd = taskset(CLIENT_CORE) + [self.h3load, "--url", url, "--duration", str(duration),
-                                      "--concurrency", str(conns), "--body", body,
-                                      "-H", f"authorization: Bearer {KEY}", "-H", "x-hapax-dedup: off"]
         if target.endswith("h3"):
-            cmd += ["--proto", "h3", "--cacert", str(self.cacert), "--connections", str(min(conns, self.H3_MAX_CONNS))]
+            extra = ["--proto", "h3", "--cacert", str(self.cacert), "--connections", str(min(conns, self.H3_MAX_CONNS))]
         else:
-            cmd += ["--proto", "h1"]
-        if rate is not None:
-            cmd += ["--rate", str(rate)]
+            extra = ["--proto", "h1"]
         if stream:
-            cmd.append("--stream")
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-        if r.returncode != 0:
-            raise RuntimeError(f"h3load failed: {r.stderr[-1000:]}")
-        j = json.loads(r.stdout.strip().splitlines()[-1])
+            extra.append("--stream")
+        j = run_h3load(self.h3load, url, duration, conns, body, KEY, rate, extra)
         if j.get("errors") and j.get("error_kinds"):
             log(f"    {target}: errors {j['error_kinds']}")
         return j
@@ -1156,6 +1149,7 @@ def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: lis
     """The added-latency rows of the targets table for one layout's fixed-rate cells."""
     added = added_fn(rows)
     spread = round_spread_fn(rows)
+    cells = {(x["latency_ms"], x["rate"]): x["results"] for x in rows}
     L = []
     for lat in latencies:
         a50, a99 = added(lat, 2000, "hapax", "p50"), added(lat, 2000, "hapax", "p99")
@@ -1169,8 +1163,8 @@ def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: lis
                 h, n = added(lat, rate, "hapax", p), added(lat, rate, "nginx", p)
                 if h is None or n is None:
                     continue
-                fr = {(x["latency_ms"], x["rate"]): x["results"] for x in rows}.get((lat, rate), {})
-                below_zero = any(min(round_diffs(fr, t, p), default=0) < 0 for t in ("hapax", "nginx"))
+                cell = cells.get((lat, rate), {})
+                below_zero = any(min(round_diffs(cell, t, p), default=0) < 0 for t in ("hapax", "nginx"))
                 if n < 5e-6 or below_zero:
                     # nginx's added latency is ~0, or a round's added latency is negative (the direct
                     # call's own round-to-round spread is larger than the difference): no meaningful ratio

@@ -359,34 +359,32 @@ async fn legacy_completion(
 /// chunk (`stream_options.include_usage`) keeps its shape: no choices, the usage.
 fn to_text_completion_chunk(item: &StreamItem) -> Option<Bytes> {
     let chunk: ChatChunk = serde_json::from_slice(&item.data).ok()?;
+    let (choices, usage) = match chunk.choices.first() {
+        None => (Value::Array(Vec::new()), Some(chunk.usage?)),
+        Some(choice) => {
+            let text = choice.delta.content.clone().unwrap_or_default();
+            if text.is_empty() && choice.finish_reason.is_none() {
+                return None;
+            }
+            let choice = serde_json::json!({"text": text, "index": choice.index, "logprobs": null, "finish_reason": choice.finish_reason});
+            (Value::Array(vec![choice]), None)
+        }
+    };
     let created = if chunk.created == 0 {
         unix_now()
     } else {
         chunk.created
     };
-    let Some(choice) = chunk.choices.first() else {
-        let usage = chunk.usage?;
-        let out = serde_json::json!({
-            "id": chunk.id.replace("chatcmpl", "cmpl"),
-            "object": "text_completion",
-            "created": created,
-            "model": chunk.model,
-            "choices": [],
-            "usage": usage,
-        });
-        return serde_json::to_vec(&out).ok().map(Bytes::from);
-    };
-    let text = choice.delta.content.clone().unwrap_or_default();
-    if text.is_empty() && choice.finish_reason.is_none() {
-        return None;
-    }
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "id": chunk.id.replace("chatcmpl", "cmpl"),
         "object": "text_completion",
         "created": created,
         "model": chunk.model,
-        "choices": [{"text": text, "index": choice.index, "logprobs": null, "finish_reason": choice.finish_reason}],
+        "choices": choices,
     });
+    if let Some(usage) = usage {
+        out["usage"] = serde_json::json!(usage);
+    }
     serde_json::to_vec(&out).ok().map(Bytes::from)
 }
 
