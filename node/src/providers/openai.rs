@@ -70,7 +70,7 @@ impl OpenAiProvider {
             stream_options,
             request: call.request,
         };
-        let builder = self.http.post(call.endpoint, "/chat/completions");
+        let builder = self.http.post(call.endpoint, super::pool::CHAT_PATH);
         let mut builder = match body.as_sent() {
             Some(json) => builder.json_bytes(json),
             None => builder.json(&body),

@@ -47,6 +47,8 @@ pub struct OriginPool {
     host: HeaderValue,
     /// The base URL's path (`/v1`), joined before every request path.
     base_path: String,
+    /// The target of [`CHAT_PATH`], built once: it is every completion's.
+    chat_target: Option<Uri>,
     idle: Mutex<VecDeque<Idle>>,
     reaper_started: AtomicBool,
 }
@@ -281,10 +283,12 @@ impl OriginPool {
         // `user:password@` (if the URL has one) is not part of the Host header.
         let host_and_port = authority.as_str().rsplit('@').next()?;
         let host = HeaderValue::from_str(host_and_port).ok()?;
+        let base_path = uri.path().trim_end_matches('/').to_owned();
         Some(Arc::new(Self {
             address: format!("{}:{port}", authority.host()),
             host,
-            base_path: uri.path().trim_end_matches('/').to_owned(),
+            chat_target: join_target(&base_path, CHAT_PATH).ok(),
+            base_path,
             idle: Mutex::new(VecDeque::new()),
             reaper_started: AtomicBool::new(false),
         }))
@@ -292,12 +296,10 @@ impl OriginPool {
 
     /// The origin-form target (`/v1/chat/completions`) of `path` under this base URL.
     pub fn target(&self, path: &str) -> Result<Uri, String> {
-        let mut target = String::with_capacity(self.base_path.len() + path.len());
-        target.push_str(&self.base_path);
-        target.push_str(path);
-        PathAndQuery::from_maybe_shared(Bytes::from(target))
-            .map(Uri::from)
-            .map_err(|e| format!("invalid upstream URL: {e}"))
+        match &self.chat_target {
+            Some(target) if path == CHAT_PATH => Ok(target.clone()),
+            _ => join_target(&self.base_path, path),
+        }
     }
 
     /// Sends `request` on an idle connection, or a new one, and reads the answer's head. A
@@ -428,3 +430,16 @@ async fn reap_idle(pool: Weak<OriginPool>) {
 #[cfg(test)]
 #[path = "pool_tests.rs"]
 pub(crate) mod tests;
+
+/// The path of chat completions under an OpenAI-compatible base URL.
+pub const CHAT_PATH: &str = "/chat/completions";
+
+/// `base_path` and `path` joined into an origin-form target.
+fn join_target(base_path: &str, path: &str) -> Result<Uri, String> {
+    let mut target = String::with_capacity(base_path.len() + path.len());
+    target.push_str(base_path);
+    target.push_str(path);
+    PathAndQuery::from_maybe_shared(Bytes::from(target))
+        .map(Uri::from)
+        .map_err(|e| format!("invalid upstream URL: {e}"))
+}
