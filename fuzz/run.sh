@@ -12,7 +12,7 @@ secs=${1:-15}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(chat_request completion_request config_load anthropic_stream ollama_stream redact upstream_answer client_request)
+  targets=(chat_request completion_request config_load anthropic_stream ollama_stream redact upstream_answer client_request answer_shape)
 fi
 cache=${HAPAX_CACHE:-/var/cache/hapax}
 mkdir -p "$cache" 2>/dev/null || cache="$HOME/.cache/hapax"

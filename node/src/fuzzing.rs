@@ -85,26 +85,37 @@ pub fn read_upstream_answer<'a>(
     }
 }
 
-/// What [`read_client_requests`] read of one request: method, target, header count, body.
-pub type ClientRequest = (String, String, usize, Vec<u8>);
+/// What [`read_client_requests`] read of one request: method, target, headers (name and
+/// value, in order), body.
+pub type ClientRequest = (String, String, Vec<(String, Vec<u8>)>, Vec<u8>);
 
 /// A client's HTTP/1.1 requests arriving in `pieces`, read as the gateway's listener reads
 /// them (the head, then the body by its framing, then the next request on the same
-/// connection): for each request its method, target, header count and body, or the first
+/// connection): for each request its method, target, headers and body, or the first
 /// refusal. Stops after the first request that does not keep the connection alive.
+/// `as_a_connection`: heads are read with what the connection keeps between them (the last
+/// head's header names), as the listener does; else each from scratch.
 pub fn read_client_requests<'a>(
     pieces: impl IntoIterator<Item = &'a [u8]>,
     max_head_bytes: usize,
+    as_a_connection: bool,
 ) -> Result<Vec<ClientRequest>, String> {
-    use crate::server::http1::head::parse_request_head;
+    use crate::server::http1::head::{HeadScratch, parse_request_head_with};
     use crate::wire::http1::{BodyDecoder, Decoded};
     let mut pieces = pieces.into_iter();
     let mut read = bytes::BytesMut::new();
     let mut requests = Vec::new();
+    let mut kept = HeadScratch::default();
     loop {
         let head = loop {
-            if let Some(head) =
-                parse_request_head(&mut read, max_head_bytes).map_err(|e| e.to_string())?
+            let mut fresh = HeadScratch::default();
+            let scratch = if as_a_connection {
+                &mut kept
+            } else {
+                &mut fresh
+            };
+            if let Some(head) = parse_request_head_with(&mut read, max_head_bytes, scratch)
+                .map_err(|e| e.to_string())?
             {
                 break head;
             }
@@ -129,14 +140,77 @@ pub fn read_client_requests<'a>(
             }
         }
         let request = &head.request;
+        let headers = request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
         requests.push((
             request.method().to_string(),
             request.uri().to_string(),
-            request.headers().len(),
+            headers,
             body,
         ));
         if !head.keep_alive {
             return Ok(requests);
         }
+        // As the listener and the chat handler do: the header map is kept for reuse.
+        crate::server::header_maps::give(head.request.into_parts().0.headers);
+    }
+}
+
+/// The derived decoder that the upstream answer's shape check replaced (`wire::answer`).
+#[derive(serde::Deserialize)]
+struct DerivedShape {
+    #[serde(rename = "id")]
+    _id: serde::de::IgnoredAny,
+    #[serde(rename = "choices")]
+    _choices: Vec<DerivedChoice>,
+    #[serde(default)]
+    usage: Option<DerivedUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct DerivedChoice {
+    #[serde(rename = "message")]
+    _message: serde::de::IgnoredAny,
+}
+
+#[derive(serde::Deserialize)]
+struct DerivedUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+/// The upstream answer's shape check against the derived decoder it replaced: both take an
+/// answer or both refuse it, and read the same usage. Where they part on purpose: the check
+/// refuses any answer that is not UTF-8 (the derived decoder looked at member names only), and
+/// the derived decoder also took a struct written as a JSON array, no completion to pass on.
+pub fn check_answer_shape(answer: &[u8]) -> Result<(), String> {
+    use crate::wire::answer::ChatAnswer;
+    use crate::wire::openai::Usage;
+    let ours = ChatAnswer::passthrough(answer.to_vec());
+    let derived = serde_json::from_slice::<DerivedShape>(answer);
+    let stricter =
+        answer.trim_ascii_start().starts_with(b"[") || std::str::from_utf8(answer).is_err();
+    match (ours, derived) {
+        (Ok(ours), Ok(derived)) => {
+            let derived = derived.usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            });
+            if ours.usage != derived {
+                return Err(format!("usage {:?}, derived {derived:?}", ours.usage));
+            }
+            Ok(())
+        }
+        (Err(_), Err(_)) => Ok(()),
+        (Err(_), Ok(_)) if stricter => Ok(()),
+        (Ok(_), Err(error)) => Err(format!("taken, but the derived decoder refused: {error}")),
+        (Err(error), Ok(_)) => Err(format!(
+            "refused ({error}), but the derived decoder took it"
+        )),
     }
 }

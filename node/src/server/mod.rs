@@ -7,6 +7,7 @@ pub mod busy_poll;
 pub mod front;
 mod guarded_body;
 pub mod h3;
+pub mod header_maps;
 pub mod http1;
 pub mod number_header;
 pub mod observe;
@@ -92,9 +93,11 @@ async fn admit_client(State(app): State<Arc<App>>, request: Request, next: Next)
 async fn chat_direct(app: &Arc<App>, request: Request) -> Response {
     admitted(app, request, |request, caller| async move {
         let (parts, body) = request.into_parts();
-        api::chat::chat(app, &caller, &parts.headers, body)
+        let response = api::chat::chat(app, &caller, &parts.headers, body)
             .await
-            .into_response()
+            .into_response();
+        header_maps::give(parts.headers);
+        response
     })
     .await
 }

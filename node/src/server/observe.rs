@@ -1,6 +1,7 @@
 //! The observing layer: request id, active-request gauge, per-endpoint count and latency,
-//! and one structured log line per request (never bodies or keys). For streams the figures
-//! are taken when the body ends, not when the headers leave.
+//! and one structured log line per request (never bodies or keys). The figures are taken when
+//! the answer's body is done with: a stream's when it ends, a plain answer's once it is
+//! written, so that recording them is not on the answer's path.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -189,14 +190,15 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     record.outcome = outcome;
     if streamed {
         record.stream_fault = response.extensions().get::<StreamFault>().cloned();
-        let (parts, body) = response.into_parts();
-        return Response::from_parts(
-            parts,
-            GuardedBody::wrap(body, FinishOnDrop(Some(record), true)),
-        );
     }
-    record.finish(false);
-    response
+    // Recorded when the body is done with: a stream's when it ends, a plain answer's once it
+    // is written (the listener drops it after its last write), so the metrics and the log
+    // line are not on the answer's path, as nginx logs after it has answered.
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        GuardedBody::wrap(body, FinishOnDrop(Some(record), streamed)),
+    )
 }
 
 /// The status logged for a request whose client closed the connection before the answer

@@ -1,8 +1,12 @@
 //! A non-streamed chat completion as the client receives it.
 
+use std::fmt;
+
 use bytes::Bytes;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::members::{Members, Name, first};
 
 use super::openai::{ChatResponse, Usage};
 
@@ -18,27 +22,159 @@ pub struct ChatAnswer {
     pub usage: Option<Usage>,
 }
 
-/// What an upstream answer must have to be passed on as a completion.
-#[derive(Deserialize)]
+/// What an upstream answer must have to be passed on as a completion: an `id`, and `choices`
+/// each with a `message`; its `usage`, if any, is read. Decoded by hand rather than derived,
+/// so that `choices` are counted, not collected. What cost most was serde_json checking each
+/// key's UTF-8: [`ChatAnswer::passthrough`] checks the whole answer's once instead. What it accepts
+/// and refuses is the derived decoder's (`tests::reads_like_the_derived_shape`).
 struct CompletionShape {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "choices")]
-    _choices: Vec<ChoiceShape>,
-    #[serde(default)]
     usage: Option<Usage>,
 }
 
-#[derive(Deserialize)]
-struct ChoiceShape {
-    #[serde(rename = "message")]
-    _message: IgnoredAny,
+enum CompletionMember {
+    Id,
+    Choices,
+    Usage,
+    Other,
+}
+
+impl Members for CompletionMember {
+    fn from_name(name: &[u8]) -> Self {
+        match name {
+            b"id" => Self::Id,
+            b"choices" => Self::Choices,
+            b"usage" => Self::Usage,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CompletionShape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = CompletionShape;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct CompletionShape")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut id, mut choices, mut usage_seen) = (false, false, false);
+                let mut usage = None;
+                while let Some(Name(member)) = map.next_key::<Name<CompletionMember>>()? {
+                    match member {
+                        CompletionMember::Id => {
+                            first(&mut id, "id")?;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        CompletionMember::Choices => {
+                            first(&mut choices, "choices")?;
+                            map.next_value::<Choices>()?;
+                        }
+                        CompletionMember::Usage => {
+                            first(&mut usage_seen, "usage")?;
+                            usage = map.next_value::<Option<Usage>>()?;
+                        }
+                        CompletionMember::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                if !id {
+                    return Err(de::Error::missing_field("id"));
+                }
+                if !choices {
+                    return Err(de::Error::missing_field("choices"));
+                }
+                Ok(CompletionShape { usage })
+            }
+        }
+        deserializer.deserialize_struct(
+            "CompletionShape",
+            &["id", "choices", "usage"],
+            ShapeVisitor,
+        )
+    }
+}
+
+/// `choices`: an array of choices, each checked and none kept.
+struct Choices;
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoicesVisitor;
+        impl<'de> Visitor<'de> for ChoicesVisitor {
+            type Value = Choices;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<ChoiceShape>()?.is_some() {}
+                Ok(Choices)
+            }
+        }
+        deserializer.deserialize_seq(ChoicesVisitor)
+    }
+}
+
+/// A choice: it must carry a `message`.
+struct ChoiceShape;
+
+enum ChoiceMember {
+    Message,
+    Other,
+}
+
+impl Members for ChoiceMember {
+    fn from_name(name: &[u8]) -> Self {
+        match name {
+            b"message" => Self::Message,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChoiceShape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoiceVisitor;
+        impl<'de> Visitor<'de> for ChoiceVisitor {
+            type Value = ChoiceShape;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("struct ChoiceShape")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut message = false;
+                while let Some(Name(member)) = map.next_key::<Name<ChoiceMember>>()? {
+                    if let ChoiceMember::Message = member {
+                        first(&mut message, "message")?;
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+                if !message {
+                    return Err(de::Error::missing_field("message"));
+                }
+                Ok(ChoiceShape)
+            }
+        }
+        deserializer.deserialize_struct("ChoiceShape", &["message"], ChoiceVisitor)
+    }
 }
 
 impl ChatAnswer {
     /// An upstream's `chat.completion` as it sent it; an error when it is not one.
     pub fn passthrough(json: Vec<u8>) -> Result<Self, serde_json::Error> {
-        let shape: CompletionShape = serde_json::from_slice(&json)?;
+        // The whole answer is UTF-8, as JSON must be, so the client is never passed bytes it
+        // cannot decode: one pass (ASCII a word at a time), after which serde_json reads it as
+        // a `str` and checks no key's UTF-8 again; the strings the shape check skips are
+        // covered too.
+        let text = match std::str::from_utf8(&json) {
+            Ok(text) => text,
+            Err(error) => {
+                return Err(de::Error::custom(format_args!(
+                    "the answer is not UTF-8 ({error})"
+                )));
+            }
+        };
+        let shape: CompletionShape = serde_json::from_str(text)?;
         Ok(Self {
             json: Bytes::from(json),
             usage: shape.usage,
@@ -71,6 +207,57 @@ mod tests {
         assert_eq!(answer.and_then(|a| a.usage), Some(Usage::new(3, 1)));
         let decoded = answer.and_then(|a| a.decode().ok());
         assert_eq!(decoded.map(|r| r.first_text()), Some("hi".to_owned()));
+    }
+
+    #[test]
+    fn reads_like_the_derived_shape() {
+        let cases: &[&[u8]] = &[
+            br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            br#"{"choices":[],"id":7}"#,
+            br#"{"id":"x","choices":[],"usage":null}"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1}}"#,
+            br#"{"id":"x","choices":[],"usage":"none"}"#,
+            br#"{"id":"x","choices":[],"usage":{"total_tokens":3,"prompt_tokens":1,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":-1,"completion_tokens":2,"total_tokens":3}}"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1.5,"completion_tokens":2,"total_tokens":3}}"#,
+            br#"{"id":"x","choices":[],"usage":{"pr\u006fmpt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            br#"{"id":"x","id":"y","choices":[]}"#,
+            br#"{"id":"x","choices":[],"choices":[]}"#,
+            br#"{"id":"x","choices":[],"usage":null,"usage":null}"#,
+            br#"{"id":"x","choices":[{"message":1,"message":2}]}"#,
+            br#"{"id":"x","choices":[{"index":0}]}"#,
+            br#"{"id":"x","choices":[{"message":null,"extra":{"a":[1,{"b":"\u00e9"}]}}]}"#,
+            br#"{"\u0069d":"x","ch\u006fices":[{"m\u0065ssage":{}}]}"#,
+            br#"{"id":"x","choices":{}}"#,
+            br#"{"id":"x","choices":[[]]}"#,
+            br#"{"id":"x","choices":[{"message":{}}],"object":"chat.completion","created":1}"#,
+            br#"{"id":"x","choices":[{"message":{}}]"#,
+            br#"{"id":"x","choices":[{"message":{}}]} trailing"#,
+            br#"{"id":"x",}"#,
+            br#"{"choices":[]}"#,
+            b"{}",
+            b"null",
+            b"",
+        ];
+        for &case in cases {
+            let agreed = crate::fuzzing::check_answer_shape(case);
+            assert_eq!(agreed, Ok(()), "{}", String::from_utf8_lossy(case));
+        }
+        // Where they part: an answer that is not UTF-8 is refused, wherever the bytes are (the
+        // derived decoder, reading bytes, refused them in member names only) ...
+        for not_utf8 in [
+            &b"{\"id\":\"x\",\"choices\":[{\"message\":\"\xff\"}]}"[..],
+            b"{\"id\":\"x\",\"choices\":[],\"\xc3\":1}",
+        ] {
+            assert!(ChatAnswer::passthrough(not_utf8.to_vec()).is_err());
+            assert_eq!(crate::fuzzing::check_answer_shape(not_utf8), Ok(()));
+        }
+        // ... and the derived decoder also took a struct written as an array, which
+        // is not a completion to pass on.
+        let array = br#"["x",[{"message":{}}]]"#;
+        assert!(ChatAnswer::passthrough(array.to_vec()).is_err());
+        assert_eq!(crate::fuzzing::check_answer_shape(array), Ok(()));
     }
 
     #[test]

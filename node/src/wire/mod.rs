@@ -2,6 +2,7 @@
 
 pub mod answer;
 pub mod http1;
+mod members;
 pub mod openai;
 mod raw_json;
 mod request_de;

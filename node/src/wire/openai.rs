@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::members::{Members, Name};
 use super::raw_json::rewrite_object;
 
 /// The members of a request body that the gateway decides for the upstream itself.
@@ -187,11 +188,77 @@ pub struct ContentPart {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+/// Decoded by hand (`wire::members`), as the answer's shape is: read with every answer. Other
+/// members (`prompt_tokens_details`, ...) are skipped.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+}
+
+enum UsageMember {
+    Prompt,
+    Completion,
+    Total,
+    Other,
+}
+
+impl Members for UsageMember {
+    fn from_name(name: &[u8]) -> Self {
+        match name {
+            b"prompt_tokens" => Self::Prompt,
+            b"completion_tokens" => Self::Completion,
+            b"total_tokens" => Self::Total,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UsageVisitor;
+        impl<'de> serde::de::Visitor<'de> for UsageVisitor {
+            type Value = Usage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("struct Usage")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Usage, A::Error> {
+                let mut counts: [Option<u64>; 3] = [None; 3];
+                const NAMES: [&str; 3] = ["prompt_tokens", "completion_tokens", "total_tokens"];
+                while let Some(Name(member)) = map.next_key::<Name<UsageMember>>()? {
+                    let slot = match member {
+                        UsageMember::Prompt => 0,
+                        UsageMember::Completion => 1,
+                        UsageMember::Total => 2,
+                        UsageMember::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if counts[slot].is_some() {
+                        return Err(serde::de::Error::duplicate_field(NAMES[slot]));
+                    }
+                    counts[slot] = Some(map.next_value()?);
+                }
+                let [prompt_tokens, completion_tokens, total_tokens] = counts;
+                let missing = serde::de::Error::missing_field;
+                Ok(Usage {
+                    prompt_tokens: prompt_tokens.ok_or_else(|| missing(NAMES[0]))?,
+                    completion_tokens: completion_tokens.ok_or_else(|| missing(NAMES[1]))?,
+                    total_tokens: total_tokens.ok_or_else(|| missing(NAMES[2]))?,
+                })
+            }
+        }
+        deserializer.deserialize_struct(
+            "Usage",
+            &["prompt_tokens", "completion_tokens", "total_tokens"],
+            UsageVisitor,
+        )
+    }
 }
 
 impl Usage {

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+use crate::server::header_maps;
 use crate::wire::http1::{Framing, last_coding_is_chunked, lists_token, parse_length};
 
 /// Most header lines in a request head (hyper's limit too); past it, 431.
@@ -86,15 +87,57 @@ pub fn parse_request_head(
     buf: &mut BytesMut,
     max_head_bytes: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
-    parse_request_head_with(buf, max_head_bytes, &mut Vec::new())
+    parse_request_head_with(buf, max_head_bytes, &mut HeadScratch::default())
 }
 
-/// [`parse_request_head`] with the connection's scratch space for the header lines' places
-/// (kept between requests, so a request allocates and zeroes none).
+/// What a connection keeps from one request head to the next, so that reading a head costs
+/// less than reading the first one did.
+#[derive(Default)]
+pub struct HeadScratch {
+    /// Where the head's header lines sit, while it is parsed (so a request allocates and
+    /// zeroes none).
+    spans: Vec<HeaderSpan>,
+    /// The last head's header names, in order, as sent and as parsed. A client sends the same
+    /// names in the same order on every request of a connection: a name sent as it was in its
+    /// place last time is cloned instead of parsed again (and, for a name that is not a
+    /// standard one, allocated again).
+    names: Vec<KnownName>,
+}
+
+/// Longest name kept as sent (longer ones are parsed every time).
+const KNOWN_NAME_BYTES: usize = 32;
+
+/// A header name as a client sent it, and parsed.
+struct KnownName {
+    sent: [u8; KNOWN_NAME_BYTES],
+    sent_len: usize,
+    name: HeaderName,
+}
+
+impl KnownName {
+    fn new(sent: &[u8], name: HeaderName) -> Self {
+        let mut known = Self {
+            sent: [0; KNOWN_NAME_BYTES],
+            sent_len: usize::MAX, // matches nothing unless it fits
+            name,
+        };
+        if let Some(place) = known.sent.get_mut(..sent.len()) {
+            place.copy_from_slice(sent);
+            known.sent_len = sent.len();
+        }
+        known
+    }
+
+    fn matches(&self, sent: &[u8]) -> bool {
+        self.sent.get(..self.sent_len) == Some(sent)
+    }
+}
+
+/// [`parse_request_head`] with the connection's [`HeadScratch`].
 pub fn parse_request_head_with(
     buf: &mut BytesMut,
     max_head_bytes: usize,
-    spans: &mut Vec<HeaderSpan>,
+    scratch: &mut HeadScratch,
 ) -> Result<Option<RequestHead>, HeadError> {
     // Uninitialised: httparse writes the lines it finds (an array of empty headers would be
     // 3 KB zeroed for every request).
@@ -138,6 +181,7 @@ pub fn parse_request_head_with(
     let mut hosts = 0usize;
     // Where each header line sits in the head: the head is frozen once it is parsed, and
     // names and values are built from it without copying the values.
+    let spans = &mut scratch.spans;
     spans.clear();
     for line in parsed.headers.iter() {
         let name = line.name.as_bytes();
@@ -173,7 +217,7 @@ pub fn parse_request_head_with(
     }
     let (framing, ambiguous) = framing.resolve()?;
     let head = buf.split_to(head_len).freeze();
-    let (uri, headers) = match assemble(&head, path, spans) {
+    let (uri, headers) = match assemble(&head, path, scratch) {
         Ok(parts) => parts,
         Err(error) => {
             // The head goes back in front of what followed it, so the refusal reads this
@@ -201,14 +245,33 @@ pub fn parse_request_head_with(
 fn assemble(
     head: &Bytes,
     path: (usize, usize),
-    spans: &[HeaderSpan],
+    scratch: &mut HeadScratch,
 ) -> Result<(Uri, HeaderMap), HeadError> {
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|error| malformed(format!("invalid request target: {error}")))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for &(name_at, name_len, value_at, value_len) in spans {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| malformed("invalid header name"))?;
+    let spans = &scratch.spans;
+    let mut headers = if spans.len() <= header_maps::ROOM {
+        header_maps::take()
+    } else {
+        HeaderMap::with_capacity(spans.len())
+    };
+    let names = &mut scratch.names;
+    names.truncate(spans.len());
+    for (at, &(name_at, name_len, value_at, value_len)) in spans.iter().enumerate() {
+        let raw = &head[name_at..name_at + name_len];
+        let name = match names.get(at) {
+            Some(known) if known.matches(raw) => known.name.clone(),
+            _ => {
+                let name =
+                    HeaderName::from_bytes(raw).map_err(|_| malformed("invalid header name"))?;
+                let known = KnownName::new(raw, name.clone());
+                match names.get_mut(at) {
+                    Some(place) => *place = known,
+                    None => names.push(known),
+                }
+                name
+            }
+        };
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| malformed(format!("invalid value of header `{name}`")))?;
         headers.append(name, value);
@@ -278,10 +341,12 @@ pub fn encode_response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut dated = false;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
         }
+        dated |= name == DATE;
         if name.as_str() == "keep-alive" {
             continue;
         }
@@ -304,7 +369,7 @@ pub fn encode_response_head(
     } else if http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !headers.contains_key(DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");

@@ -190,6 +190,15 @@ fn a_response_head_carries_the_listeners_framing_only() {
         encoded(BodyFraming::Length(2), true, false, &headers),
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
     );
+    // A handler's own Date is sent instead of the listener's.
+    let mut dated = HeaderMap::new();
+    dated.insert(
+        "date",
+        HeaderValue::from_static("Mon, 07 Nov 1994 08:49:37 GMT"),
+    );
+    let dated = encoded(BodyFraming::Length(0), true, false, &dated);
+    assert_eq!(dated.matches("date: ").count(), 1, "{dated}");
+    assert!(dated.contains("date: Mon, 07 Nov"), "{dated}");
     let streamed = encoded(BodyFraming::Chunked, false, false, &HeaderMap::new());
     assert!(
         streamed.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
@@ -232,10 +241,46 @@ fn a_refusal_does_not_depend_on_how_the_head_arrived() {
         .collect();
     let request = format!("GET / HTTP/1.1\r\nHost: h\r\n{fields}\r\n");
     let max = request.len() - 20;
-    let at_once = crate::fuzzing::read_client_requests([request.as_bytes()], max);
-    let in_pieces = crate::fuzzing::read_client_requests(request.as_bytes().chunks(7), max);
+    let at_once = crate::fuzzing::read_client_requests([request.as_bytes()], max, false);
+    let in_pieces = crate::fuzzing::read_client_requests(request.as_bytes().chunks(7), max, true);
     assert_eq!(at_once, in_pieces);
     assert!(at_once.unwrap_err().contains("larger than"));
+}
+
+#[test]
+fn heads_read_as_a_connection_read_as_each_on_its_own() {
+    // Names the connection kept from the last head, in other places, other cases, fewer and
+    // more of them, a custom one renamed, duplicates; and more headers than a kept map holds.
+    let many: String = (0..20).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
+    let requests = [
+        "POST /a HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nX-Hapax-Dedup: off\r\nContent-Length: 2\r\n\r\n{}".to_owned(),
+        "POST /a HTTP/1.1\r\nhost: h\r\ncontent-type: text/plain\r\nx-hapax-dedup: on\r\ncontent-length: 3\r\n\r\n[1]".to_owned(),
+        "GET /l HTTP/1.1\r\nhost: h\r\nX-A-Name-Longer-Than-Thirty-Two-Bytes: 1\r\nx-hapax-dedup: on\r\n\r\n".to_owned(),
+        "GET /l HTTP/1.1\r\nhost: h\r\nX-A-Name-Longer-Than-Thirty-Two-Bytes: 2\r\nx-hapax-dedup: on\r\n\r\n".to_owned(),
+        "GET /b HTTP/1.1\r\nX-Hapax-Dedup: off\r\nHost: h\r\nX-Hapax-Cache: no\r\nAccept: */*\r\nAccept: text/html\r\n\r\n".to_owned(),
+        "GET /c HTTP/1.1\r\nHost: h\r\n\r\n".to_owned(),
+        format!("GET /d HTTP/1.1\r\nHost: h\r\n{many}\r\n"),
+        "GET /e HTTP/1.1\r\nHOST: h\r\nX-Many-0: again\r\nConnection: close\r\n\r\n".to_owned(),
+    ];
+    let stream = requests.concat();
+    let kept = crate::fuzzing::read_client_requests([stream.as_bytes()], MAX, true).unwrap();
+    let fresh = crate::fuzzing::read_client_requests([stream.as_bytes()], MAX, false).unwrap();
+    assert_eq!(kept.len(), requests.len());
+    assert_eq!(kept, fresh);
+    let names = |at: usize| -> Vec<&str> { kept[at].2.iter().map(|(n, _)| n.as_str()).collect() };
+    assert_eq!(
+        names(1),
+        ["host", "content-type", "x-hapax-dedup", "content-length"]
+    );
+    assert_eq!(
+        names(3),
+        [
+            "host",
+            "x-a-name-longer-than-thirty-two-bytes",
+            "x-hapax-dedup"
+        ]
+    );
+    assert_eq!(names(7), ["host", "x-many-0", "connection"]);
 }
 
 #[test]

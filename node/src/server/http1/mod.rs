@@ -34,6 +34,7 @@ use axum::http::header::{ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::BytesMut;
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -42,7 +43,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use self::body::{ReadSide, SocketBody};
-use self::head::{BodyFraming, HeadError, RequestHead};
+use self::head::{BodyFraming, HeadError, HeadScratch, RequestHead};
 use super::observe::ObservedRouter;
 use crate::wire::http1::Framing;
 
@@ -76,7 +77,7 @@ pub async fn serve_connection(
         buf: BytesMut::new(),
         writer,
         out: Vec::new(),
-        spans: Vec::new(),
+        scratch: HeadScratch::default(),
         router,
         deadline: Box::pin(tokio::time::sleep(settings.header_read_timeout)),
         settings,
@@ -94,8 +95,8 @@ struct Connection {
     writer: OwnedWriteHalf,
     /// The answer's head (and a small body) before it is written.
     out: Vec<u8>,
-    /// Where the head's header lines sit, while it is parsed.
-    spans: Vec<head::HeaderSpan>,
+    /// What reading one head leaves for the next.
+    scratch: HeadScratch,
     router: ObservedRouter,
     settings: Arc<Http1Settings>,
     /// One timer for the connection, reset for each head.
@@ -161,7 +162,7 @@ impl Connection {
         let mut armed = false;
         loop {
             let max = self.settings.max_header_bytes;
-            match head::parse_request_head_with(&mut self.buf, max, &mut self.spans) {
+            match head::parse_request_head_with(&mut self.buf, max, &mut self.scratch) {
                 Ok(Some(head)) => return Ok(Some(head)),
                 Ok(None) => {}
                 Err(error) => {
@@ -294,6 +295,8 @@ impl Connection {
                 date,
             );
         });
+        // The answer's header map is done with: kept for the next request.
+        super::header_maps::give(std::mem::take(&mut parts.headers));
         let complete = match framing {
             BodyFraming::None(_) => {
                 self.writer.write_all(&self.out).await?;
@@ -308,11 +311,16 @@ impl Connection {
         Ok(keep_alive && complete)
     }
 
-    /// A body of known size after the head in `out`; whether it was exactly that size.
+    /// A body of known size after the head in `out`; whether it was exactly that size. The
+    /// body is dropped after the last write, not polled past its end first: what it holds
+    /// until then (the request's record, see `observe`) is done with off the answer's path.
     async fn write_sized(&mut self, body: Body, length: u64) -> std::io::Result<bool> {
         let mut body = std::pin::pin!(body);
         let mut sent = 0u64;
-        while let Some(frame) = body.frame().await {
+        while !body.is_end_stream() {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
             let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
                 continue;
             };
