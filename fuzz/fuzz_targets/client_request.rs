@@ -1,7 +1,7 @@
 //! Client requests in arbitrary byte chunks, read as the gateway's HTTP/1.1 listener reads a
 //! connection (heads, bodies by their framing, pipelined requests): never a panic, and what is
-//! read or refused does not depend on how the bytes arrived, nor on what the connection kept
-//! from one head to the next (header names, a header map).
+//! read or refused does not depend on how the bytes arrived, nor on the header names the
+//! connection kept from one head to the next.
 #![no_main]
 
 use hapax_fuzz::Chunked;

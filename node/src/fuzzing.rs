@@ -186,14 +186,14 @@ struct DerivedUsage {
 /// The upstream answer's shape check against the derived decoder it replaced: both take an
 /// answer or both refuse it, and read the same usage. Where they part on purpose: the check
 /// refuses any answer that is not UTF-8 (the derived decoder looked at member names only), and
-/// the derived decoder also took a struct written as a JSON array, no completion to pass on.
+/// the derived decoder also took a struct written as a JSON array (the answer itself, a
+/// choice, `usage`), which is no completion to pass on.
 pub fn check_answer_shape(answer: &[u8]) -> Result<(), String> {
     use crate::wire::answer::ChatAnswer;
     use crate::wire::openai::Usage;
     let ours = ChatAnswer::passthrough(answer.to_vec());
     let derived = serde_json::from_slice::<DerivedShape>(answer);
-    let stricter =
-        answer.trim_ascii_start().starts_with(b"[") || std::str::from_utf8(answer).is_err();
+    let stricter = std::str::from_utf8(answer).is_err() || has_struct_as_array(answer);
     match (ours, derived) {
         (Ok(ours), Ok(derived)) => {
             let derived = derived.usage.map(|u| Usage {
@@ -213,4 +213,20 @@ pub fn check_answer_shape(answer: &[u8]) -> Result<(), String> {
             "refused ({error}), but the derived decoder took it"
         )),
     }
+}
+
+/// Whether the answer, a choice or `usage` is a JSON array where an object belongs.
+fn has_struct_as_array(answer: &[u8]) -> bool {
+    use serde_json::Value;
+    let Ok(value) = serde_json::from_slice::<Value>(answer) else {
+        return false;
+    };
+    let Value::Object(members) = value else {
+        return value.is_array();
+    };
+    let choice_as_array = match members.get("choices") {
+        Some(Value::Array(choices)) => choices.iter().any(Value::is_array),
+        _ => false,
+    };
+    choice_as_array || members.get("usage").is_some_and(Value::is_array)
 }

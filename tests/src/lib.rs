@@ -338,15 +338,50 @@ impl Gateway {
         self.process.logs()
     }
 
+    /// `/metrics` once no request but the scrape is in flight (see [`settled_metrics`]).
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let url = self.url("/metrics");
+        settled_metrics(|| async {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+        .await
+    }
+}
+
+/// The requests the gateway is serving, other than the scrape itself, by its
+/// `hapax_http_active_requests` gauge.
+pub fn requests_in_flight(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("hapax_http_active_requests{"))
+        .filter(|line| !line.contains("endpoint=\"/metrics\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A scrape taken once the requests a test made are recorded. The gateway records a request's
+/// figures once its answer is written, so a client can read its answer a moment before the
+/// counters move; this polls `scrape` until no other request is in flight (at most 2 s, then
+/// the last scrape is returned as it is).
+pub async fn settled_metrics<F, Fut>(mut scrape: F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let metrics = scrape().await;
+        if requests_in_flight(&metrics) == 0.0 || Instant::now() >= deadline {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -554,7 +554,7 @@ async fn metrics_count_requests_per_endpoint_in_prometheus_text() {
     let response = get(&gateway.url("/metrics")).await;
     assert_eq!(response.status(), 200);
     assert!(header(response.headers(), "content-type").starts_with("text/plain"));
-    let text = body_text(response).await;
+    let text = gateway.metrics().await;
     assert!(
         text.contains("# TYPE hapax_http_requests_total counter"),
         "{text}"

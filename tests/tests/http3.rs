@@ -14,7 +14,8 @@ use futures_util::future::join_all;
 use hapax_tests::h3_client::{self, H3Client};
 use hapax_tests::raw_http::{RawResponse, read_response};
 use hapax_tests::{
-    Gateway, MockUpstream, chat_body, client, eventually, hapax_bin, metric, sse_data,
+    Gateway, MockUpstream, chat_body, client, eventually, hapax_bin, metric, settled_metrics,
+    sse_data,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -321,14 +322,18 @@ providers:
     assert_eq!(h3.get("/health", &[]).await.status, 200);
     h3.close().await;
 
-    let metrics = tls_client(&certs.cert, false)
-        .get(url.replace("/v1/health", "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_url = url.replace("/v1/health", "/metrics");
+    let metrics = settled_metrics(|| async {
+        tls_client(&certs.cert, false)
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await;
     for protocol in ["h1", "h2"] {
         let labels = [
             ("endpoint", "/v1/health"),

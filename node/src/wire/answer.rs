@@ -25,8 +25,9 @@ pub struct ChatAnswer {
 /// What an upstream answer must have to be passed on as a completion: an `id`, and `choices`
 /// each with a `message`; its `usage`, if any, is read. Decoded by hand rather than derived,
 /// so that `choices` are counted, not collected. What cost most was serde_json checking each
-/// key's UTF-8: [`ChatAnswer::passthrough`] checks the whole answer's once instead. What it accepts
-/// and refuses is the derived decoder's (`tests::reads_like_the_derived_shape`).
+/// key's UTF-8: [`ChatAnswer::passthrough`] checks the whole answer's once instead. It accepts
+/// and refuses what the derived decoder did, but for answers that are not UTF-8 and structs
+/// written as arrays, which it refuses (`crate::fuzzing::check_answer_shape`).
 struct CompletionShape {
     usage: Option<Usage>,
 }
@@ -231,6 +232,8 @@ mod tests {
             br#"{"\u0069d":"x","ch\u006fices":[{"m\u0065ssage":{}}]}"#,
             br#"{"id":"x","choices":{}}"#,
             br#"{"id":"x","choices":[[]]}"#,
+            br#"{"id":"x","choices":[[0]]}"#,
+            br#"{"id":"x","choices":[],"usage":[1,2,3]}"#,
             br#"{"id":"x","choices":[{"message":{}}],"object":"chat.completion","created":1}"#,
             br#"{"id":"x","choices":[{"message":{}}]"#,
             br#"{"id":"x","choices":[{"message":{}}]} trailing"#,

@@ -97,39 +97,38 @@ pub struct HeadScratch {
     /// Where the head's header lines sit, while it is parsed (so a request allocates and
     /// zeroes none).
     spans: Vec<HeaderSpan>,
-    /// The last head's header names, in order, as sent and as parsed. A client sends the same
-    /// names in the same order on every request of a connection: a name sent as it was in its
-    /// place last time is cloned instead of parsed again (and, for a name that is not a
-    /// standard one, allocated again).
+    /// The last head's header names, in order, as sent and as parsed (the first
+    /// [`KNOWN_NAMES`], each up to [`KNOWN_NAME_BYTES`]). A client sends the same names in the
+    /// same order on every request of a connection: a name sent as it was in its place last
+    /// time is cloned instead of parsed again (and, for a name that is not a standard one,
+    /// allocated again).
     names: Vec<KnownName>,
 }
 
 /// Longest name kept as sent (longer ones are parsed every time).
 const KNOWN_NAME_BYTES: usize = 32;
 
-/// A header name as a client sent it, and parsed.
-struct KnownName {
-    sent: [u8; KNOWN_NAME_BYTES],
-    sent_len: usize,
-    name: HeaderName,
-}
+/// Header lines whose names are kept (the first ones of a head; the rest are parsed every
+/// time), so a connection never holds more than a few hundred bytes of them.
+const KNOWN_NAMES: usize = 16;
+
+/// A header name as a client sent it, and parsed; `None` for a name too long to keep.
+struct KnownName(Option<([u8; KNOWN_NAME_BYTES], usize, HeaderName)>);
 
 impl KnownName {
-    fn new(sent: &[u8], name: HeaderName) -> Self {
-        let mut known = Self {
-            sent: [0; KNOWN_NAME_BYTES],
-            sent_len: usize::MAX, // matches nothing unless it fits
-            name,
+    fn new(sent: &[u8], name: &HeaderName) -> Self {
+        let mut kept = [0; KNOWN_NAME_BYTES];
+        let Some(place) = kept.get_mut(..sent.len()) else {
+            return Self(None);
         };
-        if let Some(place) = known.sent.get_mut(..sent.len()) {
-            place.copy_from_slice(sent);
-            known.sent_len = sent.len();
-        }
-        known
+        place.copy_from_slice(sent);
+        Self(Some((kept, sent.len(), name.clone())))
     }
 
-    fn matches(&self, sent: &[u8]) -> bool {
-        self.sent.get(..self.sent_len) == Some(sent)
+    /// The parsed name, if `sent` is the name kept.
+    fn get(&self, sent: &[u8]) -> Option<&HeaderName> {
+        let (kept, len, name) = self.0.as_ref()?;
+        (kept.get(..*len) == Some(sent)).then_some(name)
     }
 }
 
@@ -259,15 +258,17 @@ fn assemble(
     names.truncate(spans.len());
     for (at, &(name_at, name_len, value_at, value_len)) in spans.iter().enumerate() {
         let raw = &head[name_at..name_at + name_len];
-        let name = match names.get(at) {
-            Some(known) if known.matches(raw) => known.name.clone(),
-            _ => {
+        let name = match names.get(at).and_then(|known| known.get(raw)) {
+            Some(name) => name.clone(),
+            None => {
                 let name =
                     HeaderName::from_bytes(raw).map_err(|_| malformed("invalid header name"))?;
-                let known = KnownName::new(raw, name.clone());
-                match names.get_mut(at) {
-                    Some(place) => *place = known,
-                    None => names.push(known),
+                if at < KNOWN_NAMES {
+                    let known = KnownName::new(raw, &name);
+                    match names.get_mut(at) {
+                        Some(place) => *place = known,
+                        None => names.push(known),
+                    }
                 }
                 name
             }
