@@ -340,18 +340,7 @@ impl Gateway {
 
     /// `/metrics` once no request but the scrape is in flight (see [`settled_metrics`]).
     pub async fn metrics(&self) -> String {
-        let url = self.url("/metrics");
-        settled_metrics(|| async {
-            client()
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
-        .await
+        settled_metrics(&client(), &self.url("/metrics")).await
     }
 }
 
@@ -366,18 +355,15 @@ pub fn requests_in_flight(metrics: &str) -> f64 {
         .sum()
 }
 
-/// A scrape taken once the requests a test made are recorded. The gateway records a request's
-/// figures once its answer is written, so a client can read its answer a moment before the
-/// counters move; this polls `scrape` until no other request is in flight (at most 2 s, then
-/// the last scrape is returned as it is).
-pub async fn settled_metrics<F, Fut>(mut scrape: F) -> String
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = String>,
-{
+/// A scrape of `url` with `client`, taken once the requests a test made are recorded. The
+/// gateway records a request's figures once its answer is written, so a client can read its
+/// answer a moment before the counters move; this scrapes until no other request is in flight
+/// (at most 2 s, then the last scrape is returned as it is).
+pub async fn settled_metrics(client: &reqwest::Client, url: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let metrics = scrape().await;
+        let response = client.get(url).send().await.unwrap();
+        let metrics = response.text().await.unwrap();
         if requests_in_flight(&metrics) == 0.0 || Instant::now() >= deadline {
             return metrics;
         }

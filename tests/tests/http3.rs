@@ -323,17 +323,7 @@ providers:
     h3.close().await;
 
     let metrics_url = url.replace("/v1/health", "/metrics");
-    let metrics = settled_metrics(|| async {
-        tls_client(&certs.cert, false)
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
-    .await;
+    let metrics = settled_metrics(&tls_client(&certs.cert, false), &metrics_url).await;
     for protocol in ["h1", "h2"] {
         let labels = [
             ("endpoint", "/v1/health"),
