@@ -144,19 +144,35 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        let value = value.trim();
-        // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
-            _ => value,
-        };
-        return Some(token.trim()).filter(|t| !t.is_empty());
+        return bearer_token(value);
     }
     headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// The key in an `Authorization` value: `Bearer KEY` (the scheme in any case), or the bare key.
+fn bearer_token(value: &str) -> Option<&str> {
+    // The usual spelling first (the general parse compares the scheme a byte at a time).
+    if let Some(token) = value.strip_prefix("Bearer ")
+        && !token.is_empty()
+        && token.trim() == token
+    {
+        return Some(token);
+    }
+    parsed_bearer_token(value)
+}
+
+fn parsed_bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim();
+    // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+        _ => value,
+    };
+    Some(token.trim()).filter(|t| !t.is_empty())
 }
 
 /// Compares against every key without stopping early, so timing says nothing about which.
@@ -185,6 +201,28 @@ mod tests {
             models: vec![],
             providers: vec![],
             rate_limit: None,
+        }
+    }
+
+    #[test]
+    fn the_usual_bearer_spelling_reads_as_the_general_parse() {
+        for value in [
+            "Bearer k",
+            "Bearer sk-123",
+            "Bearer  k",
+            "Bearer k ",
+            "Bearer k\t",
+            "Bearer \tk",
+            "Bearer ",
+            "Bearer",
+            " Bearer k",
+            "Bearer k with spaces",
+            "bearer k",
+            "Basic k",
+            "k",
+            "",
+        ] {
+            assert_eq!(bearer_token(value), parsed_bearer_token(value), "{value:?}");
         }
     }
 

@@ -73,6 +73,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
             "missing Content-Type: send `Content-Type: application/json`".into(),
         ));
     };
+    // What nearly every client sends, checked before the general parse (~10 instructions a
+    // byte for the case-insensitive comparisons).
+    if value.as_bytes() == b"application/json" {
+        return Ok(());
+    }
     let value = value.to_str().unwrap_or("");
     let mut parts = value.split(';').map(str::trim);
     let mime = parts.next().unwrap_or("");
