@@ -67,16 +67,9 @@ pub async fn chat(
             (served, shared)
         }
     };
-    let mut response = json_response(served.answer.json);
-    exec::decorate(
-        &mut response,
-        served.served,
-        settlement.headers(),
-        shared,
-        false,
-    );
-    cache.mark(&mut response);
-    Ok(response)
+    exec::record_served(served.served, settlement.headers(), shared, false);
+    cache.mark();
+    Ok(json_response(served.answer.json))
 }
 
 /// A JSON body already encoded (a passed-through or cached completion).

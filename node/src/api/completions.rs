@@ -198,9 +198,9 @@ async fn hapax_completion(
         usage: completion.usage,
         request_id: &request_id,
     };
-    let mut response = Json(payload).into_response();
-    exec::decorate(&mut response, served.served, None, shared, false);
-    cache.mark(&mut response);
+    let response = Json(payload).into_response();
+    exec::record_served(served.served, None, shared, false);
+    cache.mark();
     Ok(response)
 }
 
@@ -330,10 +330,9 @@ async fn legacy_completion(
             .map(|c| serde_json::json!({"text": c.message.content.clone().unwrap_or_default(), "index": c.index, "logprobs": null, "finish_reason": c.finish_reason}))
             .collect();
         let payload = serde_json::json!({"id": r.id.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": r.created, "model": r.model, "choices": choices, "usage": r.usage});
-        let mut response = Json(payload).into_response();
-        exec::decorate(&mut response, served.served, None, shared, false);
-        cache.mark(&mut response);
-        return Ok(response);
+        exec::record_served(served.served, None, shared, false);
+        cache.mark();
+        return Ok(Json(payload).into_response());
     }
     let mut request = request;
     validate_chat(&request)?;

@@ -2,11 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-
-const X_HAPAX_PROVIDER: HeaderName = HeaderName::from_static("x-hapax-provider");
-const X_HAPAX_ATTEMPTS: HeaderName = HeaderName::from_static("x-hapax-attempts");
-const X_HAPAX_DEDUPLICATED: HeaderName = HeaderName::from_static("x-hapax-deduplicated");
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::chat::sse_response;
@@ -18,7 +14,6 @@ use crate::dedup::dedup_key;
 use crate::error::{ApiError, StreamFault};
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
-use crate::server::number_header::number_header;
 use crate::server::scope::{self, ServedBy, current_request_id};
 use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::ChatRequest;
@@ -174,27 +169,18 @@ pub async fn start_stream(
     Ok(app.dispatcher.stream(request, scope).await?)
 }
 
-/// Adds who-served-it, rate-limit and caller details to a successful response.
-pub fn decorate(
-    response: &mut Response,
+/// Records who served a successful answer and the rate-limit figures, for its headers (see
+/// `server::gateway_headers`) and its log line.
+pub fn record_served(
     served: ServedBy,
     limits: Option<RateLimitHeaders>,
     shared: bool,
     streamed: bool,
 ) {
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&served.provider) {
-        headers.insert(X_HAPAX_PROVIDER, value);
-    }
-    headers.insert(X_HAPAX_ATTEMPTS, number_header(u64::from(served.attempts)));
-    if shared {
-        headers.insert(X_HAPAX_DEDUPLICATED, HeaderValue::from_static("true"));
-    }
-    if let Some(limits) = limits {
-        limits.apply(headers);
-    }
     scope::record(|outcome| {
-        outcome.served = Some(served);
+        outcome.answer.served = Some(served);
+        outcome.answer.deduplicated = shared;
+        outcome.answer.limits = limits;
         outcome.streamed = streamed;
     });
 }
@@ -212,14 +198,13 @@ pub async fn stream_response(
     reframe: Reframe,
 ) -> Result<Response, ApiError> {
     let limits = settlement.headers();
-    let mut response = if let Some(CachedAnswer::Stream(stored)) = hit {
+    let response = if let Some(CachedAnswer::Stream(stored)) = hit {
         let by = ServedBy {
             provider: Arc::clone(&stored.provider),
             attempts: 0,
         };
-        let mut response = sse_response(replay_body(&stored));
-        decorate(&mut response, by, limits, false, true);
-        response
+        record_served(by, limits, false, true);
+        sse_response(replay_body(&stored))
     } else {
         let served = start_stream(app, caller, request).await?;
         let by = ServedBy {
@@ -237,9 +222,9 @@ pub async fn stream_response(
             fault.clone(),
         ));
         response.extensions_mut().insert(fault);
-        decorate(&mut response, by, limits, false, true);
+        record_served(by, limits, false, true);
         response
     };
-    cache.mark(&mut response);
+    cache.mark();
     Ok(response)
 }

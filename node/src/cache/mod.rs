@@ -12,8 +12,7 @@ mod redis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use hapax_config::{CacheConfig, CacheKind, CacheScope};
@@ -366,12 +365,11 @@ impl CachePlan {
         })
     }
 
-    /// Sets `X-Hapax-Cache` on the response.
-    pub fn mark(&mut self, response: &mut Response) {
+    /// Counts the verdict and records it for the answer's `X-Hapax-Cache` header.
+    pub fn mark(&mut self) {
         self.count();
-        response
-            .headers_mut()
-            .insert(HEADER, HeaderValue::from_static(self.status.as_str()));
+        let status = self.status.as_str();
+        crate::server::scope::record(|outcome| outcome.answer.cache = Some(status));
     }
 }
 

@@ -61,14 +61,21 @@ pub struct RateLimitHeaders {
 
 impl RateLimitHeaders {
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT, number_header(self.limit));
-        headers.insert(X_RATELIMIT_REMAINING, number_header(self.remaining));
-        headers.insert(X_RATELIMIT_RESET, number_header(self.reset_secs));
+        self.for_each(|name, figure| {
+            headers.insert(name, number_header(figure));
+        });
+    }
+
+    /// Each `X-RateLimit-*` header's name and figure, in the order they are written.
+    pub fn for_each(&self, mut header: impl FnMut(HeaderName, u64)) {
+        header(X_RATELIMIT_LIMIT, self.limit);
+        header(X_RATELIMIT_REMAINING, self.remaining);
+        header(X_RATELIMIT_RESET, self.reset_secs);
         if let Some(limit) = self.token_limit {
-            headers.insert(X_RATELIMIT_LIMIT_TOKENS, number_header(limit));
+            header(X_RATELIMIT_LIMIT_TOKENS, limit);
         }
         if let Some(remaining) = self.token_remaining {
-            headers.insert(X_RATELIMIT_REMAINING_TOKENS, number_header(remaining));
+            header(X_RATELIMIT_REMAINING_TOKENS, remaining);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod busy_poll;
 pub mod front;
+pub mod gateway_headers;
 mod guarded_body;
 pub mod h3;
 pub mod header_maps;

@@ -12,12 +12,13 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, Version};
+use axum::http::{Method, Version};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tower::ServiceExt;
 
+use super::gateway_headers::GatewayHeaders;
 use super::guarded_body::GuardedBody;
 use super::request_id;
 use super::scope::{self, Outcome, RequestContext};
@@ -124,16 +125,30 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// The answer with the gateway's headers in its map (the TLS and HTTP/3 listeners).
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let app = Arc::clone(&self.app);
         let router = self.router.clone();
-        Box::pin(async move { Ok(observe(app, request.map(Body::new), router).await) })
+        Box::pin(async move {
+            let (mut response, gateway) = observe(app, request.map(Body::new), router).await;
+            gateway.insert_into(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+impl ObservedRouter {
+    /// The answer, and the gateway's headers apart, for a listener that writes them into the
+    /// answer's head itself (the plain HTTP/1.1 one).
+    pub fn answer(&self, request: Request) -> BoxFuture<'static, (Response, GatewayHeaders)> {
+        Box::pin(observe(Arc::clone(&self.app), request, self.router.clone()))
     }
 }
 
 /// Request id, metrics and the log line around one request; HTTP/3 early data with an
-/// unsafe method is refused here (425) so the refusal is observed like any answer.
-async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
+/// unsafe method is refused here (425) so the refusal is observed like any answer. The
+/// gateway's headers (the request id, and what the handler recorded) come back apart.
+async fn observe(app: Arc<App>, request: Request, router: Router) -> (Response, GatewayHeaders) {
     let started = Instant::now();
     let endpoint_index = endpoint_index(request.uri().path());
     let version = request.version();
@@ -177,13 +192,15 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
         }),
         false,
     );
-    let (mut response, outcome) = scope::run(context, handle).await;
+    let (response, outcome) = scope::run(context, handle).await;
     let Some(mut record) = cancelled.0.take() else {
-        return response; // unreachable: only this function takes the record
+        // Unreachable: only this function takes the record.
+        return (response, GatewayHeaders::default());
     };
-    if let Ok(value) = HeaderValue::from_str(&record.context.id) {
-        response.headers_mut().insert(request_id::HEADER, value);
-    }
+    let gateway = GatewayHeaders {
+        request_id: Some(Arc::clone(&record.context.id)),
+        ..outcome.answer.clone()
+    };
     let streamed = outcome.streamed;
     record.status = response.status().as_u16();
     record.error = response.extensions().get::<ErrorMarker>().map(|m| m.0);
@@ -195,10 +212,11 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> Response {
     // is written (the listener drops it after its last write), so the metrics and the log
     // line are not on the answer's path, as nginx logs after it has answered.
     let (parts, body) = response.into_parts();
-    Response::from_parts(
+    let response = Response::from_parts(
         parts,
         GuardedBody::wrap(body, FinishOnDrop(Some(record), streamed)),
-    )
+    );
+    (response, gateway)
 }
 
 /// The status logged for a request whose client closed the connection before the answer
@@ -248,7 +266,7 @@ impl Record {
         if let Some(kind) = self.error {
             metrics.errors.with_label_values(&[kind]).inc();
         }
-        let served = self.outcome.served.as_ref();
+        let served = self.outcome.answer.served.as_ref();
         let provider = served.map(|s| &*s.provider).unwrap_or("");
         let attempts = served.map(|s| s.attempts).unwrap_or(0);
         let client = self.outcome.client.as_deref().unwrap_or("");

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use axum::http::Method;
 
+use super::gateway_headers::GatewayHeaders;
+
 tokio::task_local! {
     static SCOPE: RequestScope;
 }
@@ -51,7 +53,9 @@ pub struct ServedBy {
 /// What the handlers learned about a request, for its log line and metrics.
 #[derive(Default, Debug)]
 pub struct Outcome {
-    pub served: Option<ServedBy>,
+    /// What the answer's headers say: who served it (read by the log line too), the
+    /// rate-limit figures, the cache's verdict. The request id is the observing layer's.
+    pub answer: GatewayHeaders,
     /// The caller's key name (set by authentication).
     pub client: Option<Arc<str>>,
     /// The response is a stream: its figures are taken when the body ends.

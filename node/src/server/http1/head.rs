@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+use crate::server::gateway_headers::GatewayHeaders;
 use crate::server::header_maps;
 use crate::wire::http1::{Framing, last_coding_is_chunked, lists_token, parse_length};
 
@@ -326,12 +327,15 @@ pub enum BodyFraming {
     UntilClose,
 }
 
-/// Appends the status line and headers to `out`. The framing headers and `Connection` are the
-/// listener's: those in `headers` are dropped, so a handler cannot frame a body twice.
+/// Appends the status line and headers to `out`: `headers`, then the gateway's own. The
+/// framing headers and `Connection` are the listener's: those in `headers` are dropped, so a
+/// handler cannot frame a body twice.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    gateway: &GatewayHeaders,
     framing: BodyFraming,
     keep_alive: bool,
     http10: bool,
@@ -356,6 +360,7 @@ pub fn encode_response_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    gateway.encode(out);
     match framing {
         BodyFraming::None(Some(length)) | BodyFraming::Length(length) => {
             out.extend_from_slice(b"content-length: ");

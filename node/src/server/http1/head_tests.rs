@@ -171,6 +171,7 @@ fn encoded(framing: BodyFraming, keep_alive: bool, http10: bool, headers: &Heade
         &mut out,
         StatusCode::OK,
         headers,
+        &GatewayHeaders::default(),
         framing,
         keep_alive,
         http10,

@@ -44,6 +44,7 @@ use tokio::time::{Instant, Sleep};
 
 use self::body::{ReadSide, SocketBody};
 use self::head::{BodyFraming, HeadError, HeadScratch, RequestHead};
+use super::gateway_headers::GatewayHeaders;
 use super::observe::ObservedRouter;
 use crate::wire::http1::Framing;
 
@@ -133,7 +134,7 @@ impl Connection {
                 keep_alive,
             };
             let (body, returned) = self.take_body(framing, expect_continue);
-            let Some(response) = self.call(request.map(|()| body)).await else {
+            let Some((response, gateway)) = self.call(request.map(|()| body)).await else {
                 return Ok(()); // the client went away: nobody to answer
             };
             let mut keep_alive = asked.keep_alive && !*self.shutdown.borrow();
@@ -143,6 +144,7 @@ impl Connection {
             if !self
                 .write_response(
                     response,
+                    &gateway,
                     Asked {
                         keep_alive,
                         ..asked
@@ -242,8 +244,8 @@ impl Connection {
     }
 
     /// The router's answer; `None` if the client closed first (the request is cancelled).
-    async fn call(&mut self, request: http::Request<Body>) -> Option<Response> {
-        let mut answer = tower::Service::call(&mut self.router, request);
+    async fn call(&mut self, request: http::Request<Body>) -> Option<(Response, GatewayHeaders)> {
+        let mut answer = self.router.answer(request);
         let answered = match self.reader.as_ref() {
             Some(reader) => tokio::select! {
                 biased;
@@ -255,14 +257,16 @@ impl Connection {
             },
             None => answer.await,
         };
-        match answered {
-            Ok(response) => Some(response),
-            Err(never) => match never {},
-        }
+        Some(answered)
     }
 
     /// Writes the answer; whether the connection can carry another request.
-    async fn write_response(&mut self, response: Response, asked: Asked) -> std::io::Result<bool> {
+    async fn write_response(
+        &mut self,
+        response: Response,
+        gateway: &GatewayHeaders,
+        asked: Asked,
+    ) -> std::io::Result<bool> {
         let (mut parts, body) = response.into_parts();
         if let Some(alt_svc) = &self.settings.alt_svc {
             parts.headers.insert(ALT_SVC, alt_svc.clone());
@@ -289,6 +293,7 @@ impl Connection {
                 &mut self.out,
                 status,
                 &parts.headers,
+                gateway,
                 framing,
                 keep_alive,
                 asked.http10,
@@ -415,15 +420,17 @@ impl Connection {
         let body = head::error_body(error);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            headers.insert(super::request_id::HEADER, value);
-        }
+        let gateway = GatewayHeaders {
+            request_id: Some(id),
+            ..GatewayHeaders::default()
+        };
         self.out.clear();
         date::with_now(|date| {
             head::encode_response_head(
                 &mut self.out,
                 error.status(),
                 &headers,
+                &gateway,
                 BodyFraming::Length(body.len() as u64),
                 false,
                 false,
