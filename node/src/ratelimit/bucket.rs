@@ -29,13 +29,14 @@ impl Bucket {
 
     /// Takes `amount` (capped at the capacity so a large request is not starved forever),
     /// or says how long until it could.
-    pub fn try_take(&self, amount: f64) -> Result<f64, Duration> {
+    /// Taken: the amount, and what remains after it (as [`Self::remaining`] would say then).
+    pub fn try_take(&self, amount: f64) -> Result<(f64, (u64, u64)), Duration> {
         let amount = amount.min(self.limit as f64);
         let mut state = self.state.lock();
         self.refill(&mut state, Instant::now());
         if state.0 >= amount {
             state.0 -= amount;
-            Ok(amount)
+            Ok((amount, self.figures(state.0)))
         } else {
             let missing = amount - state.0;
             Err(Duration::from_secs_f64(
@@ -55,9 +56,14 @@ impl Bucket {
     pub fn remaining(&self) -> (u64, u64) {
         let mut state = self.state.lock();
         self.refill(&mut state, Instant::now());
-        let missing = self.limit as f64 - state.0;
+        self.figures(state.0)
+    }
+
+    /// Whole units left of `level`, and seconds until the bucket is full again.
+    fn figures(&self, level: f64) -> (u64, u64) {
+        let missing = self.limit as f64 - level;
         (
-            state.0.max(0.0).floor() as u64,
+            level.max(0.0).floor() as u64,
             (missing / self.refill_per_sec.max(f64::MIN_POSITIVE)).ceil() as u64,
         )
     }

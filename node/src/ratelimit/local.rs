@@ -75,24 +75,16 @@ impl LocalRateLimiter {
     }
 
     fn headers(&self, request: &AdmissionRequest<'_>) -> Option<RateLimitHeaders> {
-        let scopes = self.scopes(request);
-        let tightest = |pick: fn(&LimitPair) -> Option<&Arc<Bucket>>| {
-            scopes
-                .iter()
-                .filter_map(|(_, pair)| pair.and_then(pick))
-                .map(|b| (b.limit, b.remaining()))
-                .min_by_key(|(_, (remaining, _))| *remaining)
-        };
-        let requests = tightest(|p| p.requests.as_ref());
-        let tokens = tightest(|p| p.tokens.as_ref());
-        let (limit, (remaining, reset)) = requests.or(tokens)?;
-        Some(RateLimitHeaders {
-            limit,
-            remaining,
-            reset_secs: reset,
-            token_limit: tokens.map(|t| t.0),
-            token_remaining: tokens.map(|t| t.1.0),
-        })
+        let mut tightest = Tightest::default();
+        for (_, pair) in self.scopes(request) {
+            let Some(pair) = pair else { continue };
+            for (bucket, is_tokens) in [(&pair.requests, false), (&pair.tokens, true)] {
+                if let Some(bucket) = bucket {
+                    tightest.see(is_tokens, bucket.limit, bucket.remaining());
+                }
+            }
+        }
+        tightest.headers()
     }
 }
 
@@ -113,6 +105,8 @@ impl LocalRateLimiter {
     /// Admission never waits on a single node.
     pub fn admit_now(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection> {
         let mut reservations = Vec::new();
+        // The headers' figures, from what each take left (no second lock and clock read).
+        let mut tightest = Tightest::default();
         for (scope, pair) in self.scopes(request) {
             let Some(pair) = pair else { continue };
             let wanted = [
@@ -122,11 +116,14 @@ impl LocalRateLimiter {
             for (bucket, amount, is_tokens) in wanted {
                 let Some(bucket) = bucket else { continue };
                 match bucket.try_take(amount) {
-                    Ok(taken) => reservations.push(Reservation {
-                        target: ReservationTarget::Local(Arc::clone(bucket)),
-                        amount: taken,
-                        is_tokens,
-                    }),
+                    Ok((taken, left)) => {
+                        tightest.see(is_tokens, bucket.limit, left);
+                        reservations.push(Reservation {
+                            target: ReservationTarget::Local(Arc::clone(bucket)),
+                            amount: taken,
+                            is_tokens,
+                        });
+                    }
                     Err(wait) => {
                         for r in &reservations {
                             r.refund(r.amount);
@@ -144,7 +141,43 @@ impl LocalRateLimiter {
         }
         Ok(Admission {
             reservations,
-            headers: self.headers(request),
+            headers: tightest.headers(),
+        })
+    }
+}
+
+/// A bucket's limit, and its remaining units and seconds until full.
+type Figures = (u64, (u64, u64));
+
+/// The tightest request limit and token limit seen: the one with the fewest units remaining
+/// (the first of equals).
+#[derive(Default)]
+struct Tightest {
+    requests: Option<Figures>,
+    tokens: Option<Figures>,
+}
+
+impl Tightest {
+    fn see(&mut self, is_tokens: bool, limit: u64, left: (u64, u64)) {
+        let kept = if is_tokens {
+            &mut self.tokens
+        } else {
+            &mut self.requests
+        };
+        if kept.is_none_or(|(_, (remaining, _))| left.0 < remaining) {
+            *kept = Some((limit, left));
+        }
+    }
+
+    /// The request limit's figures (the token limit's when there is no request limit).
+    fn headers(&self) -> Option<RateLimitHeaders> {
+        let (limit, (remaining, reset)) = self.requests.or(self.tokens)?;
+        Some(RateLimitHeaders {
+            limit,
+            remaining,
+            reset_secs: reset,
+            token_limit: self.tokens.map(|t| t.0),
+            token_remaining: self.tokens.map(|t| t.1.0),
         })
     }
 }
@@ -193,6 +226,41 @@ mod tests {
             ..req
         };
         assert!(l.admit_now(&other).is_ok(), "bob has no key limit");
+    }
+
+    #[test]
+    fn admission_headers_name_the_tightest_limits_as_a_fresh_reading_does() {
+        let config = RateLimitsConfig {
+            global: Some(RateLimitConfig {
+                requests_per_minute: Some(100),
+                tokens_per_minute: Some(1000),
+            }),
+            ..Default::default()
+        };
+        let alice = RateLimitConfig {
+            requests_per_minute: Some(5),
+            tokens_per_minute: None,
+        };
+        let l = LocalRateLimiter::new(&config, &[("alice".into(), Some(alice))]);
+        let req = AdmissionRequest {
+            client: "alice",
+            endpoint: "/v1/chat/completions",
+            estimated_tokens: 10,
+        };
+        let taken = l.admit_now(&req).unwrap().headers.unwrap();
+        let read = l.headers(&req).unwrap();
+        let figures = |h: RateLimitHeaders| {
+            (
+                h.limit,
+                h.remaining,
+                h.reset_secs,
+                h.token_limit,
+                h.token_remaining,
+            )
+        };
+        // The key's 5 a minute is tighter than the global 100; 10 tokens of 1000 reserved.
+        assert_eq!(figures(taken), (5, 4, 12, Some(1000), Some(990)));
+        assert_eq!(figures(taken), figures(read));
     }
 
     #[test]
