@@ -75,7 +75,8 @@ pub async fn chat(
 /// A JSON body already encoded (a passed-through or cached completion).
 pub fn json_response(json: bytes::Bytes) -> Response {
     let mut response = Response::new(Body::from(json));
-    // Room for what the gateway adds (routing, rate-limit, cache, request-id headers), so
+    // Room for what the gateway adds on the TLS and HTTP/3 listeners (routing, rate-limit,
+    // cache, request-id headers: the plain HTTP/1.1 one writes them into the head itself), so
     // the map is not rehashed as they arrive; a map kept for reuse when there is one.
     *response.headers_mut() = crate::server::header_maps::take();
     response.headers_mut().insert(

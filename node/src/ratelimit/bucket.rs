@@ -29,6 +29,7 @@ impl Bucket {
 
     /// Takes `amount` (capped at the capacity so a large request is not starved forever),
     /// or says how long until it could.
+    ///
     /// Taken: the amount, and what remains after it (as [`Self::remaining`] would say then).
     pub fn try_take(&self, amount: f64) -> Result<(f64, (u64, u64)), Duration> {
         let amount = amount.min(self.limit as f64);

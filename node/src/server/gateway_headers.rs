@@ -68,6 +68,34 @@ impl GatewayHeaders {
         }
     }
 
+    /// Whether the block writes a header named `name`: the listener that writes the block
+    /// leaves a map's header of that name out, so the block's value replaces it, as
+    /// [`Self::insert_into`] does.
+    pub fn overrides(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        if !name.starts_with("x-") {
+            return false; // the usual case (content type, Alt-Svc): one comparison
+        }
+        match name {
+            "x-hapax-provider" => self
+                .served
+                .as_ref()
+                .is_some_and(|served| is_header_value(served.provider.as_bytes())),
+            "x-hapax-attempts" => self.served.is_some(),
+            "x-hapax-deduplicated" => self.deduplicated,
+            "x-hapax-cache" => self.cache.is_some(),
+            "x-request-id" => self
+                .request_id
+                .as_deref()
+                .is_some_and(|id| is_header_value(id.as_bytes())),
+            _ => self.limits.as_ref().is_some_and(|limits| {
+                let mut written = false;
+                limits.for_each(|limit, _| written |= limit.as_str() == name);
+                written
+            }),
+        }
+    }
+
     /// Inserts the headers into `headers` (replacing any of the same names), for the
     /// listeners that hand a header map on.
     pub fn insert_into(&self, headers: &mut HeaderMap) {
@@ -137,7 +165,7 @@ mod tests {
     fn encoded(headers: &GatewayHeaders) -> Vec<(String, String)> {
         let mut out = Vec::new();
         headers.encode(&mut out);
-        let text = String::from_utf8(out).unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
         assert!(text.is_empty() || text.ends_with("\r\n"));
         text.split_terminator("\r\n")
             .map(|line| {
@@ -152,7 +180,10 @@ mod tests {
         let mut map = HeaderMap::new();
         headers.insert_into(&mut map);
         map.iter()
-            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.to_string(), value)
+            })
             .collect()
     }
 
@@ -199,5 +230,53 @@ mod tests {
         };
         assert_eq!(encoded(&bad), mapped(&bad));
         assert_eq!(encoded(&bad), [("x-hapax-attempts".into(), "1".into())]);
+    }
+
+    #[test]
+    fn request_ids_pass_as_the_map_lets_them_and_overrides_say_what_is_written() {
+        for (id, kept) in [
+            ("req-1", true),
+            ("tab\there", true),
+            ("caf\u{e9}", true),
+            ("del\u{7f}", false),
+            ("nul\u{0}", false),
+            ("cr\rlf", false),
+        ] {
+            let headers = GatewayHeaders {
+                request_id: Some(Arc::from(id)),
+                ..GatewayHeaders::default()
+            };
+            assert_eq!(encoded(&headers), mapped(&headers), "{id:?}");
+            assert_eq!(encoded(&headers).len(), usize::from(kept), "{id:?}");
+            assert_eq!(headers.overrides(&request_id::HEADER), kept, "{id:?}");
+        }
+        let every = every_header();
+        let written: Vec<String> = encoded(&every).into_iter().map(|(name, _)| name).collect();
+        for name in written {
+            assert!(
+                every.overrides(&HeaderName::from_bytes(name.as_bytes()).unwrap()),
+                "{name}"
+            );
+        }
+        let none = GatewayHeaders::default();
+        for name in [
+            "x-hapax-provider",
+            "x-ratelimit-limit",
+            "x-request-id",
+            "content-type",
+        ] {
+            assert!(!none.overrides(&HeaderName::from_static(name)), "{name}");
+        }
+        let no_tokens = GatewayHeaders {
+            limits: Some(RateLimitHeaders {
+                token_limit: None,
+                token_remaining: None,
+                ..every.limits.unwrap()
+            }),
+            ..GatewayHeaders::default()
+        };
+        assert!(no_tokens.overrides(&HeaderName::from_static("x-ratelimit-reset")));
+        assert!(!no_tokens.overrides(&HeaderName::from_static("x-ratelimit-limit-tokens")));
+        assert!(!every.overrides(&HeaderName::from_static("x-other")));
     }
 }

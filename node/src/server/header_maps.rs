@@ -7,8 +7,9 @@ use std::cell::RefCell;
 
 use axum::http::HeaderMap;
 
-/// Room a taken map has: the headers of an answer the gateway decorates (content type,
-/// request id, provider, attempts, three to five rate-limit headers, cache, Alt-Svc).
+/// Room a taken map has: a request's usual headers, or an answer's with the gateway's own
+/// on the listeners that take them in the map (content type, request id, provider,
+/// attempts, three to five rate-limit headers, cache, Alt-Svc).
 pub const ROOM: usize = 12;
 
 /// Maps kept per thread: a connection holds none between requests, so a few cover a

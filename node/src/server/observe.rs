@@ -195,7 +195,7 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> (Response, 
     let (response, outcome) = scope::run(context, handle).await;
     let Some(mut record) = cancelled.0.take() else {
         // Unreachable: only this function takes the record.
-        return (response, GatewayHeaders::default());
+        return (response, outcome.answer);
     };
     let gateway = GatewayHeaders {
         request_id: Some(Arc::clone(&record.context.id)),

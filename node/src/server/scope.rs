@@ -43,7 +43,7 @@ pub struct RequestContext {
     pub protocol: &'static str,
 }
 
-/// Who served a response: set by handlers for the log line.
+/// Who served a response: set by handlers for the answer's headers and the log line.
 #[derive(Clone, Debug)]
 pub struct ServedBy {
     pub provider: Arc<str>,

@@ -327,9 +327,9 @@ pub enum BodyFraming {
     UntilClose,
 }
 
-/// Appends the status line and headers to `out`: `headers`, then the gateway's own. The
-/// framing headers and `Connection` are the listener's: those in `headers` are dropped, so a
-/// handler cannot frame a body twice.
+/// Appends the status line and headers to `out`: `headers`, then the gateway's own (which
+/// replace any of the same name in `headers`). The framing headers and `Connection` are the
+/// listener's: those in `headers` are dropped, so a handler cannot frame a body twice.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_response_head(
     out: &mut Vec<u8>,
@@ -348,7 +348,11 @@ pub fn encode_response_head(
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == CONNECTION
+            || gateway.overrides(name)
+        {
             continue;
         }
         dated |= name == DATE;

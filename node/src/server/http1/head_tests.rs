@@ -166,18 +166,51 @@ fn targets_in_absolute_and_asterisk_form_are_kept() {
 }
 
 fn encoded(framing: BodyFraming, keep_alive: bool, http10: bool, headers: &HeaderMap) -> String {
+    encoded_with(
+        framing,
+        keep_alive,
+        http10,
+        headers,
+        &GatewayHeaders::default(),
+    )
+}
+
+fn encoded_with(
+    framing: BodyFraming,
+    keep_alive: bool,
+    http10: bool,
+    headers: &HeaderMap,
+    gateway: &GatewayHeaders,
+) -> String {
     let mut out = Vec::new();
     encode_response_head(
         &mut out,
         StatusCode::OK,
         headers,
-        &GatewayHeaders::default(),
+        gateway,
         framing,
         keep_alive,
         http10,
         b"Sun, 06 Nov 1994 08:49:37 GMT",
     );
     String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn the_gateways_headers_follow_the_maps_and_replace_those_of_the_same_name() {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("x-request-id", HeaderValue::from_static("from-the-map"));
+    headers.insert("x-hapax-cache", HeaderValue::from_static("kept"));
+    let gateway = GatewayHeaders {
+        request_id: Some(std::sync::Arc::from("req-7")),
+        ..GatewayHeaders::default()
+    };
+    assert_eq!(
+        encoded_with(BodyFraming::Length(2), true, false, &headers, &gateway),
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-hapax-cache: kept\r\n\
+         x-request-id: req-7\r\ncontent-length: 2\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+    );
 }
 
 #[test]
