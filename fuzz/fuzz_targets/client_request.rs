@@ -1,7 +1,8 @@
 //! Client requests in arbitrary byte chunks, read as the gateway's HTTP/1.1 listener reads a
 //! connection (heads, bodies by their framing, pipelined requests): never a panic, and what is
 //! read or refused does not depend on how the bytes arrived, nor on the header names the
-//! connection kept from one head to the next.
+//! connection kept from one head to the next, nor on whether a chat completion's fields were
+//! read in place or from a map.
 #![no_main]
 
 use hapax_fuzz::Chunked;

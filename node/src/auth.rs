@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::HeaderName;
 use hapax_config::{ApiKeyConfig, AuthConfig, RateLimitConfig};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::wire::headers::RequestHeaders;
 
 /// Who is calling and what they may use.
 #[derive(Debug)]
@@ -111,7 +112,7 @@ impl Authenticator {
         out
     }
 
-    pub fn client(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+    pub fn client(&self, headers: &impl RequestHeaders) -> Result<Arc<Caller>, ApiError> {
         if !self.enabled {
             return Ok(Arc::clone(&self.anonymous));
         }
@@ -124,7 +125,7 @@ impl Authenticator {
     }
 
     /// Admin endpoints: an admin key, or open only when auth is off and no admin key exists.
-    pub fn admin(&self, headers: &HeaderMap) -> Result<Arc<Caller>, ApiError> {
+    pub fn admin(&self, headers: &impl RequestHeaders) -> Result<Arc<Caller>, ApiError> {
         if self.admins.is_empty() {
             if !self.enabled {
                 return Ok(Arc::clone(&self.anonymous));
@@ -139,16 +140,15 @@ impl Authenticator {
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+/// `X-API-Key`, the other place a key may be sent.
+const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+fn presented_key(headers: &impl RequestHeaders) -> Option<&str> {
+    if let Some(value) = headers.first_str(&axum::http::header::AUTHORIZATION) {
         return bearer_token(value);
     }
     headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
+        .first_str(&API_KEY)
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
@@ -191,6 +191,7 @@ fn find(entries: &[KeyEntry], key: &str) -> Option<Arc<Caller>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use axum::http::HeaderMap;
     use hapax_config::Secret;
 
     fn key(name: &str, secret: &str) -> ApiKeyConfig {

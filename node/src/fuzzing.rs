@@ -93,14 +93,17 @@ pub type ClientRequest = (String, String, Vec<(String, Vec<u8>)>, Vec<u8>);
 /// them (the head, then the body by its framing, then the next request on the same
 /// connection): for each request its method, target, headers and body, or the first
 /// refusal. Stops after the first request that does not keep the connection alive.
-/// `as_a_connection`: heads are read with what the connection keeps between them (the last
-/// head's header names), as the listener does; else each from scratch.
+/// `as_a_connection`: heads are read as the listener reads them, with what the connection
+/// keeps between them (the last head's header names) and a chat completion's fields in place;
+/// else each from scratch, every head's fields in a map.
 pub fn read_client_requests<'a>(
     pieces: impl IntoIterator<Item = &'a [u8]>,
     max_head_bytes: usize,
     as_a_connection: bool,
 ) -> Result<Vec<ClientRequest>, String> {
-    use crate::server::http1::head::{HeadScratch, parse_request_head_with};
+    use crate::server::http1::head::{
+        HeadScratch, ParsedHead, RequestHead, parse_request_head_with, parse_routed_head,
+    };
     use crate::wire::http1::{BodyDecoder, Decoded};
     let mut pieces = pieces.into_iter();
     let mut read = bytes::BytesMut::new();
@@ -114,9 +117,13 @@ pub fn read_client_requests<'a>(
             } else {
                 &mut fresh
             };
-            if let Some(head) = parse_request_head_with(&mut read, max_head_bytes, scratch)
-                .map_err(|e| e.to_string())?
-            {
+            let parsed = if as_a_connection {
+                parse_routed_head(&mut read, max_head_bytes, scratch)
+            } else {
+                parse_request_head_with(&mut read, max_head_bytes, scratch)
+                    .map(|head| head.map(ParsedHead::Routed))
+            };
+            if let Some(head) = parsed.map_err(|e| e.to_string())? {
                 break head;
             }
             match pieces.next() {
@@ -124,7 +131,11 @@ pub fn read_client_requests<'a>(
                 None => return Ok(requests),
             }
         };
-        let mut decoder = BodyDecoder::new(head.framing);
+        let (framing, keep_alive) = match &head {
+            ParsedHead::Routed(head) => (head.framing, head.keep_alive),
+            ParsedHead::Chat(head) => (head.framing, head.keep_alive),
+        };
+        let mut decoder = BodyDecoder::new(framing);
         let mut body = Vec::new();
         loop {
             match decoder.decode(&mut read)? {
@@ -139,23 +150,38 @@ pub fn read_client_requests<'a>(
                 },
             }
         }
-        let request = &head.request;
-        let headers = request
-            .headers()
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-            .collect();
-        requests.push((
-            request.method().to_string(),
-            request.uri().to_string(),
-            headers,
-            body,
-        ));
-        if !head.keep_alive {
+        match head {
+            ParsedHead::Routed(RequestHead { request, .. }) => {
+                let headers = request
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                    .collect();
+                requests.push((
+                    request.method().to_string(),
+                    request.uri().to_string(),
+                    headers,
+                    body,
+                ));
+                // As the listener and the chat handler do: the header map is kept for reuse.
+                crate::server::header_maps::give(request.into_parts().0.headers);
+            }
+            ParsedHead::Chat(RequestHead { request, .. }) => {
+                let headers = request
+                    .fields
+                    .iter()
+                    .map(|(name, value)| {
+                        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                        (name, value.to_vec())
+                    })
+                    .collect();
+                let target = crate::api::chat::ENDPOINT.to_owned();
+                requests.push(("POST".to_owned(), target, headers, body));
+            }
+        }
+        if !keep_alive {
             return Ok(requests);
         }
-        // As the listener and the chat handler do: the header map is kept for reuse.
-        crate::server::header_maps::give(head.request.into_parts().0.headers);
     }
 }
 

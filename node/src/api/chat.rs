@@ -16,6 +16,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::cache::CachedAnswer;
 use crate::error::ApiError;
+use crate::wire::headers::RequestHeaders;
 use crate::wire::openai::ChatRequest;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -30,10 +31,12 @@ pub async fn chat_completions(
     chat(&app, &caller, &headers, body).await
 }
 
+/// The handler, whichever listener read the request: `headers` is a map, or the HTTP/1.1
+/// head's own lines (`crate::server::http1::head::HeadLines`).
 pub async fn chat(
     app: &Arc<App>,
     caller: &Arc<Caller>,
-    headers: &HeaderMap,
+    headers: &impl RequestHeaders,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_json_body(app, headers, body).await?;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::HeaderName;
 use axum::response::Response;
 
 use super::chat::sse_response;
@@ -16,7 +16,11 @@ use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimite
 use crate::routing::{CommittedStream, RouteScope, Served};
 use crate::server::scope::{self, ServedBy, current_request_id};
 use crate::wire::answer::ChatAnswer;
+use crate::wire::headers::RequestHeaders;
 use crate::wire::openai::ChatRequest;
+
+/// `X-Hapax-Dedup: off` opts a request out of sharing an identical one's answer.
+const DEDUP_HEADER: HeaderName = HeaderName::from_static("x-hapax-dedup");
 
 /// Tokens assumed for a completion whose request sets no `max_tokens`.
 const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
@@ -101,11 +105,10 @@ pub async fn complete(
     caller: &Arc<Caller>,
     request: ChatRequest,
     endpoint: &'static str,
-    headers: &HeaderMap,
+    headers: &impl RequestHeaders,
 ) -> Result<(ChatServed, bool), ApiError> {
     let opted_out = headers
-        .get("x-hapax-dedup")
-        .and_then(|v| v.to_str().ok())
+        .first_str(&DEDUP_HEADER)
         .is_some_and(|v| v.eq_ignore_ascii_case("off"));
     if !app.dedup_enabled || opted_out {
         return Ok((

@@ -1,9 +1,9 @@
 //! What makes two requests the same answer, and which requests may be answered from the
 //! cache at all.
 
-use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use crate::wire::headers::{RequestHeaders, visible_ascii};
 use crate::wire::openai::ChatRequest;
 
 /// The request header that opts a request in (`on`) or out (`off`); responses carry the same
@@ -81,13 +81,9 @@ pub struct Directives {
 }
 
 impl Directives {
-    pub fn from_headers(headers: &HeaderMap) -> Self {
+    pub fn from_headers(headers: &impl RequestHeaders) -> Self {
         let mut directives = Self::default();
-        for value in headers
-            .get_all(&HEADER)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
+        for value in headers.all(&HEADER).filter_map(visible_ascii) {
             match value.trim().to_ascii_lowercase().as_str() {
                 "on" | "true" | "1" => directives.opt_in = true,
                 "off" | "false" | "0" => directives.opt_out = true,
@@ -95,9 +91,8 @@ impl Directives {
             }
         }
         let control = headers
-            .get_all(axum::http::header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+            .all(&axum::http::header::CACHE_CONTROL)
+            .filter_map(visible_ascii)
             .flat_map(|v| v.split(','));
         for directive in control {
             let name = directive.split('=').next().unwrap_or_default().trim();
@@ -120,7 +115,7 @@ pub fn is_cacheable(request: &ChatRequest, directives: Directives) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderMap, HeaderValue};
 
     use super::*;
     use crate::wire::openai::{ChatMessage, Role, StreamOptions};

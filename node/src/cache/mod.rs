@@ -12,7 +12,6 @@ mod redis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use hapax_config::{CacheConfig, CacheKind, CacheScope};
@@ -26,6 +25,7 @@ use crate::api::exec::ChatServed;
 use crate::auth::Caller;
 use crate::metrics::Metrics;
 use crate::server::scope::ServedBy;
+use crate::wire::headers::RequestHeaders;
 use crate::wire::openai::ChatRequest;
 
 /// Entries larger than this are not stored (a runaway stream must not fill the cache).
@@ -223,7 +223,7 @@ impl Cache {
         caller: &Caller,
         endpoint: &'static str,
         request: &ChatRequest,
-        headers: &HeaderMap,
+        headers: &impl RequestHeaders,
     ) -> CachePlan {
         let bypass = CachePlan {
             status: CacheStatus::Bypass,

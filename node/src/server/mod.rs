@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{Next, from_fn_with_state};
@@ -33,12 +34,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::wire::headers::RequestHeaders;
 use observe::ObservedRouter;
 use overload::ConnectionLimit;
 
@@ -82,63 +85,57 @@ pub fn router(app: Arc<App>) -> ObservedRouter {
 
 /// The client API's admission, in one layer: load shedding first (an overloaded node answers
 /// 503 without spending a digest on the key), then the key.
-async fn admit_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    admitted(&app, request, |mut request, caller| {
-        request.extensions_mut().insert(caller);
-        next.run(request)
-    })
-    .await
-}
-
-/// `POST /v1/chat/completions` without the router: the same admission and handler.
-async fn chat_direct(app: &Arc<App>, request: Request) -> Response {
-    admitted(app, request, |request, caller| async move {
-        let (parts, body) = request.into_parts();
-        let response = api::chat::chat(app, &caller, &parts.headers, body)
-            .await
-            .into_response();
-        header_maps::give(parts.headers);
-        response
-    })
-    .await
-}
-
-/// Load shedding, then the client key, then `handler` with the caller.
-async fn admitted<F, R>(app: &App, request: Request, handler: F) -> Response
-where
-    F: FnOnce(Request, Arc<Caller>) -> R,
-    R: Future<Output = Response>,
-{
-    let Some(permit) = app.inflight.try_acquire() else {
-        return overload::shed(app, &request);
+async fn admit_client(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let endpoint = observe::endpoint_label(request.uri().path());
+    let (caller, permit) = match admit(&app, endpoint, request.headers()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
     };
-    let response = authenticated(app, request, handler).await;
-    overload::hold_while_streaming(response, permit)
+    request.extensions_mut().insert(caller);
+    overload::hold_while_streaming(next.run(request).await, permit)
 }
 
-async fn require_client(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    authenticated(&app, request, |mut request, caller| {
-        request.extensions_mut().insert(caller);
-        next.run(request)
-    })
-    .await
+/// `POST /v1/chat/completions` without the router: the same admission and handler. `headers`
+/// is the request's map, or the HTTP/1.1 head's own lines.
+async fn chat_direct(app: &Arc<App>, headers: &impl RequestHeaders, body: Body) -> Response {
+    let (caller, permit) = match admit(app, api::chat::ENDPOINT, headers) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let response = api::chat::chat(app, &caller, headers, body).await;
+    overload::hold_while_streaming(response.into_response(), permit)
 }
 
-/// `handler` with the caller of a valid client key (named in the request's log line), else
-/// the 401.
-async fn authenticated<F, R>(app: &App, request: Request, handler: F) -> Response
-where
-    F: FnOnce(Request, Arc<Caller>) -> R,
-    R: Future<Output = Response>,
-{
-    match app.auth.client(request.headers()) {
+/// Load shedding, then the client key (an overloaded node answers 503 without spending a
+/// digest on the key): the caller and its place in flight, else the refusal.
+fn admit(
+    app: &App,
+    endpoint: &'static str,
+    headers: &impl RequestHeaders,
+) -> Result<(Arc<Caller>, OwnedSemaphorePermit), ApiError> {
+    let permit = app
+        .inflight
+        .try_acquire()
+        .ok_or_else(|| overload::shed(app, endpoint))?;
+    Ok((client_of(app, headers)?, permit))
+}
+
+async fn require_client(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    match client_of(&app, request.headers()) {
         Ok(caller) => {
-            let name = Arc::clone(&caller.name);
-            scope::record(|outcome| outcome.client = Some(name));
-            handler(request, caller).await
+            request.extensions_mut().insert(caller);
+            next.run(request).await
         }
-        Err(error) => error.into_response(),
+        Err(refusal) => refusal.into_response(),
     }
+}
+
+/// The caller of a valid client key (named in the request's log line), else the 401.
+fn client_of(app: &App, headers: &impl RequestHeaders) -> Result<Arc<Caller>, ApiError> {
+    let caller = app.auth.client(headers)?;
+    let name = Arc::clone(&caller.name);
+    scope::record(|outcome| outcome.client = Some(name));
+    Ok(caller)
 }
 
 async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {

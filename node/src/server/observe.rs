@@ -20,11 +20,13 @@ use tower::ServiceExt;
 
 use super::gateway_headers::GatewayHeaders;
 use super::guarded_body::GuardedBody;
+use super::header_maps;
 use super::request_id;
 use super::scope::{self, Outcome, RequestContext};
 use crate::app::App;
 use crate::error::{ErrorMarker, StreamFault};
 use crate::logging::request_line::{self, RequestLine};
+use crate::wire::headers::RequestHeaders;
 
 /// Endpoint labels are a fixed set, so metric cardinality stays bounded.
 pub fn endpoint_label(path: &str) -> &'static str {
@@ -143,22 +145,79 @@ impl ObservedRouter {
     pub fn answer(&self, request: Request) -> BoxFuture<'static, (Response, GatewayHeaders)> {
         Box::pin(observe(Arc::clone(&self.app), request, self.router.clone()))
     }
+
+    /// [`Self::answer`] for a `POST /v1/chat/completions` whose header fields are read where
+    /// the HTTP/1.1 listener parsed them (`headers`), not from a map built for the router.
+    pub fn answer_chat<H>(
+        &self,
+        headers: H,
+        version: Version,
+        body: Body,
+    ) -> BoxFuture<'static, (Response, GatewayHeaders)>
+    where
+        H: RequestHeaders + Send + 'static,
+    {
+        let started = Instant::now();
+        let arrival = Arrival::new(
+            started,
+            CHAT_ENDPOINT,
+            Method::POST,
+            version,
+            request_id::from_headers(&headers),
+        );
+        let app = Arc::clone(&self.app);
+        let handler_app = Arc::clone(&app);
+        let handle = async move {
+            // Boxed, as on the map's path (see `observe`).
+            Box::pin(super::chat_direct(&handler_app, &headers, body)).await
+        };
+        Box::pin(observed(app, arrival, handle))
+    }
 }
 
-/// Request id, metrics and the log line around one request; HTTP/3 early data with an
-/// unsafe method is refused here (425) so the refusal is observed like any answer. The
-/// gateway's headers (the request id, and what the handler recorded) come back apart.
+/// What the observing layer knows of a request before its handler runs.
+struct Arrival {
+    started: Instant,
+    endpoint_index: usize,
+    version: Version,
+    context: RequestContext,
+}
+
+impl Arrival {
+    fn new(
+        started: Instant,
+        endpoint_index: usize,
+        method: Method,
+        version: Version,
+        id: Arc<str>,
+    ) -> Self {
+        Self {
+            started,
+            endpoint_index,
+            version,
+            context: RequestContext {
+                id,
+                endpoint: crate::metrics::ENDPOINTS[endpoint_index],
+                method,
+                protocol: protocol_label(version),
+            },
+        }
+    }
+}
+
+/// [`observed`] for a request with its header map, through the router (the chat endpoint
+/// straight to its handler); HTTP/3 early data with an unsafe method is refused here (425)
+/// so the refusal is observed like any answer.
 async fn observe(app: Arc<App>, request: Request, router: Router) -> (Response, GatewayHeaders) {
     let started = Instant::now();
     let endpoint_index = endpoint_index(request.uri().path());
-    let version = request.version();
-    let context = RequestContext {
-        id: request_id::from_headers(request.headers()),
-        endpoint: crate::metrics::ENDPOINTS[endpoint_index],
-        method: request.method().clone(),
-        protocol: protocol_label(version),
-    };
-    app.metrics.endpoints[endpoint_index].active.inc();
+    let arrival = Arrival::new(
+        started,
+        endpoint_index,
+        request.method().clone(),
+        request.version(),
+        request_id::from_headers(request.headers()),
+    );
     let handler_app = Arc::clone(&app);
     let handle = async move {
         if let Some(refusal) = super::h3::refuse_unsafe_early_data(&request) {
@@ -169,13 +228,33 @@ async fn observe(app: Arc<App>, request: Request, router: Router) -> (Response, 
             // cloned per request, a copy of the headers for the extractor): same admission,
             // same handler. Boxed, as the router boxes its handlers: the handler's future is
             // large and would otherwise be copied with this one at every move.
-            return Box::pin(super::chat_direct(&handler_app, request)).await;
+            let (parts, body) = request.into_parts();
+            let response = Box::pin(super::chat_direct(&handler_app, &parts.headers, body)).await;
+            header_maps::give(parts.headers);
+            return response;
         }
         match router.oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     };
+    observed(app, arrival, handle).await
+}
+
+/// Request id, metrics and the log line around one request's `handle`. The gateway's headers
+/// (the request id, and what the handler recorded) come back apart.
+async fn observed(
+    app: Arc<App>,
+    arrival: Arrival,
+    handle: impl Future<Output = Response>,
+) -> (Response, GatewayHeaders) {
+    let Arrival {
+        started,
+        endpoint_index,
+        version,
+        context,
+    } = arrival;
+    app.metrics.endpoints[endpoint_index].active.inc();
     // Until the handler answers, the request is recorded as cancelled if its future is dropped
     // (the client closed the connection): the active gauge comes back and the log says so.
     let mut cancelled = FinishOnDrop(

@@ -19,12 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::guarded_body::GuardedBody;
-use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::observe::endpoint_label;
 use super::scope;
 use crate::app::App;
 use crate::error::ApiError;
@@ -58,15 +56,13 @@ impl InflightLimit {
     }
 }
 
-/// The load-shedding layer around the client API.
-/// The 503 of a client-API request refused because the node is at its in-flight cap.
-pub fn shed(app: &App, request: &Request) -> Response {
-    let endpoint = endpoint_label(request.uri().path());
+/// The 503 of a client-API request to `endpoint` (its metric label) refused because the node
+/// is at its in-flight cap.
+pub fn shed(app: &App, endpoint: &'static str) -> ApiError {
     app.metrics.load_shed.with_label_values(&[endpoint]).inc();
     ApiError::Overloaded {
         limit: app.inflight.limit(),
     }
-    .into_response()
 }
 
 /// Keeps the in-flight permit until a streamed body ends; a complete answer releases it now.

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::http::HeaderMap;
+use crate::wire::headers::RequestHeaders;
 
 pub const HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
@@ -12,8 +12,8 @@ static PREFIX: LazyLock<u32> = LazyLock::new(rand::random);
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// The incoming id when it is short and made of safe characters; otherwise a new one.
-pub fn from_headers(headers: &HeaderMap) -> Arc<str> {
-    if let Some(incoming) = headers.get(&HEADER).and_then(|v| v.to_str().ok())
+pub fn from_headers(headers: &impl RequestHeaders) -> Arc<str> {
+    if let Some(incoming) = headers.first_str(&HEADER)
         && is_sane(incoming)
     {
         return Arc::from(incoming);
@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn keeps_sane_ids_and_replaces_others() {
-        let mut h = HeaderMap::new();
+        let mut h = axum::http::HeaderMap::new();
         h.insert(
             HEADER.clone(),
             axum::http::HeaderValue::from_static("abc-123"),

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+use super::lines::HeadLines;
 use crate::server::gateway_headers::GatewayHeaders;
 use crate::server::header_maps;
 use crate::wire::http1::{Framing, last_coding_is_chunked, lists_token, parse_length};
@@ -52,11 +53,11 @@ impl HeadError {
     }
 }
 
-/// A parsed request head: the request without its body, and how the body and the connection
-/// go on.
+/// A parsed request head: the request without its body (for the router, with its fields in
+/// a map), and how the body and the connection go on.
 #[derive(Debug)]
-pub struct RequestHead {
-    pub request: Request<()>,
+pub struct RequestHead<R = Request<()>> {
+    pub request: R,
     pub framing: Framing,
     /// The client may send another request on this connection after this one's answer.
     pub keep_alive: bool,
@@ -133,12 +134,127 @@ impl KnownName {
     }
 }
 
+/// A `POST /v1/chat/completions` head: its fields are read where they sit in the head.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub version: Version,
+    pub fields: HeadLines,
+}
+
+/// A head as the listener routes it.
+#[derive(Debug)]
+pub enum ParsedHead {
+    /// Through the router, with its fields in a map.
+    Routed(RequestHead),
+    /// Exactly `POST /v1/chat/completions` (no query): straight to the chat handler.
+    Chat(RequestHead<ChatRequest>),
+}
+
 /// [`parse_request_head`] with the connection's [`HeadScratch`].
 pub fn parse_request_head_with(
     buf: &mut BytesMut,
     max_head_bytes: usize,
     scratch: &mut HeadScratch,
 ) -> Result<Option<RequestHead>, HeadError> {
+    let Some(parsed) = parse_head(buf, max_head_bytes, scratch)? else {
+        return Ok(None);
+    };
+    parsed.into_routed(buf, scratch).map(Some)
+}
+
+/// [`parse_request_head_with`], but a chat completion's head keeps its fields in place
+/// ([`ParsedHead::Chat`]): the listener's way in.
+pub fn parse_routed_head(
+    buf: &mut BytesMut,
+    max_head_bytes: usize,
+    scratch: &mut HeadScratch,
+) -> Result<Option<ParsedHead>, HeadError> {
+    let Some(parsed) = parse_head(buf, max_head_bytes, scratch)? else {
+        return Ok(None);
+    };
+    if parsed.method == Method::POST && parsed.target() == CHAT_TARGET.as_bytes() {
+        return Ok(Some(ParsedHead::Chat(parsed.into_chat(scratch))));
+    }
+    parsed
+        .into_routed(buf, scratch)
+        .map(|head| Some(ParsedHead::Routed(head)))
+}
+
+/// The one target whose head is not put in a map.
+const CHAT_TARGET: &str = crate::api::chat::ENDPOINT;
+
+/// A head taken off the buffer, its framing read, its fields not yet put anywhere (their
+/// places are in [`HeadScratch::spans`]).
+struct ParsedParts {
+    head: Bytes,
+    method: Method,
+    /// Where the target sits in `head`.
+    path: (usize, usize),
+    version: Version,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl ParsedParts {
+    fn target(&self) -> &[u8] {
+        self.head
+            .get(self.path.0..self.path.0 + self.path.1)
+            .unwrap_or_default()
+    }
+
+    /// The request with its target and fields for the router. On a refusal the head goes back
+    /// in front of what followed it, so the refusal reads this request's method, not a
+    /// pipelined one's (the connection closes after it).
+    fn into_routed(
+        self,
+        buf: &mut BytesMut,
+        scratch: &mut HeadScratch,
+    ) -> Result<RequestHead, HeadError> {
+        let (uri, headers) = match assemble(&self.head, self.path, scratch) {
+            Ok(parts) => parts,
+            Err(error) => {
+                let mut restored = BytesMut::from(&self.head[..]);
+                restored.extend_from_slice(buf);
+                *buf = restored;
+                return Err(error);
+            }
+        };
+        let mut request = Request::new(());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = headers;
+        Ok(RequestHead {
+            request,
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            expect_continue: self.expect_continue,
+        })
+    }
+
+    /// The chat request, its fields left where they are. Nothing to refuse: httparse takes
+    /// only the names and values a map would (`head_tests`, every byte).
+    fn into_chat(self, scratch: &HeadScratch) -> RequestHead<ChatRequest> {
+        RequestHead {
+            request: ChatRequest {
+                version: self.version,
+                fields: HeadLines::new(self.head, &scratch.spans),
+            },
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            expect_continue: self.expect_continue,
+        }
+    }
+}
+
+/// Reads the head at the front of `buf` and takes it off: its request line and framing, and
+/// where its fields sit.
+fn parse_head(
+    buf: &mut BytesMut,
+    max_head_bytes: usize,
+    scratch: &mut HeadScratch,
+) -> Result<Option<ParsedParts>, HeadError> {
     // Uninitialised: httparse writes the lines it finds (an array of empty headers would be
     // 3 KB zeroed for every request).
     let mut lines =
@@ -216,25 +332,11 @@ pub fn parse_request_head_with(
         return Err(error);
     }
     let (framing, ambiguous) = framing.resolve()?;
-    let head = buf.split_to(head_len).freeze();
-    let (uri, headers) = match assemble(&head, path, scratch) {
-        Ok(parts) => parts,
-        Err(error) => {
-            // The head goes back in front of what followed it, so the refusal reads this
-            // request's method, not a pipelined one's (the connection closes after it).
-            let mut restored = BytesMut::from(&head[..]);
-            restored.extend_from_slice(buf);
-            *buf = restored;
-            return Err(error);
-        }
-    };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    Ok(Some(RequestHead {
-        request,
+    Ok(Some(ParsedParts {
+        head: buf.split_to(head_len).freeze(),
+        method,
+        path,
+        version,
         framing,
         keep_alive: keep_alive && !close && !ambiguous,
         expect_continue,

@@ -24,6 +24,7 @@
 mod body;
 mod date;
 pub mod head;
+pub mod lines;
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use axum::http::header::{ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use bytes::BytesMut;
+use futures_util::future::BoxFuture;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -43,7 +45,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use self::body::{ReadSide, SocketBody};
-use self::head::{BodyFraming, HeadError, HeadScratch, RequestHead};
+use self::head::{BodyFraming, ChatRequest, HeadError, HeadScratch, ParsedHead};
 use super::gateway_headers::GatewayHeaders;
 use super::observe::ObservedRouter;
 use crate::wire::http1::Framing;
@@ -122,19 +124,30 @@ impl Connection {
             if let Some(busy) = &self.settings.busy_poll {
                 busy.touch();
             }
-            let RequestHead {
-                request,
-                framing,
-                keep_alive,
-                expect_continue,
-            } = head;
-            let asked = Asked {
-                head: request.method() == Method::HEAD,
-                http10: request.version() == Version::HTTP_10,
-                keep_alive,
+            let (asked, answer, returned) = match head {
+                ParsedHead::Routed(head) => {
+                    let asked = Asked {
+                        head: head.request.method() == Method::HEAD,
+                        http10: head.request.version() == Version::HTTP_10,
+                        keep_alive: head.keep_alive,
+                    };
+                    let (body, returned) = self.take_body(head.framing, head.expect_continue);
+                    let answer = self.router.answer(head.request.map(|()| body));
+                    (asked, answer, returned)
+                }
+                ParsedHead::Chat(head) => {
+                    let ChatRequest { version, fields } = head.request;
+                    let asked = Asked {
+                        head: false,
+                        http10: version == Version::HTTP_10,
+                        keep_alive: head.keep_alive,
+                    };
+                    let (body, returned) = self.take_body(head.framing, head.expect_continue);
+                    let answer = self.router.answer_chat(fields, version, body);
+                    (asked, answer, returned)
+                }
             };
-            let (body, returned) = self.take_body(framing, expect_continue);
-            let Some((response, gateway)) = self.call(request.map(|()| body)).await else {
+            let Some((response, gateway)) = self.call(answer).await else {
                 return Ok(()); // the client went away: nobody to answer
             };
             let mut keep_alive = asked.keep_alive && !*self.shutdown.borrow();
@@ -160,11 +173,11 @@ impl Connection {
 
     /// The next request's head, within the read timeout; `None` when the connection ends
     /// without one (closed, idle, shutting down, or refused with an answer).
-    async fn read_head(&mut self) -> std::io::Result<Option<RequestHead>> {
+    async fn read_head(&mut self) -> std::io::Result<Option<ParsedHead>> {
         let mut armed = false;
         loop {
             let max = self.settings.max_header_bytes;
-            match head::parse_request_head_with(&mut self.buf, max, &mut self.scratch) {
+            match head::parse_routed_head(&mut self.buf, max, &mut self.scratch) {
                 Ok(Some(head)) => return Ok(Some(head)),
                 Ok(None) => {}
                 Err(error) => {
@@ -243,9 +256,11 @@ impl Connection {
         side.complete
     }
 
-    /// The router's answer; `None` if the client closed first (the request is cancelled).
-    async fn call(&mut self, request: http::Request<Body>) -> Option<(Response, GatewayHeaders)> {
-        let mut answer = self.router.answer(request);
+    /// The router's `answer`; `None` if the client closed first (the request is cancelled).
+    async fn call(
+        &mut self,
+        mut answer: BoxFuture<'static, (Response, GatewayHeaders)>,
+    ) -> Option<(Response, GatewayHeaders)> {
         let answered = match self.reader.as_ref() {
             Some(reader) => tokio::select! {
                 biased;
