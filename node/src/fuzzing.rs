@@ -163,17 +163,24 @@ pub fn read_client_requests<'a>(
                     headers,
                     body,
                 ));
-                // As the listener and the chat handler do: the header map is kept for reuse.
+                // As a chat request that came with a map does: the map is kept for reuse.
                 crate::server::header_maps::give(request.into_parts().0.headers);
             }
             ParsedHead::Chat(RequestHead { request, .. }) => {
-                let headers = request
-                    .fields
+                // Put in a map as the other side's were: a map takes every field read in
+                // place, and lists them as the other side's map does (each name's values
+                // together).
+                let mut map = http::HeaderMap::new();
+                for (name, value) in request.fields.iter() {
+                    let name = http::HeaderName::from_bytes(name)
+                        .map_err(|_| "a field read in place is no header name")?;
+                    let value = http::HeaderValue::from_bytes(value)
+                        .map_err(|_| "a field read in place is no header value")?;
+                    map.append(name, value);
+                }
+                let headers = map
                     .iter()
-                    .map(|(name, value)| {
-                        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-                        (name, value.to_vec())
-                    })
+                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
                     .collect();
                 let target = crate::api::chat::ENDPOINT.to_owned();
                 requests.push(("POST".to_owned(), target, headers, body));

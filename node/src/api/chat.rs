@@ -32,7 +32,7 @@ pub async fn chat_completions(
 }
 
 /// The handler, whichever listener read the request: `headers` is a map, or the HTTP/1.1
-/// head's own lines (`crate::server::http1::head::HeadLines`).
+/// head's own lines (`crate::server::http1::lines::HeadLines`).
 pub async fn chat(
     app: &Arc<App>,
     caller: &Arc<Caller>,

@@ -1,7 +1,8 @@
 //! Header maps kept for reuse on the thread that served them. A map with room for a request's
 //! or an answer's headers (~12) is ~1.3 KB: past glibc's per-thread cache, so allocating and
-//! freeing one goes through the allocator's slow path. A request needs two (its own and its
-//! answer's); in steady state both come from here and go back here.
+//! freeing one goes through the allocator's slow path. A request routed with a map needs two
+//! (its own and its answer's; a chat completion on the plain HTTP/1.1 listener only the
+//! answer's); in steady state they come from here and go back here.
 
 use std::cell::RefCell;
 

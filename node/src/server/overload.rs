@@ -1,8 +1,9 @@
 //! Overload protection: load shedding, not queuing.
 //!
 //! - [`InflightLimit`]: a cap on client-API requests in flight on this node
-//!   (`server.max_inflight_requests`, or Hapax's `queue.max_size`). The [`shed_load`] layer
-//!   takes a permit with `try_acquire`; when none is left the request is answered at once
+//!   (`server.max_inflight_requests`, or Hapax's `queue.max_size`). Admission (`server::admit`,
+//!   before the key is checked) takes a permit with `try_acquire`; when none is left the
+//!   request is answered at once
 //!   with 503, code `overloaded` and `Retry-After: 1`, and counted in
 //!   `hapax_load_shed_total`. Nothing waits: a queue in front of slow upstreams only turns an
 //!   overload into timeouts. A streamed response keeps its permit until its body ends (or the

@@ -1,9 +1,10 @@
 //! A request's header fields as the handlers read them, whichever listener read the request.
 //!
-//! The TLS and HTTP/3 listeners (hyper, h3) hand over a [`HeaderMap`]. The plain HTTP/1.1
-//! listener hands the chat endpoint the head's own lines instead
-//! (`crate::server::http1::head::HeadLines`): building a map costs a hash, a probe and a
-//! shared value for every field, and the chat path reads half a dozen of them once each.
+//! The TLS and HTTP/3 listeners (hyper, h3) hand over a [`HeaderMap`], as the plain HTTP/1.1
+//! listener does for every route but one: for exactly `POST /v1/chat/completions` it hands the
+//! head's own lines (`crate::server::http1::lines::HeadLines`). Building a map costs a hash,
+//! a probe and a shared value for every field, and the chat path reads half a dozen of them
+//! once each.
 
 use http::{HeaderMap, HeaderName};
 

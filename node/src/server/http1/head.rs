@@ -79,6 +79,10 @@ fn malformed(message: impl Into<String>) -> HeadError {
     HeadError::Malformed(message.into())
 }
 
+/// Longest header name a map takes (`http`'s limit), so a head read in place refuses what a
+/// map would.
+const MAX_NAME_BYTES: usize = 65_535;
+
 /// Where a header line sits in the head: name start and length, value start and length.
 pub type HeaderSpan = (usize, usize, usize, usize);
 
@@ -150,7 +154,8 @@ pub enum ParsedHead {
     Chat(RequestHead<ChatRequest>),
 }
 
-/// [`parse_request_head`] with the connection's [`HeadScratch`].
+/// [`parse_request_head`] with what a connection keeps between heads ([`HeadScratch`]),
+/// every head's fields in a map.
 pub fn parse_request_head_with(
     buf: &mut BytesMut,
     max_head_bytes: usize,
@@ -233,8 +238,9 @@ impl ParsedParts {
         })
     }
 
-    /// The chat request, its fields left where they are. Nothing to refuse: httparse takes
-    /// only the names and values a map would (`head_tests`, every byte).
+    /// The chat request, its fields left where they are. Nothing left to refuse: httparse
+    /// takes only the names and values a map would (the tests of `lines`, every byte), and
+    /// `parse_head` refuses names longer than a map takes.
     fn into_chat(self, scratch: &HeadScratch) -> RequestHead<ChatRequest> {
         RequestHead {
             request: ChatRequest {
@@ -301,7 +307,10 @@ fn parse_head(
     spans.clear();
     for line in parsed.headers.iter() {
         let name = line.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.len() > MAX_NAME_BYTES {
+            // What a map refuses (`HeaderName`), refused for a head read in place too.
+            return Err(malformed("invalid header name"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             framing.length(line.value)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if !http11 {
