@@ -35,3 +35,11 @@ impl<'de, M: Members> Deserialize<'de> for Name<M> {
         deserializer.deserialize_str(NameVisitor(PhantomData))
     }
 }
+
+/// Marks a member seen; a second one is an error, as in a derived decoder.
+pub(crate) fn first<E: de::Error>(seen: &mut bool, name: &'static str) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        return Err(E::duplicate_field(name));
+    }
+    Ok(())
+}
