@@ -242,10 +242,120 @@ mod tests {
             b"{}",
             b"null",
             b"",
+            // The grammar as serde_json reads it: whitespace, numbers, literals, escapes,
+            // commas, names, nesting.
+            b" \n{ \"id\" : \"x\" ,\t\"choices\" : [ { \"message\" : { } } ] } \r\n",
+            b"{\"id\":\"x\",\"choices\":[] }\x0c",
+            br#"{"id":-0.5e+10,"choices":[]}"#,
+            br#"{"id":1E-2,"choices":[]}"#,
+            br#"{"id":0,"choices":[]}"#,
+            br#"{"id":01,"choices":[]}"#,
+            br#"{"id":1.,"choices":[]}"#,
+            br#"{"id":-,"choices":[]}"#,
+            br#"{"id":1e,"choices":[]}"#,
+            br#"{"id":1e+,"choices":[]}"#,
+            br#"{"id":+1,"choices":[]}"#,
+            br#"{"id":.5,"choices":[]}"#,
+            br#"{"id":1x,"choices":[]}"#,
+            br#"{"id":[true,false,null],"choices":[]}"#,
+            br#"{"id":tru,"choices":[]}"#,
+            br#"{"id":nulll,"choices":[]}"#,
+            br#"{"id":"\u00zz","choices":[]}"#,
+            br#"{"id":"\ud800","choices":[]}"#,
+            br#"{"\ud800":1,"id":"x","choices":[]}"#,
+            br#"{"id":{"\ud800":1},"choices":[]}"#,
+            b"{\"id\":\"a\x01b\",\"choices\":[]}",
+            br#"{"id":"\q","choices":[]}"#,
+            br#"{"id":"\/\b\f\n\r\t\"\\","choices":[]}"#,
+            br#"{"id":"x","choices":[],}"#,
+            br#"{"id":[1,],"choices":[]}"#,
+            br#"{"id":{"a":1,},"choices":[]}"#,
+            br#"{"id":"x","choices":[{"message":1},]}"#,
+            br#"{"id":"x","choices":[{"message":1,}]}"#,
+            br#"{"id":"x","choices":[,]}"#,
+            br#"{,"id":"x","choices":[]}"#,
+            br#"{"id":{},"choices":[{"message":[]},{"message":{"a":[{}]}}]}"#,
+            br#"{"id" "x","choices":[]}"#,
+            br#"{1:2}"#,
+            br#"{"id":{1:2},"choices":[]}"#,
+            br#"{"id":{"a" 1},"choices":[]}"#,
+            br#"{"id":[1 2],"choices":[]}"#,
+            br#"{"id":"x","choices":[{"message":1} {"message":2}]}"#,
+            br#"{"id":"x" "choices":[]}"#,
+            br#"{"\u0075sage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"id":"x","choices":[]}"#,
+            br#"{"id":"x","choices":[],"usage" :  {"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}  }"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"x":[{"y":null}]}}"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#,
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,}}"#,
+            br#"{"id":"x"#,
+            br#"{"id":"x","choices":[]}}"#,
+            br#"{"id":"x","choices":[{}]}"#,
+            br#"{"id":"x","choices":[{"message":1}],"choices":[]}"#,
+            br#"{"id":"x","choices":null}"#,
+            br#"{"id":"x","choices":[null]}"#,
+            br#"{"id":"x","choices":["message"]}"#,
+            br#"{"id":"x","choices":[{"\u006dessage":1}]}"#,
+            br#"{"id":"x","choices":[{"message":1,"m\u0065ssage":2}]}"#,
+            br#"{"id":"x","choices":[{"message":1}],"message":1}"#,
+            br#"{"id":"x","choices":[{"id":1,"choices":2,"usage":3,"message":4}]}"#,
+            br#"{"id":"\u00E9","choices":[]}"#,
+            br#"{"\ud83d\ude00":1,"id":"x","choices":[]}"#,
+            br#"{"id":"x","choices":[{"\ud800":1,"message":1}]}"#,
+            br#"{"\udc00":1,"id":"x","choices":[]}"#,
+            br#"{"\ud800\n":1,"id":"x","choices":[]}"#,
+            br#"{"id":"x","choices":[{"message":{"\ud800":1}}]}"#,
+            br#"{"id":[1},"choices":[]}"#,
+            br#"{"id":{"a":1],"choices":[]}"#,
+            br#"{"id":-0,"choices":[],"usage":{"prompt_tokens":-0,"completion_tokens":0,"total_tokens":0}}"#,
+            br#"{"id":1e5,"choices":[],"usage":{"prompt_tokens":1e5,"completion_tokens":0,"total_tokens":0}}"#,
+            br#"{"id":-01,"choices":[]}"#,
+            br#"{"id":1.5e,"choices":[]}"#,
+            b"{\"id\":\"a\x1fb\",\"choices\":[]}",
+            b"{\"id\":\"a\x7fb\",\"choices\":[]}",
+            b"{\"i\td\":\"x\",\"choices\":[]}",
+            br#"{"id":"}],\"{[","choices":[]}"#,
+            br#"{"id\\":1,"id":"x","choices":[]}"#,
+            br#"{"id":"\u12"#,
+            br#"{"ids":1,"i":2,"id":"x","choices":[]}"#,
         ];
         for &case in cases {
             let agreed = crate::fuzzing::check_answer_shape(case);
             assert_eq!(agreed, Ok(()), "{}", String::from_utf8_lossy(case));
+        }
+        // A full answer cut short anywhere, and with any one byte replaced by one that
+        // matters to the grammar.
+        let full = br#"{"id":"chatcmpl-1","object":"chat.completion","created":17,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"h\u00e9 \"x\"","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"details":{"cached":[0,1.5e-3,true]}}}"#;
+        assert_eq!(
+            ChatAnswer::passthrough(full.to_vec())
+                .ok()
+                .and_then(|a| a.usage),
+            Some(Usage::new(3, 1))
+        );
+        for end in 0..full.len() {
+            let agreed = crate::fuzzing::check_answer_shape(&full[..end]);
+            assert_eq!(agreed, Ok(()), "cut at {end}");
+        }
+        for at in 0..full.len() {
+            for &byte in b"\"\\{}[],:0-eu\x1f t" {
+                let mut changed = full.to_vec();
+                changed[at] = byte;
+                let agreed = crate::fuzzing::check_answer_shape(&changed);
+                assert_eq!(agreed, Ok(()), "{}", String::from_utf8_lossy(&changed));
+            }
+        }
+        // Deep nesting, of arrays and of objects, closed and not.
+        for depth in [63, 64, 65, 130] {
+            let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+            let mixed = format!("{}0{}", r#"[{"a":"#.repeat(depth), "}]".repeat(depth));
+            for nested in [arrays, objects, mixed] {
+                let unclosed = &nested[..nested.len() - 1];
+                for value in [&nested[..], unclosed] {
+                    let case = format!(r#"{{"id":{value},"choices":[{{"message":{value}}}]}}"#);
+                    let agreed = crate::fuzzing::check_answer_shape(case.as_bytes());
+                    assert_eq!(agreed, Ok(()), "{case}");
+                }
+            }
         }
         // Where they part: an answer that is not UTF-8 is refused, wherever the bytes are (the
         // derived decoder, reading bytes, refused them in member names only) ...
