@@ -43,8 +43,13 @@ impl HeadLines {
         self.spans
             .iter()
             .filter(move |&&(name_at, name_len, _, _)| {
-                name_len == wanted.len()
-                    && self.slice(name_at, name_len).eq_ignore_ascii_case(wanted)
+                if name_len != wanted.len() {
+                    return false;
+                }
+                // Most clients send names in lowercase (h11, undici, Go's HTTP/2 habit): a
+                // plain comparison first, the case-blind one only when that fails.
+                let sent = self.slice(name_at, name_len);
+                sent == wanted || sent.eq_ignore_ascii_case(wanted)
             })
             .map(|&(_, _, value_at, value_len)| self.slice(value_at, value_len))
     }
