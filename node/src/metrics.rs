@@ -239,7 +239,7 @@ impl Metrics {
         };
         metrics.endpoints = ENDPOINTS
             .iter()
-            .map(|endpoint| {
+            .map(|&endpoint| {
                 Ok(EndpointHandles {
                     active: metrics
                         .http_active

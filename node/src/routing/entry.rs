@@ -207,7 +207,7 @@ impl ProviderEntry {
     pub fn record_failure(&self, permit: BreakerPermit, error: &ProviderError, metrics: &Metrics) {
         metrics
             .provider_requests
-            .with_label_values(&[&self.name, error.kind_label()])
+            .with_label_values(&[self.name.as_str(), error.kind_label()])
             .inc();
         if error.counts_as_provider_failure() {
             permit.failure(error.kind_label());
