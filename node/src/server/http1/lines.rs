@@ -46,8 +46,8 @@ impl HeadLines {
                 if name_len != wanted.len() {
                     return false;
                 }
-                // Most clients send names in lowercase (h11, undici, Go's HTTP/2 habit): a
-                // plain comparison first, the case-blind one only when that fails.
+                // Many clients send names in lowercase (Python's h11 and Node's undici do):
+                // a plain comparison first, the case-blind one only when that fails.
                 let sent = self.slice(name_at, name_len);
                 sent == wanted || sent.eq_ignore_ascii_case(wanted)
             })
