@@ -9,6 +9,7 @@
 
 use bytes::{Buf, BytesMut};
 
+use super::http::USER_AGENT;
 pub use crate::wire::http1::{BodyDecoder, Decoded, Framing};
 use crate::wire::http1::{last_coding_is_chunked, lists_token, parse_length};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -20,29 +21,48 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines in an answer head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 
-/// The request's bytes, head and body in one buffer so that it goes out in one write.
-/// `content-length` is always the body's; `host`, `content-length` and `transfer-encoding`
-/// in `headers` are ignored. Header values cannot hold CR or LF (`HeaderValue` refuses them),
-/// so nothing in `headers` can end the head early.
-pub fn encode_request(
-    method: &Method,
-    target: &str,
-    host: &[u8],
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Vec<u8> {
-    let headers_len: usize = headers
+/// A request for a plain-HTTP upstream, as [`encode_request`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainRequest<'a> {
+    pub method: &'a Method,
+    /// Origin form: `/v1/chat/completions`.
+    pub target: &'a str,
+    /// Sends `content-type: application/json`.
+    pub json: bool,
+    /// Fields besides `host`, `user-agent`, `content-type` and `content-length`, which the
+    /// encoder writes itself; `host`, `content-length` and `transfer-encoding` here are ignored.
+    pub fields: &'a [(HeaderName, HeaderValue)],
+    pub body: &'a [u8],
+}
+
+/// Appends the request's bytes to `out`, head and body in one buffer so that it goes out in
+/// one write. `content-length` is always the body's. Header values cannot hold CR or LF
+/// (`HeaderValue` refuses them), so no field can end the head early.
+pub fn encode_request(out: &mut Vec<u8>, request: &PlainRequest<'_>, host: &[u8]) {
+    let PlainRequest {
+        method,
+        target,
+        json,
+        fields,
+        body,
+    } = *request;
+    let fields_len: usize = fields
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    let mut out = Vec::with_capacity(64 + target.len() + host.len() + headers_len + body.len());
+    out.reserve(96 + target.len() + host.len() + fields_len + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nuser-agent: ");
+    out.extend_from_slice(USER_AGENT.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
+    if json {
+        out.extend_from_slice(b"content-type: application/json\r\n");
+    }
+    for (name, value) in fields {
         if name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
@@ -58,7 +78,6 @@ pub fn encode_request(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
 }
 
 /// What the gateway needs of an answer's head.

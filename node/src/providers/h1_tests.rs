@@ -15,30 +15,54 @@ fn body_in_steps(answer: &[u8], step: usize) -> Result<Vec<u8>, String> {
     crate::fuzzing::read_upstream_answer(answer.chunks(step)).map(|(_, body)| body)
 }
 
+fn encoded(
+    method: &Method,
+    target: &str,
+    json: bool,
+    fields: &[(HeaderName, HeaderValue)],
+    body: &[u8],
+) -> String {
+    let request = PlainRequest {
+        method,
+        target,
+        json,
+        fields,
+        body,
+    };
+    let mut out = b"left as it was|".to_vec();
+    encode_request(&mut out, &request, b"mock:8000");
+    let Some(rest) = out.strip_prefix(b"left as it was|") else {
+        panic!("the request is appended to what the buffer held");
+    };
+    String::from_utf8_lossy(rest).into_owned()
+}
+
 #[test]
 fn a_request_is_one_buffer_with_its_length() {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert(HOST, HeaderValue::from_static("ignored"));
-    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("999"));
-    let bytes = encode_request(
-        &Method::POST,
-        "/v1/chat/completions",
-        b"mock:8000",
-        &headers,
-        b"{}",
+    let fields = [
+        (HOST, HeaderValue::from_static("ignored")),
+        (CONTENT_LENGTH, HeaderValue::from_static("999")),
+        (TRANSFER_ENCODING, HeaderValue::from_static("chunked")),
+        (
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("k"),
+        ),
+    ];
+    let agent = concat!("user-agent: hapax/", env!("CARGO_PKG_VERSION"), "\r\n");
+    assert_eq!(
+        encoded(&Method::POST, "/v1/chat/completions", true, &fields, b"{}"),
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: mock:8000\r\n{agent}\
+             content-type: application/json\r\nx-api-key: k\r\ncontent-length: 2\r\n\r\n{{}}"
+        )
     );
     assert_eq!(
-        String::from_utf8_lossy(&bytes),
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock:8000\r\n\
-         content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        encoded(&Method::GET, "/api/tags", false, &[], b""),
+        format!("GET /api/tags HTTP/1.1\r\nhost: mock:8000\r\n{agent}\r\n")
     );
-    let get = encode_request(&Method::GET, "/api/tags", b"h", &HeaderMap::new(), b"");
-    assert_eq!(get, b"GET /api/tags HTTP/1.1\r\nhost: h\r\n\r\n");
-    let empty_post = encode_request(&Method::POST, "/", b"h", &HeaderMap::new(), b"");
     assert_eq!(
-        empty_post,
-        b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n"
+        encoded(&Method::POST, "/", false, &[], b""),
+        format!("POST / HTTP/1.1\r\nhost: mock:8000\r\n{agent}content-length: 0\r\n\r\n")
     );
 }
 

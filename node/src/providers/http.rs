@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
-use http::{Method, Request, StatusCode, Uri};
+use http::header::{CONTENT_TYPE, HeaderValue, USER_AGENT as USER_AGENT_HEADER};
+use http::uri::PathAndQuery;
+use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
@@ -24,8 +25,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
 
-use super::pool::{OriginPool, PooledBody};
+use super::h1::PlainRequest;
+use super::pool::PooledBody;
 use super::redact::redact;
+pub use super::request::UpstreamRequest;
 use super::{Endpoint, ProviderError};
 
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,87 +86,8 @@ impl HttpClient {
     }
 }
 
-/// A request being built; a bad URL, header value or body is reported when it is sent.
-pub struct UpstreamRequest<'c> {
-    client: &'c HttpClient,
-    plain_pool: Option<Arc<OriginPool>>,
-    request: Result<Request<Bytes>, String>,
-}
-
-impl<'c> UpstreamRequest<'c> {
-    fn new(client: &'c HttpClient, method: Method, endpoint: &Endpoint, path: &str) -> Self {
-        let plain_pool = endpoint.plain_pool.clone();
-        let uri = match &plain_pool {
-            Some(pool) => pool.target(path),
-            None => Uri::try_from(join(&endpoint.base_url, path))
-                .map_err(|e| format!("invalid upstream URL: {e}")),
-        };
-        let request = uri.map(|uri| {
-            let mut request = Request::new(Bytes::new());
-            *request.method_mut() = method;
-            *request.uri_mut() = uri;
-            request.headers_mut().insert(USER_AGENT, user_agent());
-            request
-        });
-        Self {
-            client,
-            plain_pool,
-            request,
-        }
-    }
-
-    /// Sets the body to `body` as JSON.
-    pub fn json(mut self, body: &impl serde::Serialize) -> Self {
-        self.request = self.request.and_then(|mut request| {
-            let bytes = serde_json::to_vec(body).map_err(|e| format!("request body: {e}"))?;
-            *request.body_mut() = Bytes::from(bytes);
-            request
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok(request)
-        });
-        self
-    }
-
-    /// Sets the body to `json`, already encoded.
-    pub fn json_bytes(mut self, json: Vec<u8>) -> Self {
-        if let Ok(request) = &mut self.request {
-            *request.body_mut() = Bytes::from(json);
-            request
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        self
-    }
-
-    pub fn header(self, name: HeaderName, value: &str) -> Self {
-        self.insert_header(name, value, false)
-    }
-
-    /// A header carrying a key: marked sensitive, so it never shows in debug output.
-    pub fn secret_header(self, name: HeaderName, value: &str) -> Self {
-        self.insert_header(name, value, true)
-    }
-
-    fn insert_header(mut self, name: HeaderName, value: &str, sensitive: bool) -> Self {
-        self.request = self.request.and_then(|mut request| {
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| format!("the {name} header has a character HTTP does not allow"))?;
-            value.set_sensitive(sensitive);
-            request.headers_mut().insert(name, value);
-            Ok(request)
-        });
-        self
-    }
-
-    pub fn bearer_auth(self, token: &str) -> Self {
-        self.secret_header(AUTHORIZATION, &format!("Bearer {token}"))
-    }
-}
-
-fn user_agent() -> HeaderValue {
-    HeaderValue::from_static(concat!("hapax/", env!("CARGO_PKG_VERSION")))
-}
+/// The `user-agent` every upstream request carries.
+pub(super) const USER_AGENT: &str = concat!("hapax/", env!("CARGO_PKG_VERSION"));
 
 /// An upstream's answer, headers read, body not yet.
 pub struct UpstreamResponse {
@@ -236,13 +160,27 @@ pub async fn send(
     let UpstreamRequest {
         client,
         plain_pool,
-        request,
+        method,
+        uri,
+        problem,
+        json,
+        fields,
+        body,
     } = request;
     let connect_error =
         |problem: String| ProviderError::Connect(redact(&problem, secret.as_slice()));
-    let request = request.map_err(connect_error)?;
+    if let Some(problem) = problem {
+        return Err(connect_error(problem));
+    }
     let response = match plain_pool {
         Some(pool) => {
+            let request = PlainRequest {
+                method: &method,
+                target: uri.path_and_query().map_or("/", PathAndQuery::as_str),
+                json,
+                fields: &fields,
+                body: &body,
+            };
             let answer = pool.send(&request).await.map_err(connect_error)?;
             UpstreamResponse {
                 status: answer.head.status,
@@ -252,9 +190,18 @@ pub async fn send(
             }
         }
         None => {
+            let mut request = Request::new(Full::new(Bytes::from(body)));
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            let headers = request.headers_mut();
+            headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
+            if json {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            headers.extend(fields.into_iter().map(|(name, value)| (Some(name), value)));
             let response = client
                 .inner
-                .request(request.map(Full::new))
+                .request(request)
                 .await
                 .map_err(|e| connect_error(describe(&e)))?;
             let (head, body) = response.into_parts();
@@ -359,14 +306,6 @@ fn upstream_message(body: &[u8], status: StatusCode) -> String {
     text.chars().take(500).collect()
 }
 
-/// Joins a base URL and a path without doubling slashes.
-fn join(base: &str, path: &str) -> String {
-    let mut url = String::with_capacity(base.len() + path.len());
-    url.push_str(base.trim_end_matches('/'));
-    url.push_str(path);
-    url
-}
-
 /// Largest non-streamed upstream answer accepted: a broken or hostile upstream cannot make
 /// the gateway buffer without bound.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -402,40 +341,6 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_travel_in_sensitive_headers_and_bad_values_fail_at_send() {
-        let client = HttpClient::new().ok();
-        let Some(client) = client else {
-            panic!("the client builds with the platform's trust store");
-        };
-        let endpoint = Endpoint::new("http://127.0.0.1:9".into(), None);
-        let request = client
-            .post(&endpoint, "/v1/messages")
-            .bearer_auth("sk-secret")
-            .secret_header(HeaderName::from_static("x-api-key"), "sk-other")
-            .header(HeaderName::from_static("anthropic-version"), "2023-06-01")
-            .request
-            .ok();
-        let headers = request.as_ref().map(Request::headers);
-        let sensitive = |name: &str| {
-            headers
-                .and_then(|h| h.get(name))
-                .map(HeaderValue::is_sensitive)
-        };
-        assert_eq!(sensitive("authorization"), Some(true));
-        assert_eq!(sensitive("x-api-key"), Some(true));
-        assert_eq!(sensitive("anthropic-version"), Some(false));
-        let broken = client
-            .get(&endpoint, "/")
-            .bearer_auth("line\nbreak")
-            .request
-            .err();
-        assert_eq!(
-            broken.as_deref(),
-            Some("the authorization header has a character HTTP does not allow")
-        );
-    }
 
     /// A stream's reader stops before the chunked terminator arrives (as the translators
     /// do at `[DONE]`): the connection is still given back and reused.

@@ -8,6 +8,7 @@ pub(crate) mod ollama;
 mod openai;
 mod pool;
 pub mod redact;
+mod request;
 pub mod sse;
 
 use std::pin::Pin;

@@ -1,5 +1,6 @@
 use std::sync::atomic::AtomicUsize;
 
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
@@ -94,9 +95,14 @@ async fn pool_on_scripted_upstream(
 }
 
 async fn get(pool: &Arc<OriginPool>) -> Result<Vec<u8>, String> {
-    let request = Request::get(pool.target("/")?)
-        .body(Bytes::new())
-        .map_err(|e| e.to_string())?;
+    let target = pool.target("/")?;
+    let request = PlainRequest {
+        method: &Method::GET,
+        target: target.path(),
+        json: false,
+        fields: &[],
+        body: b"",
+    };
     let mut answer = pool.send(&request).await?;
     let mut read = Vec::new();
     while let Some(piece) = answer.body.next_frame().await {
@@ -113,6 +119,95 @@ async fn a_connection_is_reused_once_its_answer_is_read() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     assert_eq!(pool.lock().len(), 1);
+}
+
+/// An upstream that answers each request with the request's own bytes, head and body.
+async fn echo_upstream() -> Option<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let address = listener.local_addr().ok()?;
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = vec![0; 64 * 1024];
+                loop {
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n");
+                    let length = end.and_then(|end| {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        let value = head.split("content-length: ").nth(1)?;
+                        let digits = value.split("\r\n").next()?;
+                        Some(end + 4 + digits.parse::<usize>().ok()?)
+                    });
+                    if let Some(length) = length.filter(|&length| seen.len() >= length) {
+                        let request: Vec<u8> = seen.drain(..length).collect();
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+                        if socket.write_all(head.as_bytes()).await.is_err()
+                            || socket.write_all(&request).await.is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                    }
+                }
+            });
+        }
+    });
+    Some(format!("http://{address}"))
+}
+
+/// A kept connection reuses its request buffer: each request, shorter or longer than the
+/// last, arrives exactly as encoded afresh; a buffer above the kept size is let go.
+#[tokio::test]
+async fn a_reused_request_buffer_carries_each_request_intact() {
+    let Some(base) = echo_upstream().await else {
+        panic!("the test upstream binds");
+    };
+    let Some(pool) = OriginPool::for_base_url(&base) else {
+        panic!("a plain-HTTP base URL gets a pool");
+    };
+    let auth = [(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer k"),
+    )];
+    let bodies = [
+        b"{\"a\":1}".to_vec(),
+        vec![b'x'; 3000],
+        b"{}".to_vec(),
+        vec![b'y'; KEPT_WRITE_BUFFER + 1],
+        b"{\"b\":2}".to_vec(),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let fields: &[_] = if i % 2 == 0 { &auth } else { &[] };
+        let request = PlainRequest {
+            method: &Method::POST,
+            target: "/chat/completions",
+            json: i % 2 == 0,
+            fields,
+            body,
+        };
+        let mut expected = Vec::new();
+        h1::encode_request(&mut expected, &request, pool.host.as_bytes());
+        let answer = pool.send(&request).await;
+        let Ok(mut answer) = answer else {
+            panic!("request {i} is answered");
+        };
+        let mut echoed = Vec::new();
+        while let Some(piece) = answer.body.next_frame().await {
+            echoed.extend_from_slice(&piece.unwrap_or_default());
+        }
+        assert!(echoed == expected, "request {i} arrived as encoded");
+        let kept = pool.lock().back().map(|idle| idle.conn.write.capacity());
+        let Some(kept) = kept else {
+            panic!("the connection went back to the pool");
+        };
+        assert!(kept <= KEPT_WRITE_BUFFER, "request {i}: kept {kept} bytes");
+        assert_eq!(kept > 0, expected.len() <= KEPT_WRITE_BUFFER, "request {i}");
+        assert_eq!(pool.lock().len(), 1, "one connection carried them all");
+    }
 }
 
 #[tokio::test]
@@ -218,10 +313,13 @@ async fn an_answer_before_the_whole_request_was_read_comes_back() {
         panic!("a plain-HTTP base URL gets a pool");
     };
     // Far more than the socket buffers hold, so the write cannot finish.
-    let body = Bytes::from(vec![b'a'; 64 * 1024 * 1024]);
-    let request = Request::post(pool.target("/").unwrap_or_default()).body(body);
-    let Ok(request) = request else {
-        panic!("the request builds");
+    let body = vec![b'a'; 64 * 1024 * 1024];
+    let request = PlainRequest {
+        method: &Method::POST,
+        target: "/",
+        json: false,
+        fields: &[],
+        body: &body,
     };
     let answer = tokio::time::timeout(Duration::from_secs(10), pool.send(&request)).await;
     let Ok(Ok(mut answer)) = answer else {
