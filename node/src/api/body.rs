@@ -105,9 +105,12 @@ fn check_content_type(headers: &impl RequestHeaders) -> Result<(), ApiError> {
 /// Parses JSON into `T`, naming the field path and position of the first problem.
 ///
 /// Valid bodies take the plain serde_json path; only a body that fails is parsed a second
-/// time with path tracking, which costs an allocation per nested field, to say where.
+/// time with path tracking, which costs an allocation per nested field, to say where. The
+/// body's UTF-8 is checked once, whole, rather than string by string as `from_slice` does.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if let Ok(value) = serde_json::from_slice(bytes) {
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && let Ok(value) = serde_json::from_str(text)
+    {
         return Ok(value);
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -140,4 +143,45 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         code: "invalid_json",
     })?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::openai::ChatRequest;
+
+    fn refusal(bytes: &[u8]) -> (String, &'static str) {
+        match parse_json::<ChatRequest>(bytes) {
+            Err(ApiError::BadRequest { message, code }) => (message, code),
+            other => panic!(
+                "{:?}: refused as a bad request, got {:?}",
+                bytes,
+                other.err()
+            ),
+        }
+    }
+
+    #[test]
+    fn utf8_is_checked_once_and_a_bad_byte_still_gets_its_position() {
+        let good = r#"{"model":"m","messages":[{"role":"user","content":"héllo ✓"}]}"#;
+        let parsed = parse_json::<ChatRequest>(good.as_bytes());
+        let Ok(parsed) = parsed else {
+            panic!("a valid body decodes");
+        };
+        assert_eq!(parsed.messages[0].content.to_text(), "héllo ✓");
+        let bad = b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"h\xffi\"}]}";
+        let (message, code) = refusal(bad);
+        assert_eq!(code, "invalid_json");
+        assert!(
+            message.contains("invalid unicode code point at line 1 column"),
+            "{message}"
+        );
+        let (message, code) = refusal(format!("{good} x").as_bytes());
+        assert_eq!(code, "invalid_json");
+        assert!(message.contains("trailing characters"), "{message}");
+        let (message, code) =
+            refusal(br#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#);
+        assert_eq!(code, "invalid_json");
+        assert!(message.contains("escape"), "{message}");
+    }
 }

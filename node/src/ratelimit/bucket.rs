@@ -31,10 +31,11 @@ impl Bucket {
     /// or says how long until it could.
     ///
     /// Taken: the amount, and what remains after it (as [`Self::remaining`] would say then).
-    pub fn try_take(&self, amount: f64) -> Result<(f64, (u64, u64)), Duration> {
+    /// `now` is the caller's, read once for all the buckets of one admission.
+    pub fn try_take(&self, amount: f64, now: Instant) -> Result<(f64, (u64, u64)), Duration> {
         let amount = amount.min(self.limit as f64);
         let mut state = self.state.lock();
-        self.refill(&mut state, Instant::now());
+        self.refill(&mut state, now);
         if state.0 >= amount {
             state.0 -= amount;
             Ok((amount, self.figures(state.0)))
@@ -78,15 +79,15 @@ mod tests {
     fn takes_until_empty_then_reports_wait_and_debt_is_kept() {
         let b = Bucket::per_minute(60);
         for _ in 0..60 {
-            assert!(b.try_take(1.0).is_ok());
+            assert!(b.try_take(1.0, Instant::now()).is_ok());
         }
-        let wait = b.try_take(1.0).err().unwrap_or_default();
+        let wait = b.try_take(1.0, Instant::now()).err().unwrap_or_default();
         assert!(
             wait > Duration::from_millis(900) && wait <= Duration::from_millis(1000),
             "{wait:?}"
         );
         b.adjust(-10.0);
-        assert!(b.try_take(1.0).is_err());
+        assert!(b.try_take(1.0, Instant::now()).is_err());
         assert_eq!(b.remaining().0, 0);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hapax_config::{RateLimitConfig, RateLimitsConfig};
 
@@ -107,6 +107,7 @@ impl LocalRateLimiter {
         let mut reservations = Vec::new();
         // The headers' figures, from what each take left (no second lock and clock read).
         let mut tightest = Tightest::default();
+        let now = Instant::now();
         for (scope, pair) in self.scopes(request) {
             let Some(pair) = pair else { continue };
             let wanted = [
@@ -115,7 +116,7 @@ impl LocalRateLimiter {
             ];
             for (bucket, amount, is_tokens) in wanted {
                 let Some(bucket) = bucket else { continue };
-                match bucket.try_take(amount) {
+                match bucket.try_take(amount, now) {
                     Ok((taken, left)) => {
                         tightest.see(is_tokens, bucket.limit, left);
                         reservations.push(Reservation {

@@ -179,6 +179,15 @@ impl Breaker {
     }
 
     pub fn try_acquire(self: &Arc<Self>) -> Option<BreakerPermit> {
+        // Closed, the usual phase: a permit as the lock would give it, without the lock and
+        // the clock (a phase changed just after this load is one changed just after a lock).
+        if BreakerPhase::from_u8(self.phase.load(Ordering::Acquire)) == BreakerPhase::Closed {
+            return Some(BreakerPermit {
+                breaker: Arc::clone(self),
+                probe: false,
+                settled: false,
+            });
+        }
         let now = Instant::now();
         let (permit, transition) = {
             let mut inner = self.inner.lock();
