@@ -186,9 +186,11 @@ impl Dispatcher {
                 want_stream_usage: false,
             };
             let started = Instant::now();
-            let budget = entry.timeout.min(attempts.remaining());
+            let budget = entry.timeout.min(attempts.remaining_at(started));
             let cut_short = attempts.cut_short(budget, entry.timeout);
-            let result = match tokio::time::timeout(budget, entry.client.chat(call)).await {
+            // Timed from `started` (`timeout` would read the clock once more).
+            let deadline = tokio::time::Instant::from_std(started + budget);
+            let result = match tokio::time::timeout_at(deadline, entry.client.chat(call)).await {
                 Ok(result) => result,
                 Err(_) => Err(ProviderError::Timeout),
             };
@@ -228,13 +230,17 @@ impl Dispatcher {
                 want_stream_usage: true,
             };
             let started = Instant::now();
-            let budget = entry.timeout.min(attempts.remaining());
-            let first_budget = self.settings.first_token_timeout.min(attempts.remaining());
+            let budget = entry.timeout.min(attempts.remaining_at(started));
+            let first_budget = self
+                .settings
+                .first_token_timeout
+                .min(attempts.remaining_at(started));
             let cut_short = attempts.cut_short(budget, entry.timeout)
                 || attempts.cut_short(first_budget, self.settings.first_token_timeout);
             let opened = async {
+                let deadline = tokio::time::Instant::from_std(started + budget);
                 let mut upstream =
-                    match tokio::time::timeout(budget, entry.client.chat_stream(call)).await {
+                    match tokio::time::timeout_at(deadline, entry.client.chat_stream(call)).await {
                         Ok(result) => result?,
                         Err(_) => return Err(ProviderError::Timeout),
                     };
@@ -302,7 +308,12 @@ impl<'a> Attempts<'a> {
     }
 
     fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.remaining_at(Instant::now())
+    }
+
+    /// What is left of the request's time at `now` (the caller's clock read).
+    fn remaining_at(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
     }
 
     /// The next provider to try (with how many times it was tried before, and its breaker
@@ -313,6 +324,9 @@ impl<'a> Attempts<'a> {
         let settings = &self.dispatcher.settings;
         let n = self.candidates.len();
         let limit = n * settings.max_attempts as usize;
+        // Whether this call awaited anything (a probe claim, a backoff): only then can the
+        // deadline, set when the plan was made, have passed before a first attempt.
+        let mut waited = self.count > 0;
         while self.count < settings.max_attempts && self.cursor < limit {
             let entry = Arc::clone(&self.candidates[self.cursor % n]);
             let retry = self.cursor / n;
@@ -327,6 +341,7 @@ impl<'a> Attempts<'a> {
             if entry.breaker.shared_phase() == breaker::BreakerPhase::HalfOpen
                 && let Some(shared) = self.dispatcher.shared.get()
             {
+                waited = true;
                 let Some(generation) = shared.claim_probe(&entry.name).await else {
                     continue;
                 };
@@ -348,7 +363,7 @@ impl<'a> Attempts<'a> {
                     tracing::warn!(from = %from, to = %entry.name, attempt = self.count + 1, "failing over to the next provider");
                 }
             }
-            if self.remaining().is_zero() {
+            if waited && self.remaining().is_zero() {
                 return Err(DispatchError::Deadline {
                     attempts: self.count,
                 });
