@@ -9,10 +9,10 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::http::USER_AGENT;
+use super::http::USER_AGENT as AGENT;
 pub use crate::wire::http1::{BodyDecoder, Decoded, Framing};
 use crate::wire::http1::{last_coding_is_chunked, lists_token, parse_length};
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 /// Largest answer head accepted (hyper's client allowed ~400 KB of buffer; no LLM server
@@ -29,15 +29,27 @@ pub struct PlainRequest<'a> {
     pub target: &'a str,
     /// Sends `content-type: application/json`.
     pub json: bool,
-    /// Fields besides `host`, `user-agent`, `content-type` and `content-length`, which the
-    /// encoder writes itself; `host`, `content-length` and `transfer-encoding` here are ignored.
+    /// Fields besides the ones the encoder writes itself ([`WRITTEN_BY_THE_ENCODER`]), which
+    /// are skipped here.
     pub fields: &'a [(HeaderName, HeaderValue)],
     pub body: &'a [u8],
 }
 
+/// The fields [`encode_request`] writes from the request's parts, whatever `fields` say.
+pub const WRITTEN_BY_THE_ENCODER: [HeaderName; 5] = [
+    HOST,
+    USER_AGENT,
+    CONTENT_TYPE,
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+];
+
+const JSON_FIELD: &[u8] = b"content-type: application/json\r\n";
+
 /// Appends the request's bytes to `out`, head and body in one buffer so that it goes out in
-/// one write. `content-length` is always the body's. Header values cannot hold CR or LF
-/// (`HeaderValue` refuses them), so no field can end the head early.
+/// one write, reserving exactly their length. `content-length` is always the body's. Header
+/// values cannot hold CR or LF (`HeaderValue` refuses them), so no field can end the head
+/// early.
 pub fn encode_request(out: &mut Vec<u8>, request: &PlainRequest<'_>, host: &[u8]) {
     let PlainRequest {
         method,
@@ -46,34 +58,51 @@ pub fn encode_request(out: &mut Vec<u8>, request: &PlainRequest<'_>, host: &[u8]
         fields,
         body,
     } = *request;
-    let fields_len: usize = fields
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    out.reserve(96 + target.len() + host.len() + fields_len + body.len());
+    let fields = || {
+        fields
+            .iter()
+            .filter(|(name, _)| !WRITTEN_BY_THE_ENCODER.contains(name))
+    };
+    let mut digits_buffer = itoa::Buffer::new();
+    let length = (!body.is_empty() || !matches!(*method, Method::GET | Method::HEAD))
+        .then(|| digits_buffer.format(body.len()));
+    let head_len = method.as_str().len()
+        + " ".len()
+        + target.len()
+        + " HTTP/1.1\r\nhost: ".len()
+        + host.len()
+        + "\r\nuser-agent: ".len()
+        + AGENT.len()
+        + "\r\n".len()
+        + if json { JSON_FIELD.len() } else { 0 }
+        + fields()
+            .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+            .sum::<usize>()
+        + length.map_or(0, |digits| {
+            "content-length: ".len() + digits.len() + "\r\n".len()
+        })
+        + "\r\n".len();
+    out.reserve_exact(head_len + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nuser-agent: ");
-    out.extend_from_slice(USER_AGENT.as_bytes());
+    out.extend_from_slice(AGENT.as_bytes());
     out.extend_from_slice(b"\r\n");
     if json {
-        out.extend_from_slice(b"content-type: application/json\r\n");
+        out.extend_from_slice(JSON_FIELD);
     }
-    for (name, value) in fields {
-        if name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
+    for (name, value) in fields() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !body.is_empty() || !matches!(*method, Method::GET | Method::HEAD) {
+    if let Some(digits) = length {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(digits.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -66,6 +66,55 @@ fn a_request_is_one_buffer_with_its_length() {
     );
 }
 
+/// The buffer is sized once, exactly: no growth (a second allocation and a copy) midway, and
+/// a kept buffer's capacity says how large a request it held.
+#[test]
+fn a_request_reserves_exactly_its_length() {
+    let auth = [(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer k"),
+    )];
+    for (method, json, fields, body) in [
+        (Method::POST, true, &auth[..], vec![b'x'; 10_000]),
+        (Method::POST, true, &[][..], b"{}".to_vec()),
+        (Method::POST, false, &auth[..], Vec::new()),
+        (Method::GET, false, &[][..], Vec::new()),
+    ] {
+        let request = PlainRequest {
+            method: &method,
+            target: "/v1/chat/completions",
+            json,
+            fields,
+            body: &body,
+        };
+        let mut out = Vec::new();
+        encode_request(&mut out, &request, b"127.0.0.1:8000");
+        assert_eq!(
+            out.capacity(),
+            out.len(),
+            "{method} with {} bytes",
+            body.len()
+        );
+    }
+}
+
+/// Fields the encoder writes from the request's parts are written once, its way.
+#[test]
+fn fields_the_encoder_writes_are_not_taken_from_the_list() {
+    let fields = [
+        (CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+        (USER_AGENT, HeaderValue::from_static("someone-else")),
+    ];
+    let text = encoded(&Method::POST, "/", true, &fields, b"{}");
+    assert_eq!(text.matches("content-type").count(), 1, "{text}");
+    assert!(
+        text.contains("content-type: application/json\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("user-agent").count(), 1, "{text}");
+    assert!(!text.contains("someone-else"), "{text}");
+}
+
 #[test]
 fn a_head_is_parsed_once_complete_and_removed() {
     let whole = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 2\r\n\r\nok";

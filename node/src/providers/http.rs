@@ -1,11 +1,11 @@
 //! The upstream HTTP client and the helpers every HTTP provider shares.
 //!
-//! Plain `http://` endpoints go through their own [`OriginPool`], which speaks HTTP/1.1 itself
-//! (see [`super::h1`]). TLS endpoints share a thin layer over hyper-util's pooled client rather
-//! than reqwest: on the request path it saves reqwest's three URL parses per request (into the
-//! `Url`, in its redirect policy, and back from the response), its redirect and retry layers,
-//! and their allocations; the gateway follows no redirects and does its own retries and
-//! timeouts.
+//! Plain `http://` endpoints go through their own [`super::pool::OriginPool`], which speaks
+//! HTTP/1.1 itself (see [`super::h1`]). TLS endpoints share a thin layer over hyper-util's
+//! pooled client rather than reqwest: on the request path it saves reqwest's three URL parses
+//! per request (into the `Url`, in its redirect policy, and back from the response), its
+//! redirect and retry layers, and their allocations; the gateway follows no redirects and does
+//! its own retries and timeouts.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::header::{CONTENT_TYPE, HeaderValue, USER_AGENT as USER_AGENT_HEADER};
 use http::uri::PathAndQuery;
-use http::{Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
@@ -29,6 +28,7 @@ use super::h1::PlainRequest;
 use super::pool::PooledBody;
 use super::redact::redact;
 pub use super::request::UpstreamRequest;
+use super::request::client_request;
 use super::{Endpoint, ProviderError};
 
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +45,7 @@ pub struct HttpClientError(#[from] rustls::Error);
 
 /// One client for all upstreams: pooled keep-alive connections (HTTP/1.1, or HTTP/2 when a
 /// TLS upstream offers it), rustls with the platform's roots, TCP_NODELAY. Plain-HTTP
-/// endpoints use their own [`OriginPool`] instead.
+/// endpoints use their own [`super::pool::OriginPool`] instead.
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -190,15 +190,7 @@ pub async fn send(
             }
         }
         None => {
-            let mut request = Request::new(Full::new(Bytes::from(body)));
-            *request.method_mut() = method;
-            *request.uri_mut() = uri;
-            let headers = request.headers_mut();
-            headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
-            if json {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            }
-            headers.extend(fields.into_iter().map(|(name, value)| (Some(name), value)));
+            let request = client_request(method, uri, json, fields, body);
             let response = client
                 .inner
                 .request(request)

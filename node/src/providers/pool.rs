@@ -39,8 +39,9 @@ const MIN_READ_ROOM: usize = 1024;
 /// cap), and for how long.
 const DRAIN_LIMIT: usize = 64 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(1);
-/// Largest request buffer a connection keeps for its next request: typical chat requests
-/// reuse it, and a thousand idle connections hold 16 MiB of them at most.
+/// Largest request buffer a connection keeps for its next request, from the moment its
+/// request is written for as long as it lives: typical chat requests reuse it, and a thousand
+/// connections (busy, streaming or idle) hold 16 MiB of them at most, beside their read buffers.
 const KEPT_WRITE_BUFFER: usize = 16 * 1024;
 
 /// The idle connections of one `http://` origin, and how to reach it.
@@ -336,11 +337,14 @@ impl OriginPool {
             },
             None => self.exchange_on_new(&bytes).await?,
         };
-        conn.keep_write_buffer(bytes);
+        // Answered before it read the whole request: the rest would be read as a request.
+        let reusable = head.reusable && sent_whole;
+        if reusable {
+            conn.keep_write_buffer(bytes);
+        }
         let body = PooledBody {
             decoder: BodyDecoder::new(head.framing),
-            // Answered before it read the whole request: the rest would be read as a request.
-            reusable: head.reusable && sent_whole,
+            reusable,
             conn: Some(conn),
             pool: Arc::clone(self),
             draining: false,

@@ -176,9 +176,10 @@ async fn a_reused_request_buffer_carries_each_request_intact() {
     let bodies = [
         b"{\"a\":1}".to_vec(),
         vec![b'x'; 3000],
-        b"{}".to_vec(),
+        vec![b'z'; 10 * 1024],
         vec![b'y'; KEPT_WRITE_BUFFER + 1],
         b"{\"b\":2}".to_vec(),
+        b"{}".to_vec(),
     ];
     for (i, body) in bodies.iter().enumerate() {
         let fields: &[_] = if i % 2 == 0 { &auth } else { &[] };

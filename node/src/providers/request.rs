@@ -7,11 +7,14 @@
 
 use std::sync::Arc;
 
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use http::{Method, Uri};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use http::{Method, Request, Uri};
+use http_body_util::Full;
 
 use super::Endpoint;
-use super::http::HttpClient;
+use super::h1::WRITTEN_BY_THE_ENCODER;
+use super::http::{HttpClient, USER_AGENT as AGENT};
 use super::pool::OriginPool;
 
 /// A request being built; a bad URL, header value or body is reported when it is sent.
@@ -76,6 +79,8 @@ impl<'c> UpstreamRequest<'c> {
         self
     }
 
+    /// Sets a field; one the request writes from its own parts (`host`, `user-agent`,
+    /// `content-type`, `content-length`, `transfer-encoding`) is not sent, on either path.
     pub fn header(self, name: HeaderName, value: &str) -> Self {
         self.insert_header(name, value, false)
     }
@@ -107,6 +112,32 @@ impl<'c> UpstreamRequest<'c> {
     fn fail(&mut self, problem: String) {
         self.problem.get_or_insert(problem);
     }
+}
+
+/// The request for hyper-util's client (TLS upstreams), with the fields the plain path's
+/// encoder writes: `user-agent`, and `content-type` for a JSON body (hyper adds `host` and
+/// `content-length`).
+pub(super) fn client_request(
+    method: Method,
+    uri: Uri,
+    json: bool,
+    fields: Vec<(HeaderName, HeaderValue)>,
+    body: Vec<u8>,
+) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(Bytes::from(body)));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+    if json {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, value) in fields {
+        if !WRITTEN_BY_THE_ENCODER.contains(&name) {
+            headers.insert(name, value);
+        }
+    }
+    request
 }
 
 /// Joins a base URL and a path without doubling slashes.
@@ -165,6 +196,53 @@ mod tests {
             broken.as_deref(),
             Some("the authorization header has a character HTTP does not allow"),
             "the first problem is the one reported"
+        );
+    }
+
+    /// TLS upstreams get the same fields as plain ones, sensitive ones still marked (HTTP/2
+    /// never indexes them), and none of the fields the request writes itself.
+    #[test]
+    fn the_client_request_carries_the_fields_the_encoder_writes() {
+        let client = client();
+        let tls = Endpoint::new("https://api.example.com/v1".into(), None);
+        let built = client
+            .post(&tls, "/messages")
+            .json_bytes(b"{}".to_vec())
+            .secret_header(HeaderName::from_static("x-api-key"), "sk-other")
+            .header(HeaderName::from_static("anthropic-version"), "2023-06-01")
+            .header(CONTENT_TYPE, "text/plain")
+            .header(USER_AGENT, "someone-else");
+        let request = client_request(
+            built.method,
+            built.uri,
+            built.json,
+            built.fields,
+            built.body,
+        );
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "https://api.example.com/v1/messages");
+        let headers = request.headers();
+        let value = |name| headers.get(name).map(HeaderValue::as_bytes);
+        assert_eq!(value("user-agent"), Some(AGENT.as_bytes()));
+        assert_eq!(value("content-type"), Some(&b"application/json"[..]));
+        assert_eq!(value("anthropic-version"), Some(&b"2023-06-01"[..]));
+        assert_eq!(
+            headers.get("x-api-key").map(HeaderValue::is_sensitive),
+            Some(true)
+        );
+        assert_eq!(headers.len(), 4, "{headers:?}");
+        let health = client.get(&tls, "/models");
+        let request = client_request(
+            health.method,
+            health.uri,
+            health.json,
+            health.fields,
+            health.body,
+        );
+        assert_eq!(
+            request.headers().len(),
+            1,
+            "a GET without a body: user-agent only"
         );
     }
 

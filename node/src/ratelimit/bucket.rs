@@ -21,8 +21,14 @@ impl Bucket {
         })
     }
 
+    /// Credits the time since the last refill. A `now` older than that (read before another
+    /// thread's refill took the lock) credits nothing and leaves the mark where it is, so no
+    /// stretch of time is credited twice.
     fn refill(&self, state: &mut (f64, Instant), now: Instant) {
-        let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
+        if now <= state.1 {
+            return;
+        }
+        let elapsed = (now - state.1).as_secs_f64();
         state.0 = (state.0 + elapsed * self.refill_per_sec).min(self.limit as f64);
         state.1 = now;
     }
@@ -89,5 +95,27 @@ mod tests {
         b.adjust(-10.0);
         assert!(b.try_take(1.0, Instant::now()).is_err());
         assert_eq!(b.remaining().0, 0);
+    }
+
+    /// Admissions read the clock before taking a bucket's lock: one that read it earlier but
+    /// got the lock later must not credit again the time the other already credited.
+    #[test]
+    fn an_older_reading_of_the_clock_credits_nothing() {
+        let b = Bucket::per_minute(60_000);
+        let start = Instant::now();
+        let later = start + Duration::from_secs(30);
+        for _ in 0..60_000 {
+            let _ = b.try_take(1.0, start);
+        }
+        // 30 s at 1000 a second: 30,000 back, whatever order the readings arrive in.
+        assert!(b.try_take(30_000.0, later).is_ok());
+        assert!(
+            b.try_take(1.0, start).is_err(),
+            "the earlier reading credits nothing"
+        );
+        assert!(
+            b.try_take(1.0, later).is_err(),
+            "nor does the same reading again"
+        );
     }
 }
