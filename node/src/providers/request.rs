@@ -199,6 +199,16 @@ mod tests {
         );
     }
 
+    fn for_the_client(built: UpstreamRequest<'_>) -> Request<Full<Bytes>> {
+        client_request(
+            built.method,
+            built.uri,
+            built.json,
+            built.fields,
+            built.body,
+        )
+    }
+
     /// TLS upstreams get the same fields as plain ones, sensitive ones still marked (HTTP/2
     /// never indexes them), and none of the fields the request writes itself.
     #[test]
@@ -212,13 +222,7 @@ mod tests {
             .header(HeaderName::from_static("anthropic-version"), "2023-06-01")
             .header(CONTENT_TYPE, "text/plain")
             .header(USER_AGENT, "someone-else");
-        let request = client_request(
-            built.method,
-            built.uri,
-            built.json,
-            built.fields,
-            built.body,
-        );
+        let request = for_the_client(built);
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "https://api.example.com/v1/messages");
         let headers = request.headers();
@@ -232,13 +236,7 @@ mod tests {
         );
         assert_eq!(headers.len(), 4, "{headers:?}");
         let health = client.get(&tls, "/models");
-        let request = client_request(
-            health.method,
-            health.uri,
-            health.json,
-            health.fields,
-            health.body,
-        );
+        let request = for_the_client(health);
         assert_eq!(
             request.headers().len(),
             1,
