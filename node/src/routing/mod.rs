@@ -177,7 +177,7 @@ impl Dispatcher {
         scope: RouteScope<'_>,
     ) -> Result<Served<ChatAnswer>, DispatchError> {
         let mut attempts = Attempts::new(self, request, scope);
-        while let Some((entry, retry, permit)) = attempts.next().await? {
+        while let Some((entry, retry, permit, started)) = attempts.next().await? {
             let (deployment, _inflight) = entry.pick(self.settings.strategy, retry);
             let call = UpstreamCall {
                 request,
@@ -185,7 +185,6 @@ impl Dispatcher {
                 endpoint: &deployment.endpoint,
                 want_stream_usage: false,
             };
-            let started = Instant::now();
             let budget = entry.timeout.min(attempts.remaining_at(started));
             let cut_short = attempts.cut_short(budget, entry.timeout);
             // Timed from `started` (`timeout` would read the clock once more).
@@ -221,7 +220,7 @@ impl Dispatcher {
         scope: RouteScope<'_>,
     ) -> Result<Served<CommittedStream>, DispatchError> {
         let mut attempts = Attempts::new(self, request, scope);
-        while let Some((entry, retry, permit)) = attempts.next().await? {
+        while let Some((entry, retry, permit, started)) = attempts.next().await? {
             let (deployment, inflight) = entry.pick(self.settings.strategy, retry);
             let call = UpstreamCall {
                 request,
@@ -229,7 +228,6 @@ impl Dispatcher {
                 endpoint: &deployment.endpoint,
                 want_stream_usage: true,
             };
-            let started = Instant::now();
             let budget = entry.timeout.min(attempts.remaining_at(started));
             let first_budget = self
                 .settings
@@ -316,17 +314,16 @@ impl<'a> Attempts<'a> {
         self.deadline.saturating_duration_since(now)
     }
 
-    /// The next provider to try (with how many times it was tried before, and its breaker
-    /// permit), `None` when the plan is exhausted.
+    /// The next provider to try (with how many times it was tried before, its breaker permit,
+    /// and the clock reading that found the deadline not yet passed: the attempt's start),
+    /// `None` when the plan is exhausted.
     async fn next(
         &mut self,
-    ) -> Result<Option<(Arc<ProviderEntry>, usize, breaker::BreakerPermit)>, DispatchError> {
+    ) -> Result<Option<(Arc<ProviderEntry>, usize, breaker::BreakerPermit, Instant)>, DispatchError>
+    {
         let settings = &self.dispatcher.settings;
         let n = self.candidates.len();
         let limit = n * settings.max_attempts as usize;
-        // Whether this call awaited anything (a probe claim, a backoff): only then can the
-        // deadline, set when the plan was made, have passed before a first attempt.
-        let mut waited = self.count > 0;
         while self.count < settings.max_attempts && self.cursor < limit {
             let entry = Arc::clone(&self.candidates[self.cursor % n]);
             let retry = self.cursor / n;
@@ -341,7 +338,6 @@ impl<'a> Attempts<'a> {
             if entry.breaker.shared_phase() == breaker::BreakerPhase::HalfOpen
                 && let Some(shared) = self.dispatcher.shared.get()
             {
-                waited = true;
                 let Some(generation) = shared.claim_probe(&entry.name).await else {
                     continue;
                 };
@@ -363,13 +359,14 @@ impl<'a> Attempts<'a> {
                     tracing::warn!(from = %from, to = %entry.name, attempt = self.count + 1, "failing over to the next provider");
                 }
             }
-            if waited && self.remaining().is_zero() {
+            let now = Instant::now();
+            if self.remaining_at(now).is_zero() {
                 return Err(DispatchError::Deadline {
                     attempts: self.count,
                 });
             }
             self.count += 1;
-            return Ok(Some((entry, retry, permit)));
+            return Ok(Some((entry, retry, permit, now)));
         }
         Ok(None)
     }
