@@ -478,7 +478,27 @@ async fn rate_limits_set_headers_reject_with_429_and_recover() {
     assert_eq!(first.status(), 200);
     assert_eq!(header(&first, "x-ratelimit-limit"), "60");
     assert_eq!(header(&first, "x-ratelimit-remaining"), "59");
-    for _ in 0..59 {
+    // Both forms of `/v1/completions` draw on the same budget and say so.
+    for (n, body) in [
+        json!({"model": "mock-1", "prompt": "legacy form"}),
+        json!({"model": "mock-1", "input": "hapax form"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let answer = http
+            .post(gateway.url("/v1/completions"))
+            .bearer_auth("alice-key-123")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(header(&answer, "x-ratelimit-limit"), "60");
+        let remaining = (58 - n).to_string();
+        assert_eq!(header(&answer, "x-ratelimit-remaining"), remaining);
+    }
+    for _ in 0..57 {
         let _ = send().await;
     }
     let rejected = send().await;

@@ -22,6 +22,7 @@ use crate::auth::Caller;
 use crate::cache::{CachePlan, CachedAnswer};
 use crate::error::ApiError;
 use crate::providers::StreamItem;
+use crate::ratelimit::RateLimitHeaders;
 use crate::server::scope::current_request_id;
 use crate::wire::openai::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Role, StopSequences, Usage, unix_now,
@@ -188,7 +189,12 @@ async fn hapax_completion(
     request: ChatRequest,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
+    let PlainServed {
+        served,
+        shared,
+        mut cache,
+        limits,
+    } = run_plain(&app, &caller, request, headers).await?;
     let completion = decoded(&served)?;
     let request_id = current_request_id();
     let payload = HapaxCompletionResponse {
@@ -199,9 +205,19 @@ async fn hapax_completion(
         request_id: &request_id,
     };
     let response = Json(payload).into_response();
-    exec::record_served(served.served, None, shared, false);
+    exec::record_served(served.served, limits, shared, false);
     cache.mark();
     Ok(response)
+}
+
+/// A non-streamed completion, before the endpoint reshapes it.
+struct PlainServed {
+    served: exec::ChatServed,
+    /// Another identical request's answer, shared.
+    shared: bool,
+    cache: CachePlan,
+    /// What the admission left, for the answer's `X-RateLimit-*` headers.
+    limits: Option<RateLimitHeaders>,
 }
 
 async fn run_plain(
@@ -209,15 +225,21 @@ async fn run_plain(
     caller: &Arc<Caller>,
     mut request: ChatRequest,
     headers: &HeaderMap,
-) -> Result<(exec::ChatServed, bool, CachePlan), ApiError> {
+) -> Result<PlainServed, ApiError> {
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
     app.apply_system_prompt(&mut request);
     let admission = exec::admit(app, caller, ENDPOINT, &request).await?;
     let mut settlement = Settlement::new(app, admission);
+    let limits = settlement.headers();
     let mut cache = app.cache.plan(caller, ENDPOINT, &request, headers);
     if let Some(CachedAnswer::Complete(served)) = cache.lookup().await {
-        return Ok((served, false, cache));
+        return Ok(PlainServed {
+            served,
+            shared: false,
+            cache,
+            limits,
+        });
     }
     let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
     settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
@@ -225,7 +247,12 @@ async fn run_plain(
     if !shared {
         cache.store(&served).await;
     }
-    Ok((served, shared, cache))
+    Ok(PlainServed {
+        served,
+        shared,
+        cache,
+        limits,
+    })
 }
 
 /// The completion decoded, to be reshaped; an upstream answer that only looked like one is
@@ -322,7 +349,12 @@ async fn legacy_completion(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if !request.is_stream() {
-        let (served, shared, mut cache) = run_plain(&app, &caller, request, headers).await?;
+        let PlainServed {
+            served,
+            shared,
+            mut cache,
+            limits,
+        } = run_plain(&app, &caller, request, headers).await?;
         let r = &decoded(&served)?;
         let choices: Vec<Value> = r
             .choices
@@ -330,7 +362,7 @@ async fn legacy_completion(
             .map(|c| serde_json::json!({"text": c.message.content.clone().unwrap_or_default(), "index": c.index, "logprobs": null, "finish_reason": c.finish_reason}))
             .collect();
         let payload = serde_json::json!({"id": r.id.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": r.created, "model": r.model, "choices": choices, "usage": r.usage});
-        exec::record_served(served.served, None, shared, false);
+        exec::record_served(served.served, limits, shared, false);
         cache.mark();
         return Ok(Json(payload).into_response());
     }
