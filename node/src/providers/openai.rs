@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde::Serialize;
 
 use super::http::{HttpClient, UpstreamRequest, UpstreamResponse, read_body, send};
@@ -116,7 +116,8 @@ impl Provider for OpenAiProvider {
                 call.endpoint.api_key.as_deref(),
             )
             .await?;
-            Ok(passthrough_stream(response, inject))
+            let choices = FinishedChoices::new(call.request.n);
+            Ok(passthrough_stream(response, inject, choices))
         }
         .boxed()
     }
@@ -141,11 +142,23 @@ impl Provider for OpenAiProvider {
 ///
 /// A stream ends cleanly at `data: [DONE]`. A body that ends without it (a close-delimited
 /// upstream that died, a proxy that cut it) is broken unless a chunk already carried a
-/// `finish_reason` (some compatible servers omit `[DONE]`), and an event cut off at the end
-/// is broken too: the client gets an error event, never a truncated answer passed as whole
-/// (nor is it cached or counted as the provider's success).
-fn passthrough_stream(response: UpstreamResponse, hide_usage_chunk: bool) -> ChunkStream {
-    let state = (response.bytes_stream(), SseDecoder::default(), false, false);
+/// `finish_reason` for every choice asked for (some compatible servers omit `[DONE]`), and an
+/// event cut off at the end is broken too: the client gets an error event, never a truncated
+/// answer passed as whole (nor is it cached or counted as the provider's success).
+fn passthrough_stream(
+    response: UpstreamResponse,
+    hide_usage_chunk: bool,
+    choices: FinishedChoices,
+) -> ChunkStream {
+    passthrough_frames(response.bytes_stream(), hide_usage_chunk, choices)
+}
+
+fn passthrough_frames(
+    body: impl Stream<Item = Result<Bytes, ProviderError>> + Send + Unpin + 'static,
+    hide_usage_chunk: bool,
+    choices: FinishedChoices,
+) -> ChunkStream {
+    let state = (body, SseDecoder::default(), false, choices);
     futures_util::stream::unfold(
         state,
         move |(mut body, mut decoder, mut done, mut finished)| async move {
@@ -157,7 +170,7 @@ fn passthrough_stream(response: UpstreamResponse, hide_usage_chunk: bool) -> Chu
                     if event.data == "[DONE]" {
                         return None;
                     }
-                    finished |= has_finish_reason(&event.data);
+                    finished.note(&event.data);
                     let usage = extract_usage(&event.data);
                     if hide_usage_chunk && usage.is_some() && is_usage_only(&event.data) {
                         // Keep the usage for accounting, without showing the chunk to the client.
@@ -198,14 +211,18 @@ fn passthrough_stream(response: UpstreamResponse, hide_usage_chunk: bool) -> Chu
                             Some(event) if !is_json(&event.data) => {
                                 Err("the stream ended inside an event")
                             }
-                            Some(event) if finished || has_finish_reason(&event.data) => {
-                                let usage = extract_usage(&event.data);
-                                let data = Bytes::from(event.data);
-                                Ok(Some(StreamItem { data, usage }))
+                            Some(event) => {
+                                finished.note(&event.data);
+                                if finished.all() {
+                                    let usage = extract_usage(&event.data);
+                                    let data = Bytes::from(event.data);
+                                    Ok(Some(StreamItem { data, usage }))
+                                } else {
+                                    Err(ENDED_EARLY)
+                                }
                             }
-                            Some(_) => Err("the stream ended before [DONE]"),
-                            None if finished => Ok(None),
-                            None => Err("the stream ended before [DONE]"),
+                            None if finished.all() => Ok(None),
+                            None => Err(ENDED_EARLY),
                         };
                         return match ended {
                             Ok(last) => {
@@ -222,6 +239,55 @@ fn passthrough_stream(response: UpstreamResponse, hide_usage_chunk: bool) -> Chu
         },
     )
     .boxed()
+}
+
+const ENDED_EARLY: &str = "the stream ended before [DONE]";
+
+/// Which of the choices asked for (`n`) have said they finished: a stream that ends without
+/// `[DONE]` is whole only once each has, not when the first of several does.
+#[derive(Debug)]
+struct FinishedChoices {
+    expected: usize,
+    indices: Vec<u32>,
+}
+
+impl FinishedChoices {
+    fn new(n: Option<u32>) -> Self {
+        Self {
+            expected: n.unwrap_or(1).max(1) as usize,
+            indices: Vec::new(),
+        }
+    }
+
+    /// Notes the choices a chunk finishes (decoded only when it names a finish reason).
+    fn note(&mut self, data: &str) {
+        #[derive(serde::Deserialize)]
+        struct Chunk {
+            #[serde(default)]
+            choices: Vec<Choice>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Choice {
+            #[serde(default)]
+            index: u32,
+            finish_reason: Option<serde::de::IgnoredAny>,
+        }
+        if !has_finish_reason(data) {
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Chunk>(data) else {
+            return;
+        };
+        for choice in chunk.choices {
+            if choice.finish_reason.is_some() && !self.indices.contains(&choice.index) {
+                self.indices.push(choice.index);
+            }
+        }
+    }
+
+    fn all(&self) -> bool {
+        self.indices.len() >= self.expected
+    }
 }
 
 /// Whether a chunk says a choice finished (`"finish_reason": "…"`, not `null`).
@@ -295,5 +361,89 @@ mod tests {
         ] {
             assert!(!has_finish_reason(open), "{open}");
         }
+    }
+
+    #[test]
+    fn a_stream_of_several_choices_is_whole_once_each_has_finished() {
+        let mut one = FinishedChoices::new(None);
+        assert!(!one.all());
+        one.note(r#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#);
+        assert!(!one.all());
+        one.note(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        assert!(one.all());
+
+        let mut three = FinishedChoices::new(Some(3));
+        three.note(r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"}]}"#);
+        three.note(r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"}]}"#);
+        assert!(
+            !three.all(),
+            "one choice finishing twice is still one: {three:?}"
+        );
+        three.note(r#"{"choices":[{"index":0,"finish_reason":"length"},{"index":2,"finish_reason":null}]}"#);
+        assert!(!three.all(), "{three:?}");
+        three.note(r#"{"choices":[{"index":2,"delta":{},"finish_reason":"stop"}]}"#);
+        assert!(three.all(), "{three:?}");
+
+        // `n: 0` is refused by validation; here it still asks for one choice.
+        let mut zero = FinishedChoices::new(Some(0));
+        zero.note(r#"{"choices":[{"finish_reason":"stop"}]}"#);
+        assert!(zero.all(), "a choice without an index is choice 0");
+    }
+
+    /// What the client gets of an upstream body that ends (closes) without `[DONE]`.
+    async fn ended_without_done(n: Option<u32>, events: &[&str]) -> (usize, Option<String>) {
+        // The last event without its blank line: the body ended right after its data.
+        let frames: Vec<Result<Bytes, ProviderError>> = events
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let end = if i + 1 == events.len() { "\n" } else { "\n\n" };
+                Ok(Bytes::from(format!("data: {data}{end}")))
+            })
+            .collect();
+        let mut stream = passthrough_frames(
+            futures_util::stream::iter(frames),
+            false,
+            FinishedChoices::new(n),
+        );
+        let mut chunks = 0;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => chunks += 1,
+                Err(error) => return (chunks, Some(error.to_string())),
+            }
+        }
+        (chunks, None)
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_done_is_whole_only_when_every_choice_finished() {
+        let open = |i: u32| {
+            format!(
+                r#"{{"choices":[{{"index":{i},"delta":{{"content":"a"}},"finish_reason":null}}]}}"#
+            )
+        };
+        let stop = |i: u32| {
+            format!(r#"{{"choices":[{{"index":{i},"delta":{{}},"finish_reason":"stop"}}]}}"#)
+        };
+        let (o0, o1, s0, s1) = (open(0), open(1), stop(0), stop(1));
+
+        let (chunks, error) = ended_without_done(None, &[&o0, &s0]).await;
+        assert_eq!((chunks, error), (2, None), "one choice, finished");
+
+        let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s0]).await;
+        assert_eq!(
+            chunks, 2,
+            "choice 1 never finished: the stream ends in an error"
+        );
+        let error = error.unwrap_or_default();
+        assert!(error.contains("ended before [DONE]"), "{error}");
+
+        let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s1, &s0]).await;
+        assert_eq!(
+            (chunks, error),
+            (4, None),
+            "both finished, choice 0 in the event the body ended on"
+        );
     }
 }
