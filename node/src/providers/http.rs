@@ -153,62 +153,73 @@ impl Stream for BodyFrames {
 }
 
 /// Sends a request and turns transport failures and non-2xx answers into `ProviderError`.
-pub async fn send(
-    request: UpstreamRequest<'_>,
-    secret: Option<&str>,
-) -> Result<UpstreamResponse, ProviderError> {
-    let UpstreamRequest {
-        client,
-        plain_pool,
-        method,
-        uri,
-        problem,
-        json,
-        fields,
-        body,
-    } = request;
-    let connect_error =
-        |problem: String| ProviderError::Connect(redact(&problem, secret.as_slice()));
-    if let Some(problem) = problem {
-        return Err(connect_error(problem));
-    }
-    let response = match plain_pool {
-        Some(pool) => {
-            let request = PlainRequest {
-                method: &method,
-                target: uri.path_and_query().map_or("/", PathAndQuery::as_str),
-                json,
-                fields: &fields,
-                body: &body,
-            };
-            let answer = pool.send(&request).await.map_err(connect_error)?;
-            UpstreamResponse {
-                status: answer.head.status,
-                content_length: answer.head.content_length(),
-                headers: answer.head.headers,
-                body: AnswerBody::Pooled(answer.body),
-            }
+///
+/// Not an `async fn`: its parameters would be copied into the body's own locals, and this
+/// future, boxed with every provider call, would hold the request twice.
+#[allow(clippy::manual_async_fn)] // see above: the size of the future
+pub fn send<'a>(
+    request: UpstreamRequest<'a>,
+    secret: Option<&'a str>,
+) -> impl Future<Output = Result<UpstreamResponse, ProviderError>> + Send + 'a {
+    async move {
+        let connect_error =
+            |problem: String| ProviderError::Connect(redact(&problem, secret.as_slice()));
+        if let Some(problem) = request.problem {
+            return Err(connect_error(problem));
         }
-        None => {
-            let request = client_request(method, uri, json, fields, body);
-            let response = client
-                .inner
-                .request(request)
-                .await
-                .map_err(|e| connect_error(describe(&e)))?;
-            let (head, body) = response.into_parts();
-            UpstreamResponse {
-                status: head.status,
-                content_length: content_length(&head.headers),
-                headers: head.headers,
-                body: AnswerBody::Client(body),
+        // The request's parts are borrowed where a pooled connection writes them and taken apart
+        // only for the TLS client: this future, boxed with every provider call, stays small.
+        let response = match request.plain_pool {
+            Some(pool) => {
+                let plain = PlainRequest {
+                    method: &request.method,
+                    target: request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", PathAndQuery::as_str),
+                    json: request.json,
+                    fields: &request.fields,
+                    body: &request.body,
+                };
+                let answer = pool.send(&plain).await.map_err(connect_error)?;
+                UpstreamResponse {
+                    status: answer.head.status,
+                    content_length: answer.head.content_length(),
+                    headers: answer.head.headers,
+                    body: AnswerBody::Pooled(answer.body),
+                }
             }
+            None => {
+                let UpstreamRequest {
+                    client,
+                    method,
+                    uri,
+                    json,
+                    fields,
+                    body,
+                    ..
+                } = request;
+                let request = client_request(method, uri, json, fields, body);
+                let response = client
+                    .inner
+                    .request(request)
+                    .await
+                    .map_err(|e| connect_error(describe(&e)))?;
+                let (head, body) = response.into_parts();
+                UpstreamResponse {
+                    status: head.status,
+                    content_length: content_length(&head.headers),
+                    headers: head.headers,
+                    body: AnswerBody::Client(body),
+                }
+            }
+        };
+        if response.status().is_success() {
+            return Ok(response);
         }
-    };
-    if response.status().is_success() {
-        return Ok(response);
+        // Boxed: the error path's future would otherwise size this one for every request.
+        Err(Box::pin(status_error(response, secret)).await)
     }
-    Err(status_error(response, secret).await)
 }
 
 /// The error chain as one line (keys travel in headers, never in URLs).

@@ -248,42 +248,24 @@ async fn observed(
     arrival: Arrival,
     handle: impl Future<Output = Response>,
 ) -> (Response, GatewayHeaders) {
-    let Arrival {
-        started,
-        endpoint_index,
-        version,
-        context,
-    } = arrival;
-    app.metrics.endpoints[endpoint_index].active.inc();
+    app.metrics.endpoints[arrival.endpoint_index].active.inc();
     // Until the handler answers, the request is recorded as cancelled if its future is dropped
     // (the client closed the connection): the active gauge comes back and the log says so.
-    let mut cancelled = FinishOnDrop(
-        Some(Record {
-            app,
-            status: CLIENT_CLOSED,
-            started,
-            endpoint_index,
-            protocol_index: protocol_index(version),
-            context: context.clone(),
-            error: Some("client_closed"),
-            stream_fault: None,
-            outcome: Outcome::default(),
-        }),
-        false,
-    );
+    // What that needs is kept apart from the answer's record, so this future stays small.
+    let context = arrival.context.clone();
+    let mut cancelled = CancelOnDrop(Some(Pending { app, arrival }));
     let (response, outcome) = scope::run(context, handle).await;
-    let Some(mut record) = cancelled.0.take() else {
-        // Unreachable: only this function takes the record.
+    let Some(pending) = cancelled.0.take() else {
+        // Unreachable: only this function takes the pending record.
         return (response, outcome.answer);
     };
     let gateway = GatewayHeaders {
-        request_id: Some(Arc::clone(&record.context.id)),
+        request_id: Some(Arc::clone(&pending.arrival.context.id)),
         ..outcome.answer.clone()
     };
     let streamed = outcome.streamed;
-    record.status = response.status().as_u16();
-    record.error = response.extensions().get::<ErrorMarker>().map(|m| m.0);
-    record.outcome = outcome;
+    let error = response.extensions().get::<ErrorMarker>().map(|m| m.0);
+    let mut record = pending.into_record(response.status().as_u16(), error, outcome);
     if streamed {
         record.stream_fault = response.extensions().get::<StreamFault>().cloned();
     }
@@ -430,8 +412,49 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
+/// A request whose handler has not answered yet.
+struct Pending {
+    app: Arc<App>,
+    arrival: Arrival,
+}
+
+impl Pending {
+    fn into_record(self, status: u16, error: Option<&'static str>, outcome: Outcome) -> Record {
+        let Arrival {
+            started,
+            endpoint_index,
+            version,
+            context,
+        } = self.arrival;
+        Record {
+            app: self.app,
+            status,
+            started,
+            endpoint_index,
+            protocol_index: protocol_index(version),
+            context,
+            error,
+            stream_fault: None,
+            outcome,
+        }
+    }
+}
+
+/// Records a request as cancelled by its client (499) when dropped before its handler answers.
+struct CancelOnDrop(Option<Pending>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            let error = Some("client_closed");
+            let record = pending.into_record(CLIENT_CLOSED, error, Outcome::default());
+            record.finish(false);
+        }
+    }
+}
+
 /// Records a request's figures when dropped: a stream's when its body is done with (`true`:
-/// streamed), a cancelled request's when its future is.
+/// streamed), or a plain answer's once it is written.
 struct FinishOnDrop(Option<Record>, bool);
 
 impl Drop for FinishOnDrop {
