@@ -171,27 +171,9 @@ fn passthrough_frames(
                         return None;
                     }
                     finished.note(&event.data);
-                    let usage = extract_usage(&event.data);
-                    if hide_usage_chunk && usage.is_some() && is_usage_only(&event.data) {
-                        // Keep the usage for accounting, without showing the chunk to the client.
-                        let item = StreamItem {
-                            data: Bytes::new(),
-                            usage,
-                        };
-                        return Some((Ok(item), (body, decoder, done, finished)));
-                    }
-                    if let Some(message) = upstream_stream_error(&event.data) {
-                        done = true;
-                        return Some((
-                            Err(ProviderError::StreamBroken(message)),
-                            (body, decoder, done, finished),
-                        ));
-                    }
-                    let item = StreamItem {
-                        data: Bytes::from(event.data),
-                        usage,
-                    };
-                    return Some((Ok(item), (body, decoder, done, finished)));
+                    let item = event_item(event.data, hide_usage_chunk);
+                    done = item.is_err();
+                    return Some((item, (body, decoder, done, finished)));
                 }
                 match body.next().await {
                     Some(Ok(chunk)) => {
@@ -206,32 +188,29 @@ fn passthrough_frames(
                     }
                     None => {
                         done = true;
+                        // The body ended without `[DONE]`: whole only if every choice
+                        // finished, the last event (cut short of its blank line) included.
                         let ended = match decoder.finish() {
                             Some(event) if event.data == "[DONE]" => return None,
                             Some(event) if !is_json(&event.data) => {
-                                Err("the stream ended inside an event")
+                                Err(broken(ENDED_EARLY_INSIDE_AN_EVENT))
                             }
                             Some(event) => {
                                 finished.note(&event.data);
-                                if finished.all() {
-                                    let usage = extract_usage(&event.data);
-                                    let data = Bytes::from(event.data);
-                                    Ok(Some(StreamItem { data, usage }))
-                                } else {
-                                    Err(ENDED_EARLY)
+                                match event_item(event.data, hide_usage_chunk) {
+                                    Ok(item) if finished.all() => Ok(Some(item)),
+                                    Ok(_) => Err(broken(ENDED_EARLY)),
+                                    Err(error) => Err(error),
                                 }
                             }
                             None if finished.all() => Ok(None),
-                            None => Err(ENDED_EARLY),
+                            None => Err(broken(ENDED_EARLY)),
                         };
                         return match ended {
                             Ok(last) => {
                                 last.map(|item| (Ok(item), (body, decoder, done, finished)))
                             }
-                            Err(why) => Some((
-                                Err(ProviderError::StreamBroken(why.into())),
-                                (body, decoder, done, finished),
-                            )),
+                            Err(error) => Some((Err(error), (body, decoder, done, finished))),
                         };
                     }
                 }
@@ -242,24 +221,52 @@ fn passthrough_frames(
 }
 
 const ENDED_EARLY: &str = "the stream ended before [DONE]";
+const ENDED_EARLY_INSIDE_AN_EVENT: &str = "the stream ended inside an event";
+
+fn broken(why: &str) -> ProviderError {
+    ProviderError::StreamBroken(why.into())
+}
+
+/// One upstream event as the client's chunk: the gateway's own usage-only chunk hidden (its
+/// usage kept for accounting), an upstream error event turned into the stream's error.
+fn event_item(data: String, hide_usage_chunk: bool) -> Result<StreamItem, ProviderError> {
+    let usage = extract_usage(&data);
+    if hide_usage_chunk && usage.is_some() && is_usage_only(&data) {
+        return Ok(StreamItem {
+            data: Bytes::new(),
+            usage,
+        });
+    }
+    if let Some(message) = upstream_stream_error(&data) {
+        return Err(ProviderError::StreamBroken(message));
+    }
+    Ok(StreamItem {
+        data: Bytes::from(data),
+        usage,
+    })
+}
 
 /// Which of the choices asked for (`n`) have said they finished: a stream that ends without
 /// `[DONE]` is whole only once each has, not when the first of several does.
 #[derive(Debug)]
 struct FinishedChoices {
-    expected: usize,
-    indices: Vec<u32>,
+    expected: u32,
+    /// Bit `i`: choice `i` finished (`n` is at most 16, by validation).
+    finished: u64,
 }
 
 impl FinishedChoices {
     fn new(n: Option<u32>) -> Self {
         Self {
-            expected: n.unwrap_or(1).max(1) as usize,
-            indices: Vec::new(),
+            expected: n.unwrap_or(1).clamp(1, 64),
+            finished: 0,
         }
     }
 
-    /// Notes the choices a chunk finishes (decoded only when it names a finish reason).
+    /// Notes the choices a chunk finishes (decoded only when it names a finish reason). A
+    /// choice without an `index` is choice 0, as with one choice; an index outside the
+    /// choices asked for counts for none. A chunk that does not decode counts for none
+    /// either: at worst a whole stream is called broken, never a broken one whole.
     fn note(&mut self, data: &str) {
         #[derive(serde::Deserialize)]
         struct Chunk {
@@ -279,14 +286,14 @@ impl FinishedChoices {
             return;
         };
         for choice in chunk.choices {
-            if choice.finish_reason.is_some() && !self.indices.contains(&choice.index) {
-                self.indices.push(choice.index);
+            if choice.finish_reason.is_some() && choice.index < self.expected {
+                self.finished |= 1u64 << choice.index;
             }
         }
     }
 
     fn all(&self) -> bool {
-        self.indices.len() >= self.expected
+        self.finished.count_ones() == self.expected
     }
 }
 
@@ -384,32 +391,46 @@ mod tests {
         three.note(r#"{"choices":[{"index":2,"delta":{},"finish_reason":"stop"}]}"#);
         assert!(three.all(), "{three:?}");
 
+        let mut two = FinishedChoices::new(Some(2));
+        two.note(r#"{"choices":[{"index":0,"finish_reason":"stop"},{"index":5,"finish_reason":"stop"}]}"#);
+        assert!(
+            !two.all(),
+            "an index past the choices asked for counts for none: {two:?}"
+        );
+
         // `n: 0` is refused by validation; here it still asks for one choice.
         let mut zero = FinishedChoices::new(Some(0));
         zero.note(r#"{"choices":[{"finish_reason":"stop"}]}"#);
         assert!(zero.all(), "a choice without an index is choice 0");
     }
 
-    /// What the client gets of an upstream body that ends (closes) without `[DONE]`.
-    async fn ended_without_done(n: Option<u32>, events: &[&str]) -> (usize, Option<String>) {
-        // The last event without its blank line: the body ended right after its data.
+    /// What the client gets of an upstream body that ends (closes) without `[DONE]`: the
+    /// chunks' data, then the error if the stream was broken.
+    async fn ended_without_done(
+        n: Option<u32>,
+        events: &[&str],
+        last_cut_short: bool,
+        hide_usage_chunk: bool,
+    ) -> (Vec<String>, Option<String>) {
         let frames: Vec<Result<Bytes, ProviderError>> = events
             .iter()
             .enumerate()
             .map(|(i, data)| {
-                let end = if i + 1 == events.len() { "\n" } else { "\n\n" };
+                // Cut short: the body ended right after the last event's data line.
+                let cut = last_cut_short && i + 1 == events.len();
+                let end = if cut { "\n" } else { "\n\n" };
                 Ok(Bytes::from(format!("data: {data}{end}")))
             })
             .collect();
         let mut stream = passthrough_frames(
             futures_util::stream::iter(frames),
-            false,
+            hide_usage_chunk,
             FinishedChoices::new(n),
         );
-        let mut chunks = 0;
+        let mut chunks = Vec::new();
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => chunks += 1,
+                Ok(item) => chunks.push(String::from_utf8_lossy(&item.data).into_owned()),
                 Err(error) => return (chunks, Some(error.to_string())),
             }
         }
@@ -428,22 +449,46 @@ mod tests {
         };
         let (o0, o1, s0, s1) = (open(0), open(1), stop(0), stop(1));
 
-        let (chunks, error) = ended_without_done(None, &[&o0, &s0]).await;
-        assert_eq!((chunks, error), (2, None), "one choice, finished");
+        let (chunks, error) = ended_without_done(None, &[&o0, &s0], true, false).await;
+        assert_eq!((chunks.len(), error), (2, None), "one choice, finished");
 
-        let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s0]).await;
-        assert_eq!(
-            chunks, 2,
-            "choice 1 never finished: the stream ends in an error"
-        );
-        let error = error.unwrap_or_default();
-        assert!(error.contains("ended before [DONE]"), "{error}");
+        for cut in [true, false] {
+            let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s0], cut, false).await;
+            let delivered = if cut { 2 } else { 3 };
+            assert_eq!(
+                chunks.len(),
+                delivered,
+                "choice 1 never finished (cut: {cut})"
+            );
+            let error = error.unwrap_or_default();
+            assert!(error.contains("ended before [DONE]"), "{error}");
+        }
 
-        let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s1, &s0]).await;
+        let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s1, &s0], true, false).await;
         assert_eq!(
-            (chunks, error),
+            (chunks.len(), error),
             (4, None),
             "both finished, choice 0 in the event the body ended on"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_event_a_body_ends_on_is_checked_like_any_other() {
+        let s0 = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        let usage =
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        let (chunks, error) = ended_without_done(None, &[s0, usage], true, true).await;
+        assert_eq!(error, None);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1], "", "the gateway's own usage chunk stays hidden");
+
+        let failed = r#"{"error":{"message":"overloaded"}}"#;
+        let (chunks, error) = ended_without_done(None, &[s0, failed], true, false).await;
+        assert_eq!(chunks.len(), 1, "{chunks:?}");
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("overloaded"),
+            "the upstream's error is the stream's: {error}"
         );
     }
 }
