@@ -61,7 +61,13 @@ pub async fn chat(
     let (served, shared) = match hit {
         Some(CachedAnswer::Complete(served)) => (served, false),
         _ => {
-            let (served, shared) = exec::complete(app, caller, request, ENDPOINT, headers).await?;
+            // The request is not handed down by value on the unshared path: each async
+            // function it went through kept its own copy in its future.
+            let (served, shared) = if exec::shares_answers(app, headers) {
+                exec::complete_shared(app, caller, request, ENDPOINT)?.await?
+            } else {
+                (exec::dispatch(app, caller, &request).await?, false)
+            };
             settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
             settlement.served = true;
             if !shared {

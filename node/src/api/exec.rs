@@ -107,15 +107,33 @@ pub async fn complete(
     endpoint: &'static str,
     headers: &impl RequestHeaders,
 ) -> Result<(ChatServed, bool), ApiError> {
+    if shares_answers(app, headers) {
+        complete_shared(app, caller, request, endpoint)?.await
+    } else {
+        Ok((dispatch(app, caller, &request).await?, false))
+    }
+}
+
+/// Whether a non-streamed request may share an identical one's answer: deduplication is on
+/// and the request did not opt out.
+pub fn shares_answers(app: &App, headers: &impl RequestHeaders) -> bool {
     let opted_out = headers
         .first_str(&DEDUP_HEADER)
         .is_some_and(|v| v.eq_ignore_ascii_case("off"));
-    if !app.dedup_enabled || opted_out {
-        return Ok((
-            dispatch(Arc::clone(app), Arc::clone(caller), request).await?,
-            false,
-        ));
-    }
+    app.dedup_enabled && !opted_out
+}
+
+/// A non-streamed completion shared with identical concurrent requests; the future also says
+/// whether this request shared another's call.
+///
+/// Not an `async fn`: the request goes to the shared call's own task at once, so the
+/// caller's future holds only the wait for the outcome, not a copy of the request.
+pub fn complete_shared(
+    app: &Arc<App>,
+    caller: &Arc<Caller>,
+    request: ChatRequest,
+    endpoint: &'static str,
+) -> Result<impl Future<Output = Result<(ChatServed, bool), ApiError>> + use<>, ApiError> {
     // The body as the client sent it when it is still that (identical retries are identical
     // bytes); else the decoded request encoded again.
     let encoded;
@@ -134,24 +152,28 @@ pub async fn complete(
         model.as_bytes(),
         body,
     ]);
-    let (outcome, shared) = app
-        .dedup
-        .run(key, dispatch(Arc::clone(app), Arc::clone(caller), request))
-        .await;
-    outcome
-        .map(|served| (served, shared))
-        .map_err(|e| (*e).clone())
+    let (owned_app, owned_caller) = (Arc::clone(app), Arc::clone(caller));
+    let shared_call = app.dedup.run(key, async move {
+        dispatch(&owned_app, &owned_caller, &request).await
+    });
+    Ok(async move {
+        let (outcome, shared) = shared_call.await;
+        outcome
+            .map(|served| (served, shared))
+            .map_err(|e| (*e).clone())
+    })
 }
 
-async fn dispatch(
-    app: Arc<App>,
-    caller: Arc<Caller>,
-    request: ChatRequest,
+/// A non-streamed completion for this request alone.
+pub async fn dispatch(
+    app: &App,
+    caller: &Caller,
+    request: &ChatRequest,
 ) -> Result<ChatServed, ApiError> {
     let scope = RouteScope {
         allowed_providers: caller.providers.as_deref(),
     };
-    let served = app.dispatcher.complete(&request, scope).await?;
+    let served = app.dispatcher.complete(request, scope).await?;
     Ok(ChatServed {
         answer: served.value,
         served: ServedBy {
