@@ -189,13 +189,9 @@ async fn hapax_completion(
     request: ChatRequest,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let PlainServed {
-        served,
-        shared,
-        mut cache,
-        limits,
-    } = run_plain(&app, &caller, request, headers).await?;
-    let completion = decoded(&served)?;
+    let plain = run_plain(&app, &caller, request, headers).await?;
+    let served = &plain.served;
+    let completion = decoded(served)?;
     let request_id = current_request_id();
     let payload = HapaxCompletionResponse {
         content: completion.first_text(),
@@ -205,8 +201,7 @@ async fn hapax_completion(
         request_id: &request_id,
     };
     let response = Json(payload).into_response();
-    exec::record_served(served.served, limits, shared, false);
-    cache.mark();
+    plain.record();
     Ok(response)
 }
 
@@ -218,6 +213,15 @@ struct PlainServed {
     cache: CachePlan,
     /// What the admission left, for the answer's `X-RateLimit-*` headers.
     limits: Option<RateLimitHeaders>,
+}
+
+impl PlainServed {
+    /// Records who served the answer, the rate-limit figures and the cache's verdict, for the
+    /// answer's headers and its log line.
+    fn record(mut self) {
+        exec::record_served(self.served.served, self.limits, self.shared, false);
+        self.cache.mark();
+    }
 }
 
 async fn run_plain(
@@ -349,21 +353,15 @@ async fn legacy_completion(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if !request.is_stream() {
-        let PlainServed {
-            served,
-            shared,
-            mut cache,
-            limits,
-        } = run_plain(&app, &caller, request, headers).await?;
-        let r = &decoded(&served)?;
+        let plain = run_plain(&app, &caller, request, headers).await?;
+        let r = &decoded(&plain.served)?;
         let choices: Vec<Value> = r
             .choices
             .iter()
             .map(|c| serde_json::json!({"text": c.message.content.clone().unwrap_or_default(), "index": c.index, "logprobs": null, "finish_reason": c.finish_reason}))
             .collect();
         let payload = serde_json::json!({"id": r.id.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": r.created, "model": r.model, "choices": choices, "usage": r.usage});
-        exec::record_served(served.served, limits, shared, false);
-        cache.mark();
+        plain.record();
         return Ok(Json(payload).into_response());
     }
     let mut request = request;
