@@ -199,12 +199,12 @@ fn passthrough_frames(
                                 finished.note(&event.data);
                                 match event_item(event.data, hide_usage_chunk) {
                                     Ok(item) if finished.all() => Ok(Some(item)),
-                                    Ok(_) => Err(broken(ENDED_EARLY)),
+                                    Ok(_) => Err(finished.ended_early()),
                                     Err(error) => Err(error),
                                 }
                             }
                             None if finished.all() => Ok(None),
-                            None => Err(broken(ENDED_EARLY)),
+                            None => Err(finished.ended_early()),
                         };
                         return match ended {
                             Ok(last) => {
@@ -294,6 +294,18 @@ impl FinishedChoices {
 
     fn all(&self) -> bool {
         self.finished.count_ones() == self.expected
+    }
+
+    /// The error of a body that ended without `[DONE]` before every choice finished; with
+    /// several choices, how many had.
+    fn ended_early(&self) -> ProviderError {
+        if self.expected == 1 {
+            return broken(ENDED_EARLY);
+        }
+        let (done, asked) = (self.finished.count_ones(), self.expected);
+        broken(&format!(
+            "{ENDED_EARLY} ({done} of {asked} choices finished)"
+        ))
     }
 }
 
@@ -461,7 +473,10 @@ mod tests {
                 "choice 1 never finished (cut: {cut})"
             );
             let error = error.unwrap_or_default();
-            assert!(error.contains("ended before [DONE]"), "{error}");
+            assert!(
+                error.contains("ended before [DONE] (1 of 2 choices finished)"),
+                "{error}"
+            );
         }
 
         let (chunks, error) = ended_without_done(Some(2), &[&o0, &o1, &s1, &s0], true, false).await;
