@@ -4,6 +4,9 @@
 #   bash bench/callgrind.sh [BIN]   (default: the release binary)
 #   BODY=file.json bash bench/callgrind.sh   (another request body; default: one short message)
 #   KEEP=dir bash bench/callgrind.sh   (keeps the callgrind outputs for callgrind_annotate)
+#   DEDUP=on bash bench/callgrind.sh   (deduplication's path, the default config's: no
+#     `X-Hapax-Dedup: off`, one request at a time so that no two identical ones share a call;
+#     compare with C=1, the same load with the opt-out)
 # Runs the gateway under callgrind twice (N1 and N2 requests, realistic config: auth, rate
 # limits, metrics, JSON logs at info) and reports (I(N2) - I(N1)) / (N2 - N1).
 set -euo pipefail
@@ -35,7 +38,9 @@ instructions() {
   local pid=$!
   for _ in $(seq 300); do grep -q 'http=' "$work/gw.out" 2>/dev/null && break; sleep 0.1; done
   local gw; gw=$(grep -o 'http=[^ ]*' "$work/gw.out" | cut -d= -f2)
-  oha -n "$n" -c 4 --no-tui -m POST -H 'Authorization: Bearer bench-key-123' -H 'x-hapax-dedup: off' \
+  local opt_out=(-c "${C:-4}" -H 'x-hapax-dedup: off')
+  [ "${DEDUP:-off}" = on ] && opt_out=(-c 1)
+  oha -n "$n" "${opt_out[@]}" --no-tui -m POST -H 'Authorization: Bearer bench-key-123' \
     -H 'content-type: application/json' -d "$body" \
     "http://$gw/v1/chat/completions" > "$work/oha.$n" 2>&1
   grep -q '\[200\] '"$n"' responses' "$work/oha.$n" || { echo "load failed:"; cat "$work/oha.$n"; exit 1; }
