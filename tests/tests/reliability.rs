@@ -361,6 +361,41 @@ async fn twenty_concurrent_identical_requests_make_one_upstream_call() {
 }
 
 #[tokio::test]
+async fn a_shared_call_outlives_its_first_caller_hanging_up_for_those_who_wait() {
+    let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
+    let gateway = Gateway::start(&two_providers(&primary, &backup, ""));
+    primary
+        .set_fault(json!({"route": CHAT, "latency_ms": 600}))
+        .await;
+    let body = chat_body("asked twice");
+    // The first caller makes the call and hangs up while it is under way.
+    let first = tokio::spawn({
+        let (url, body) = (gateway.url(CHAT), body.clone());
+        async move { client().post(url).json(&body).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = tokio::spawn({
+        let (url, body) = (gateway.url(CHAT), body.clone());
+        async move { client().post(url).json(&body).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    first.abort();
+    let response = second.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-hapax-deduplicated"],
+        "true",
+        "the second request joined the first one's call"
+    );
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Hello from the Hapax mock provider. You said: asked twice"
+    );
+    assert_eq!(primary.count(CHAT).await, 1, "one upstream call for both");
+}
+
+#[tokio::test]
 async fn an_active_health_check_takes_a_down_provider_out_of_rotation() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
     let extra = "";

@@ -10,7 +10,7 @@ use super::sse::{Reframe, replay_body, sse_body};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::cache::{CachePlan, CachedAnswer};
-use crate::dedup::dedup_key;
+use crate::dedup::DedupKey;
 use crate::error::{ApiError, StreamFault};
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
@@ -135,23 +135,14 @@ pub fn complete_shared(
     endpoint: &'static str,
 ) -> Result<impl Future<Output = Result<(ChatServed, bool), ApiError>> + use<>, ApiError> {
     // The body as the client sent it when it is still that (identical retries are identical
-    // bytes); else the decoded request encoded again.
-    let encoded;
-    let body: &[u8] = match &request.source {
-        Some(source) => source,
-        None => {
-            encoded =
-                serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?;
-            &encoded
-        }
+    // bytes); else the decoded request encoded again. The model is in either.
+    let body = match &request.source {
+        Some(source) => source.clone(),
+        None => serde_json::to_vec(&request)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .into(),
     };
-    let model = request.model.as_deref().unwrap_or_default();
-    let key = dedup_key(&[
-        caller.name.as_bytes(),
-        endpoint.as_bytes(),
-        model.as_bytes(),
-        body,
-    ]);
+    let key = DedupKey::new(&caller.name, endpoint, body);
     let (owned_app, owned_caller) = (Arc::clone(app), Arc::clone(caller));
     let shared_call = app.dedup.run(key, async move {
         dispatch(&owned_app, &owned_caller, &request).await
