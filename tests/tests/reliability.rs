@@ -393,6 +393,59 @@ async fn a_shared_call_outlives_its_first_caller_hanging_up_for_those_who_wait()
         "Hello from the Hapax mock provider. You said: asked twice"
     );
     assert_eq!(primary.count(CHAT).await, 1, "one upstream call for both");
+    let hung_up = metric(
+        &gateway.metrics().await,
+        "hapax_http_requests_total",
+        &[("endpoint", CHAT), ("status", "499")],
+    );
+    assert_eq!(hung_up, Some(1.0), "the gateway saw the first caller go");
+}
+
+#[tokio::test]
+async fn completions_for_different_models_are_never_shared() {
+    // `/v1/completions` requests are known by their re-encoded body, which leaves the model
+    // out: the model must still tell them apart.
+    let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
+    let config = two_providers(&primary, &backup, "").replacen(
+        "model: mock-1, timeout: 2s}",
+        "model: mock-1, models: [mock-2], timeout: 2s}",
+        1,
+    );
+    let gateway = Gateway::start(&config);
+    primary
+        .set_fault(json!({"route": CHAT, "latency_ms": 400}))
+        .await;
+    let answers = join_all(["mock-1", "mock-2", "mock-1"].map(|model| {
+        let gateway = &gateway;
+        async move {
+            let response = client()
+                .post(gateway.url("/v1/completions"))
+                .json(&json!({"model": model, "prompt": "the same prompt"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let shared = response.headers().contains_key("x-hapax-deduplicated");
+            let answer: Value = response.json().await.unwrap();
+            (
+                answer["model"].as_str().unwrap_or_default().to_owned(),
+                shared,
+            )
+        }
+    }))
+    .await;
+    assert_eq!(
+        primary.count(CHAT).await,
+        2,
+        "one call a model: {answers:?}"
+    );
+    assert_eq!(answers[0].0, "mock-1");
+    assert_eq!(answers[1], ("mock-2".to_owned(), false));
+    assert_eq!(answers[2].0, "mock-1");
+    assert!(
+        answers[0].1 ^ answers[2].1,
+        "one of the mock-1 pair shared the other's call"
+    );
 }
 
 #[tokio::test]

@@ -62,11 +62,16 @@ pub async fn chat(
         Some(CachedAnswer::Complete(served)) => (served, false),
         _ => {
             // The request is not handed down by value on the unshared path: each async
-            // function it went through kept its own copy in its future.
+            // function it went through kept its own copy in its future. The unshared call is
+            // boxed (~600 bytes): inline, it would size this future for the default path
+            // too, where the shared call's own box holds it, past glibc's per-thread cache.
             let (served, shared) = if exec::shares_answers(app, headers) {
                 exec::complete_shared(app, caller, request, ENDPOINT)?.await?
             } else {
-                (exec::dispatch(app, caller, &request).await?, false)
+                (
+                    Box::pin(exec::dispatch(app, caller, &request)).await?,
+                    false,
+                )
             };
             settlement.tokens = served.answer.usage.map(|u| u.total_tokens);
             settlement.served = true;

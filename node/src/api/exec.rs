@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+
 use axum::http::HeaderName;
 use axum::response::Response;
 
@@ -10,7 +12,7 @@ use super::sse::{Reframe, replay_body, sse_body};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::cache::{CachePlan, CachedAnswer};
-use crate::dedup::DedupKey;
+use crate::dedup::KeyBody;
 use crate::error::{ApiError, StreamFault};
 use crate::ratelimit::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter};
 use crate::routing::{CommittedStream, RouteScope, Served};
@@ -126,33 +128,32 @@ pub fn shares_answers(app: &App, headers: &impl RequestHeaders) -> bool {
 /// A non-streamed completion shared with identical concurrent requests; the future also says
 /// whether this request shared another's call.
 ///
-/// Not an `async fn`: the request goes to the shared call's own task at once, so the
-/// caller's future holds only the wait for the outcome, not a copy of the request.
+/// Not an `async fn`: the request goes into the shared call's box at once, so the caller's
+/// future holds a pointer to the call, not a copy of the request.
 pub fn complete_shared(
     app: &Arc<App>,
     caller: &Arc<Caller>,
     request: ChatRequest,
     endpoint: &'static str,
 ) -> Result<impl Future<Output = Result<(ChatServed, bool), ApiError>> + use<>, ApiError> {
-    // The body as the client sent it when it is still that (identical retries are identical
-    // bytes); else the decoded request encoded again. The model is in either.
     let body = match &request.source {
-        Some(source) => source.clone(),
-        None => serde_json::to_vec(&request)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .into(),
+        Some(source) => KeyBody::AsSent(source.clone()),
+        None => KeyBody::Encoded {
+            model: request.model.as_deref(),
+            body: serde_json::to_vec(&request).map_err(|e| ApiError::Internal(e.to_string()))?,
+        },
     };
-    let key = DedupKey::new(&caller.name, endpoint, body);
+    let key = app.dedup.key(&caller.name, endpoint, body);
     let (owned_app, owned_caller) = (Arc::clone(app), Arc::clone(caller));
     let shared_call = app.dedup.run(key, async move {
         dispatch(&owned_app, &owned_caller, &request).await
     });
-    Ok(async move {
-        let (outcome, shared) = shared_call.await;
+    // `map`, not an `async` block: a block would hold the call twice (captured and awaited).
+    Ok(shared_call.map(|(outcome, shared)| {
         outcome
             .map(|served| (served, shared))
             .map_err(|e| (*e).clone())
-    })
+    }))
 }
 
 /// A non-streamed completion for this request alone.
