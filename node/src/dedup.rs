@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use tokio::sync::watch;
@@ -122,19 +123,25 @@ impl<T: Clone + Send + Sync + 'static> Deduplicator<T> {
     where
         F: Future<Output = Result<T, ApiError>> + Send + 'static,
     {
-        let call = match self.inflight.lock().entry(key) {
-            Entry::Occupied(slot) => SharedCall::Follower(Box::pin(wait_for(slot.get().clone()))),
+        // Made before the lock, so that only the map's own work runs under it (a follower
+        // drops it unused: the rarer case).
+        let (tx, rx) = watch::channel(None);
+        let joined = match self.inflight.lock().entry(key) {
+            Entry::Occupied(slot) => Err(slot.get().clone()),
             Entry::Vacant(place) => {
                 let key = place.key().clone();
-                let (tx, rx) = watch::channel(None);
                 place.insert(rx);
-                SharedCall::Leader(Leader {
-                    inflight: Arc::clone(&self.inflight),
-                    key,
-                    tx,
-                    work: Some(Box::pin(work)),
-                })
+                Ok(key)
             }
+        };
+        let call = match joined {
+            Ok(key) => SharedCall::Leader(Leader {
+                inflight: Arc::clone(&self.inflight),
+                key,
+                tx,
+                work: Some(Box::pin(work)),
+            }),
+            Err(slot) => SharedCall::Follower(Box::pin(wait_for(slot))),
         };
         if matches!(call, SharedCall::Follower(_)) {
             self.saved.inc();
@@ -173,6 +180,17 @@ async fn wait_for<T: Clone>(mut slot: Slot<T>) -> Outcome<T> {
     outcome.unwrap_or_else(|| Err(abandoned()))
 }
 
+/// Logs a panic of the shared call (with its message) and gives the error its callers get.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> Arc<ApiError> {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    tracing::error!(panic = message, "the shared upstream call panicked");
+    abandoned()
+}
+
 fn abandoned() -> Arc<ApiError> {
     Arc::new(ApiError::Internal(
         "the shared upstream call was abandoned".into(),
@@ -198,15 +216,18 @@ impl<T: Clone + Send + Sync + 'static> Leader<T> {
         };
         // A panic in the call is this request's error and its followers' alike, as when the
         // call ran in a task of its own; the poisoned call is dropped, never polled again.
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        let outcome = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(outcome)) => outcome.map_err(Arc::new),
-            Err(_) => {
-                tracing::error!("the shared upstream call panicked");
-                Err(abandoned())
+            Ok(Poll::Ready(outcome)) => {
+                self.work = None;
+                outcome.map_err(Arc::new)
+            }
+            Err(panic) => {
+                self.work = None; // before the payload is dropped, which may panic too
+                Err(panicked(&*panic))
             }
         };
-        self.work = None;
         self.publish(&outcome);
         Poll::Ready(outcome)
     }
@@ -233,6 +254,10 @@ impl<T: Send + Sync + 'static> Drop for Leader<T> {
             map.remove(&self.key);
             return; // the call is cancelled with its future; followers see the sender go
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            map.remove(&self.key);
+            return; // no runtime to finish it on: cancelled, followers see the sender go
+        };
         drop(map);
         // The follow-up's log lines carry the leader's request id.
         let context = scope::current();
@@ -241,8 +266,11 @@ impl<T: Send + Sync + 'static> Drop for Leader<T> {
             key: self.key.clone(),
         };
         let tx = self.tx.clone();
-        tokio::spawn(scope::run_if(context, async move {
-            let outcome = work.await.map_err(Arc::new);
+        runtime.spawn(scope::run_if(context, async move {
+            let outcome = match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(outcome) => outcome.map_err(Arc::new),
+                Err(panic) => Err(panicked(&*panic)),
+            };
             drop(handed); // the key first, as the leader does
             tx.send_replace(Some(outcome));
         }));
@@ -265,209 +293,5 @@ impl<T> Drop for HandedOff<T> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn same_key<T: Clone + Send + Sync + 'static>(dedup: &Deduplicator<T>) -> DedupKey {
-        let body = KeyBody::AsSent(Bytes::from_static(b"same"));
-        dedup.key(&Arc::from("client"), "/v1/chat/completions", body)
-    }
-
-    #[test]
-    fn keys_are_equal_only_for_the_same_caller_endpoint_and_body() {
-        let dedup = Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap());
-        let key = |caller: &str, endpoint, body: KeyBody<'_>| {
-            dedup.key(&Arc::from(caller), endpoint, body)
-        };
-        let sent = |body: &'static [u8]| KeyBody::AsSent(Bytes::from_static(body));
-        let encoded = |model, body: &[u8]| KeyBody::Encoded {
-            model,
-            body: body.to_vec(),
-        };
-        let chat = "/v1/chat/completions";
-        assert!(same_key(&dedup) == key("client", chat, sent(b"same")));
-        assert!(same_key(&dedup) != key("other", chat, sent(b"same")));
-        assert!(same_key(&dedup) != key("client", "/v1/completions", sent(b"same")));
-        assert!(same_key(&dedup) != key("client", chat, sent(b"same ")));
-        // The parts are not run together: moving a byte from one to the next is another key.
-        assert!(key("ab", "/x", sent(b"c")) != key("a", "/x", sent(b"bc")));
-        // A re-encoded body leaves the model out: the model tells two of them apart, and
-        // neither is taken for a body as sent.
-        assert!(
-            key("c", chat, encoded(Some("a"), b"x")) == key("c", chat, encoded(Some("a"), b"x"))
-        );
-        assert!(
-            key("c", chat, encoded(Some("a"), b"x")) != key("c", chat, encoded(Some("b"), b"x"))
-        );
-        assert!(key("c", chat, encoded(None, b"x")) != key("c", chat, encoded(Some("a"), b"x")));
-        assert!(key("c", chat, encoded(None, b"x")) != key("c", chat, sent(b"x")));
-    }
-
-    #[tokio::test]
-    async fn concurrent_identical_calls_share_one_execution() {
-        let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
-        let runs = Arc::new(AtomicU32::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..10 {
-            let (dedup, runs) = (Arc::clone(&dedup), Arc::clone(&runs));
-            tasks.push(tokio::spawn(async move {
-                dedup
-                    .run(same_key(&dedup), async move {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        Ok(7)
-                    })
-                    .await
-            }));
-        }
-        let mut shared = 0;
-        for t in tasks {
-            let (value, was_shared) = t.await.unwrap();
-            assert_eq!(value.unwrap(), 7);
-            shared += u32::from(was_shared);
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(shared, 9);
-        assert_eq!(dedup.saved.get(), 9);
-    }
-
-    /// Panics on its first poll once `go` is sent, and counts its polls after that.
-    struct PanicsOnce {
-        go: tokio::sync::oneshot::Receiver<()>,
-        polls_after: Arc<AtomicU32>,
-        panicked: bool,
-    }
-
-    impl Future for PanicsOnce {
-        type Output = Result<u32, ApiError>;
-
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-            if self.panicked {
-                self.polls_after.fetch_add(1, Ordering::SeqCst);
-                return Poll::Pending;
-            }
-            if Pin::new(&mut self.go).poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.panicked = true;
-            panic!("a bug in the upstream call");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_call_that_panics_fails_its_callers_alike_and_frees_its_key() {
-        let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
-        let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let polls_after = Arc::new(AtomicU32::new(0));
-        let call = PanicsOnce {
-            go: wait,
-            polls_after: Arc::clone(&polls_after),
-            panicked: false,
-        };
-        let leader = tokio::spawn({
-            let dedup = Arc::clone(&dedup);
-            async move { dedup.run(same_key(&dedup), call).await }
-        });
-        tokio::task::yield_now().await; // the leader holds the key
-        let follower = tokio::spawn({
-            let dedup = Arc::clone(&dedup);
-            async move { dedup.run(same_key(&dedup), async { Ok(3) }).await }
-        });
-        tokio::task::yield_now().await;
-        go.send(()).unwrap();
-        for (caller, was_shared) in [(leader, false), (follower, true)] {
-            let (outcome, shared) = caller.await.unwrap();
-            assert_eq!(shared, was_shared);
-            assert!(outcome.is_err_and(|e| e.to_string().contains("abandoned")));
-        }
-        assert_eq!(polls_after.load(Ordering::SeqCst), 0, "never polled again");
-        let (second, shared) = dedup.run(same_key(&dedup), async { Ok(2) }).await;
-        assert_eq!(second.unwrap(), 2, "the key was freed, so the call ran");
-        assert!(!shared);
-    }
-
-    /// Sets its flag when dropped: tells whether a call's future was cancelled.
-    struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
-
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_leader_gone_while_others_wait_hands_the_call_on_and_they_get_its_answer() {
-        let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
-        let runs = Arc::new(AtomicU32::new(0));
-        let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let leader = tokio::spawn({
-            let (dedup, runs) = (Arc::clone(&dedup), Arc::clone(&runs));
-            async move {
-                dedup
-                    .run(same_key(&dedup), async move {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        let _ = wait.await;
-                        Ok(7)
-                    })
-                    .await
-            }
-        });
-        tokio::task::yield_now().await;
-        let follower = tokio::spawn({
-            let dedup = Arc::clone(&dedup);
-            async move { dedup.run(same_key(&dedup), async { Ok(0) }).await }
-        });
-        tokio::task::yield_now().await;
-        leader.abort(); // the leader's client hung up
-        assert!(leader.await.unwrap_err().is_cancelled());
-        // The handed-on call still holds the key: a new identical request joins it.
-        let late = tokio::spawn({
-            let dedup = Arc::clone(&dedup);
-            async move { dedup.run(same_key(&dedup), async { Ok(0) }).await }
-        });
-        tokio::task::yield_now().await;
-        go.send(()).unwrap();
-        for waiter in [follower, late] {
-            let (value, shared) = waiter.await.unwrap();
-            assert_eq!(value.unwrap(), 7);
-            assert!(shared);
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        let (next, shared) = dedup.run(same_key(&dedup), async { Ok(8) }).await;
-        assert_eq!(
-            (next.unwrap(), shared),
-            (8, false),
-            "the key was freed after"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_leader_gone_with_nobody_waiting_cancels_the_call_and_frees_the_key() {
-        let dedup = Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap());
-        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = DropFlag(Arc::clone(&cancelled));
-        let call = dedup.run(same_key(&dedup), async move {
-            let _flag = flag;
-            std::future::pending::<()>().await;
-            Ok(1)
-        });
-        let mut call = Box::pin(call);
-        assert!(futures_poll_once(&mut call).await.is_none());
-        drop(call);
-        assert!(cancelled.load(Ordering::SeqCst));
-        let (next, shared) = dedup.run(same_key(&dedup), async { Ok(2) }).await;
-        assert_eq!((next.unwrap(), shared), (2, false));
-    }
-
-    /// Polls `future` once: its output if it was ready.
-    async fn futures_poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut *future).poll(cx) {
-                std::task::Poll::Ready(output) => Some(output),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
-    }
-}
+#[path = "dedup_tests.rs"]
+mod tests;

@@ -365,28 +365,38 @@ async fn a_shared_call_outlives_its_first_caller_hanging_up_for_those_who_wait()
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
     let gateway = Gateway::start(&two_providers(&primary, &backup, ""));
     primary
-        .set_fault(json!({"route": CHAT, "latency_ms": 600}))
+        .set_fault(json!({"route": CHAT, "latency_ms": 1500}))
         .await;
     let body = chat_body("asked twice");
-    // The first caller makes the call and hangs up while it is under way.
-    let first = tokio::spawn({
-        let (url, body) = (gateway.url(CHAT), body.clone());
-        async move { client().post(url).json(&body).send().await }
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = tokio::spawn({
-        let (url, body) = (gateway.url(CHAT), body.clone());
-        async move { client().post(url).json(&body).send().await }
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let send = |body: Value| {
+        let url = gateway.url(CHAT);
+        tokio::spawn(async move { client().post(url).json(&body).send().await })
+    };
+    // The first caller makes the call (the mock counts it on arrival), the second joins it,
+    // then the first hangs up while the call is under way.
+    let first = send(body.clone());
+    eventually(
+        Duration::from_secs(5),
+        "the first call upstream",
+        || async { (primary.count(CHAT).await == 1).then_some(()) },
+    )
+    .await;
+    let second = send(body.clone());
+    eventually(
+        Duration::from_secs(5),
+        "the second request joining",
+        || async {
+            // Read at once, not settled: both requests are still in flight.
+            let url = gateway.url("/metrics");
+            let metrics = client().get(url).send().await.ok()?.text().await.ok()?;
+            (metric(&metrics, "hapax_deduplicated_requests_total", &[]) == Some(1.0)).then_some(())
+        },
+    )
+    .await;
     first.abort();
     let response = second.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["x-hapax-deduplicated"],
-        "true",
-        "the second request joined the first one's call"
-    );
+    assert_eq!(response.headers()["x-hapax-deduplicated"], "true");
     let answer: Value = response.json().await.unwrap();
     assert_eq!(
         answer["choices"][0]["message"]["content"],
@@ -413,17 +423,15 @@ async fn completions_for_different_models_are_never_shared() {
     );
     let gateway = Gateway::start(&config);
     primary
-        .set_fault(json!({"route": CHAT, "latency_ms": 400}))
+        .set_fault(json!({"route": CHAT, "latency_ms": 1500}))
         .await;
-    let answers = join_all(["mock-1", "mock-2", "mock-1"].map(|model| {
-        let gateway = &gateway;
-        async move {
-            let response = client()
-                .post(gateway.url("/v1/completions"))
-                .json(&json!({"model": model, "prompt": "the same prompt"}))
-                .send()
-                .await
-                .unwrap();
+    let send = |model: &str| {
+        let (url, body) = (
+            gateway.url("/v1/completions"),
+            json!({"model": model, "prompt": "the same prompt"}),
+        );
+        tokio::spawn(async move {
+            let response = client().post(url).json(&body).send().await.unwrap();
             assert_eq!(response.status(), 200);
             let shared = response.headers().contains_key("x-hapax-deduplicated");
             let answer: Value = response.json().await.unwrap();
@@ -431,20 +439,25 @@ async fn completions_for_different_models_are_never_shared() {
                 answer["model"].as_str().unwrap_or_default().to_owned(),
                 shared,
             )
-        }
-    }))
+        })
+    };
+    let first = send("mock-1");
+    eventually(
+        Duration::from_secs(5),
+        "the first call upstream",
+        || async { (primary.count(CHAT).await == 1).then_some(()) },
+    )
     .await;
+    let (other_model, same_model) = (send("mock-2"), send("mock-1"));
+    let first = first.await.unwrap();
+    let (other_model, same_model) = (other_model.await.unwrap(), same_model.await.unwrap());
+    assert_eq!(primary.count(CHAT).await, 2, "one call a model");
+    assert_eq!(first, ("mock-1".to_owned(), false));
+    assert_eq!(other_model, ("mock-2".to_owned(), false));
     assert_eq!(
-        primary.count(CHAT).await,
-        2,
-        "one call a model: {answers:?}"
-    );
-    assert_eq!(answers[0].0, "mock-1");
-    assert_eq!(answers[1], ("mock-2".to_owned(), false));
-    assert_eq!(answers[2].0, "mock-1");
-    assert!(
-        answers[0].1 ^ answers[2].1,
-        "one of the mock-1 pair shared the other's call"
+        same_model,
+        ("mock-1".to_owned(), true),
+        "shared the first's call"
     );
 }
 

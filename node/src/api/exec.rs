@@ -112,7 +112,9 @@ pub async fn complete(
     if shares_answers(app, headers) {
         complete_shared(app, caller, request, endpoint)?.await
     } else {
-        Ok((dispatch(app, caller, &request).await?, false))
+        // Boxed, as in the chat handler: inline, it would size this future for the shared
+        // path too.
+        Ok((Box::pin(dispatch(app, caller, &request)).await?, false))
     }
 }
 
