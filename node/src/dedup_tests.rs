@@ -82,9 +82,15 @@ impl Future for PanicsOnce {
     }
 }
 
-#[tokio::test]
-async fn a_call_that_panics_fails_its_callers_alike_and_frees_its_key() {
-    let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
+/// A leader whose call panics once `go` is sent; the count of polls after the panic.
+#[allow(clippy::type_complexity)]
+fn leader_that_panics(
+    dedup: &Arc<Deduplicator<u32>>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    Arc<AtomicU32>,
+    tokio::task::JoinHandle<(Outcome<u32>, bool)>,
+) {
     let (go, wait) = tokio::sync::oneshot::channel::<()>();
     let polls_after = Arc::new(AtomicU32::new(0));
     let call = PanicsOnce {
@@ -92,10 +98,15 @@ async fn a_call_that_panics_fails_its_callers_alike_and_frees_its_key() {
         polls_after: Arc::clone(&polls_after),
         panicked: false,
     };
-    let leader = tokio::spawn({
-        let dedup = Arc::clone(&dedup);
-        async move { dedup.run(same_key(&dedup), call).await }
-    });
+    let dedup = Arc::clone(dedup);
+    let leader = tokio::spawn(async move { dedup.run(same_key(&dedup), call).await });
+    (go, polls_after, leader)
+}
+
+#[tokio::test]
+async fn a_call_that_panics_fails_its_callers_alike_and_frees_its_key() {
+    let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
+    let (go, polls_after, leader) = leader_that_panics(&dedup);
     tokio::task::yield_now().await; // the leader holds the key
     let follower = tokio::spawn({
         let dedup = Arc::clone(&dedup);
@@ -117,17 +128,7 @@ async fn a_call_that_panics_fails_its_callers_alike_and_frees_its_key() {
 #[tokio::test]
 async fn a_handed_on_call_that_panics_fails_its_followers_and_frees_its_key() {
     let dedup = Arc::new(Deduplicator::<u32>::new(IntCounter::new("d", "d").unwrap()));
-    let (go, wait) = tokio::sync::oneshot::channel::<()>();
-    let polls_after = Arc::new(AtomicU32::new(0));
-    let call = PanicsOnce {
-        go: wait,
-        polls_after: Arc::clone(&polls_after),
-        panicked: false,
-    };
-    let leader = tokio::spawn({
-        let dedup = Arc::clone(&dedup);
-        async move { dedup.run(same_key(&dedup), call).await }
-    });
+    let (go, polls_after, leader) = leader_that_panics(&dedup);
     tokio::task::yield_now().await;
     let follower = tokio::spawn({
         let dedup = Arc::clone(&dedup);
