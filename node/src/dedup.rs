@@ -193,7 +193,9 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> Arc<ApiError> {
 
 fn abandoned() -> Arc<ApiError> {
     Arc::new(ApiError::Internal(
-        "the shared upstream call was abandoned".into(),
+        "the upstream call this request shared with identical ones was abandoned after an \
+         internal error (the gateway's log has it)"
+            .into(),
     ))
 }
 
@@ -249,14 +251,13 @@ impl<T: Send + Sync + 'static> Drop for Leader<T> {
             return; // finished and published
         };
         let mut map = self.inflight.lock();
-        // The map holds one receiver; any other is a follower's.
-        if self.tx.receiver_count() == 1 {
+        // The map holds one receiver; any other is a follower's. With none, or no runtime to
+        // finish the call on, it is cancelled with its future (followers see the sender go).
+        let waiting = self.tx.receiver_count() > 1;
+        let runtime = waiting.then(tokio::runtime::Handle::try_current);
+        let Some(Ok(runtime)) = runtime else {
             map.remove(&self.key);
-            return; // the call is cancelled with its future; followers see the sender go
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            map.remove(&self.key);
-            return; // no runtime to finish it on: cancelled, followers see the sender go
+            return;
         };
         drop(map);
         // The follow-up's log lines carry the leader's request id.
