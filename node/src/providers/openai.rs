@@ -32,17 +32,18 @@ struct UpstreamBody<'a> {
 impl UpstreamBody<'_> {
     /// The client's body as sent, with the gateway's members in front (see `wire::raw_json`).
     fn as_sent(&self) -> Option<Vec<u8>> {
-        let mut head = Vec::with_capacity(96);
-        head.extend_from_slice(b"\"model\":");
-        serde_json::to_writer(&mut head, self.model).ok()?;
-        if self.stream {
-            head.extend_from_slice(b",\"stream\":true");
-        }
-        if let Some(options) = self.stream_options {
-            head.extend_from_slice(b",\"stream_options\":");
-            serde_json::to_writer(&mut head, options).ok()?;
-        }
-        self.request.source_with(&head)
+        self.request.source_with(|head| {
+            head.extend_from_slice(b"\"model\":");
+            serde_json::to_writer(&mut *head, self.model).ok()?;
+            if self.stream {
+                head.extend_from_slice(b",\"stream\":true");
+            }
+            if let Some(options) = self.stream_options {
+                head.extend_from_slice(b",\"stream_options\":");
+                serde_json::to_writer(&mut *head, options).ok()?;
+            }
+            Some(())
+        })
     }
 }
 

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use hapax_config::{RateLimitConfig, RateLimitsConfig};
 use parking_lot::Mutex;
 use prometheus::IntCounterVec;
 
 use super::{
-    Admission, AdmissionRequest, RateLimitHeaders, RateLimiter, Rejection, Reservation,
-    ReservationTarget,
+    Admission, AdmissionRequest, AdmitFuture, RateLimitHeaders, RateLimiter, Rejection,
+    Reservation, ReservationTarget,
 };
 
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -382,11 +382,8 @@ impl Drop for Undecided {
 }
 
 impl RateLimiter for LeasedRateLimiter {
-    fn admit<'a>(
-        &'a self,
-        request: &'a AdmissionRequest<'a>,
-    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
-        async move {
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest<'a>) -> AdmitFuture<'a> {
+        let waiting = async move {
             let (window, reset) = now_window();
             // Given back if admission stops short: refused, or dropped while it waits for a
             // lease (its client gone).
@@ -413,8 +410,8 @@ impl RateLimiter for LeasedRateLimiter {
                 reservations: std::mem::take(&mut taken.0),
                 headers: self.headers(request, window, reset),
             })
-        }
-        .boxed()
+        };
+        Either::Right(waiting.boxed())
     }
 
     fn settle(&self, admission: Admission, actual_tokens: Option<u64>) {

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use hapax_config::{RateLimitConfig, RateLimitsConfig};
 
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{Either, ready};
 
 use super::bucket::Bucket;
-use super::{Admission, AdmissionRequest, RateLimitHeaders, RateLimiter, Rejection};
+use super::{Admission, AdmissionRequest, AdmitFuture, RateLimitHeaders, RateLimiter, Rejection};
 use super::{Reservation, ReservationTarget};
 
 #[derive(Default, Clone)]
@@ -89,11 +88,8 @@ impl LocalRateLimiter {
 }
 
 impl RateLimiter for LocalRateLimiter {
-    fn admit<'a>(
-        &'a self,
-        request: &'a AdmissionRequest<'a>,
-    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
-        futures_util::future::ready(self.admit_now(request)).boxed()
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest<'a>) -> AdmitFuture<'a> {
+        Either::Left(ready(self.admit_now(request)))
     }
 
     fn settle(&self, admission: Admission, actual_tokens: Option<u64>) {

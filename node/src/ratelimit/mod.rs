@@ -115,12 +115,16 @@ pub(crate) fn settle_reservations(admission: Admission, actual_tokens: Option<u6
     }
 }
 
+/// An admission decided at once (`Left`: no box, the local limiter's every answer) or after
+/// a wait (`Right`: a cluster backend waiting for a lease).
+pub type AdmitFuture<'a> = futures_util::future::Either<
+    futures_util::future::Ready<Result<Admission, Rejection>>,
+    futures_util::future::BoxFuture<'a, Result<Admission, Rejection>>,
+>;
+
 pub trait RateLimiter: Send + Sync {
     /// Admits or rejects; a cluster backend may wait (boundedly) for a lease here.
-    fn admit<'a>(
-        &'a self,
-        request: &'a AdmissionRequest<'a>,
-    ) -> futures_util::future::BoxFuture<'a, Result<Admission, Rejection>>;
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest<'a>) -> AdmitFuture<'a>;
 
     /// Corrects token reservations with the tokens really used.
     fn settle(&self, admission: Admission, actual_tokens: Option<u64>);

@@ -82,6 +82,9 @@ pub struct RouteScope<'a> {
     pub allowed_providers: Option<&'a [String]>,
 }
 
+/// A request's providers in the order they will be tried.
+pub type Candidates<'a> = smallvec::SmallVec<[&'a Arc<ProviderEntry>; 4]>;
+
 pub struct Dispatcher {
     providers: Vec<Arc<ProviderEntry>>,
     settings: RoutingSettings,
@@ -123,11 +126,8 @@ impl Dispatcher {
 
     /// Providers for this request in the order they will be tried: those serving the
     /// requested model (else all), in preference order, minus the unusable and the disallowed.
-    pub fn candidates(
-        &self,
-        model: Option<&str>,
-        scope: RouteScope<'_>,
-    ) -> Vec<Arc<ProviderEntry>> {
+    /// Borrowed, and inline up to four: no allocation for a request.
+    pub fn candidates(&self, model: Option<&str>, scope: RouteScope<'_>) -> Candidates<'_> {
         let allowed = |p: &ProviderEntry| {
             scope
                 .allowed_providers
@@ -135,13 +135,12 @@ impl Dispatcher {
         };
         let matching =
             model.is_some_and(|m| self.providers.iter().any(|p| p.serves(m) && allowed(p)));
-        let mut candidates: Vec<_> = self
+        let mut candidates: Candidates<'_> = self
             .providers
             .iter()
             .filter(|p| {
                 allowed(p) && (!matching || model.is_some_and(|m| p.serves(m))) && p.usable()
             })
-            .cloned()
             .collect();
         if let Some(view) = self.cluster.get().map(|v| v.load())
             && !view.demoted.is_empty()
@@ -283,7 +282,7 @@ impl Dispatcher {
 /// budget and deadline, backing off between attempts.
 struct Attempts<'a> {
     dispatcher: &'a Dispatcher,
-    candidates: Vec<Arc<ProviderEntry>>,
+    candidates: Candidates<'a>,
     deadline: Instant,
     cursor: usize,
     count: u32,
@@ -325,7 +324,7 @@ impl<'a> Attempts<'a> {
         let n = self.candidates.len();
         let limit = n * settings.max_attempts as usize;
         while self.count < settings.max_attempts && self.cursor < limit {
-            let entry = Arc::clone(&self.candidates[self.cursor % n]);
+            let entry = Arc::clone(self.candidates[self.cursor % n]);
             let retry = self.cursor / n;
             self.cursor += 1;
             if entry.cooling_down() || !entry.health.is_healthy() {

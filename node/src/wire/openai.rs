@@ -72,10 +72,13 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
-    /// The client's body with `head` (members without braces) in place of the members the
-    /// gateway sets itself, when the body is still what the client sent.
-    pub fn source_with(&self, head: &[u8]) -> Option<Vec<u8>> {
-        rewrite_object(self.source.as_ref()?, head, GATEWAY_SET_MEMBERS)
+    /// The client's body with the members `write_head` writes (without braces) in place of
+    /// the members the gateway sets itself, when the body is still what the client sent.
+    pub fn source_with(
+        &self,
+        write_head: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+    ) -> Option<Vec<u8>> {
+        rewrite_object(self.source.as_ref()?, GATEWAY_SET_MEMBERS, write_head)
     }
 
     /// Characters of text in all messages; a cheap stand-in for prompt size.

@@ -8,26 +8,36 @@
 
 use memchr::memchr2;
 
-/// `source` (a JSON object's text) with `head` (members, without braces) first and then every
-/// member of `source` whose key is not in `replaced`, copied byte for byte.
+/// `source` (a JSON object's text) with the members `write_head` writes (without braces)
+/// first and then every member of `source` whose key is not in `replaced`, copied byte for
+/// byte. The head is written straight into the result: one allocation in all.
 ///
 /// `None` when `source` is not an object, or spells a key with an escape (it could be a
-/// replaced key in disguise): the caller then encodes the decoded request instead.
-pub fn rewrite_object(source: &[u8], head: &[u8], replaced: &[&str]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(source.len() + head.len() + 2);
+/// replaced key in disguise), or `write_head` fails: the caller then encodes the decoded
+/// request instead.
+pub fn rewrite_object(
+    source: &[u8],
+    replaced: &[&str],
+    write_head: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+) -> Option<Vec<u8>> {
+    // Room for a head of a model name and the stream members; a longer one grows it once.
+    let mut out = Vec::with_capacity(source.len() + HEAD_ROOM);
     out.push(b'{');
-    out.extend_from_slice(head);
-    for member in object_members(source)? {
+    write_head(&mut out)?;
+    visit_members(source, |member| {
         if !replaced.iter().any(|r| r.as_bytes() == member.key) {
             if out.len() > 1 {
                 out.push(b',');
             }
             out.extend_from_slice(member.raw);
         }
-    }
+    })?;
     out.push(b'}');
     Some(out)
 }
+
+/// What [`rewrite_object`] reserves beyond the source for the head and the closing brace.
+const HEAD_ROOM: usize = 96;
 
 /// One member of a JSON object, as slices of its text.
 pub struct Member<'a> {
@@ -37,20 +47,21 @@ pub struct Member<'a> {
     pub raw: &'a [u8],
 }
 
-/// The members of the JSON object that is the whole of `json` (whitespace aside).
+/// Hands each member of the JSON object that is the whole of `json` (whitespace aside) to
+/// `visit`, in order, without collecting them.
 ///
 /// `None` when it is not one: not an object, cut short, text after it, a scalar that is not a
-/// JSON literal or number, or a key spelled with an escape. Strings, and arrays and objects
-/// inside the members, are bounded, not checked inside (that is the decoder's business).
-pub fn object_members(json: &[u8]) -> Option<Vec<Member<'_>>> {
-    let mut members = Vec::with_capacity(16);
+/// JSON literal or number, or a key spelled with an escape (members before the fault were
+/// visited). Strings, and arrays and objects inside the members, are bounded, not checked
+/// inside (that is the decoder's business).
+pub fn visit_members<'a>(json: &'a [u8], mut visit: impl FnMut(Member<'a>)) -> Option<()> {
     let mut at = skip_space(json, 0);
     if json.get(at) != Some(&b'{') {
         return None;
     }
     at = skip_space(json, at + 1);
     if json.get(at) == Some(&b'}') {
-        return whole(json, at).then_some(members);
+        return whole(json, at).then_some(());
     }
     loop {
         if json.get(at) != Some(&b'"') {
@@ -67,14 +78,14 @@ pub fn object_members(json: &[u8]) -> Option<Vec<Member<'_>>> {
             return None;
         }
         at = value_end(json, skip_space(json, at + 1))?;
-        members.push(Member {
+        visit(Member {
             key,
             raw: &json[member_start..at],
         });
         at = skip_space(json, at);
         match json.get(at)? {
             b',' => at = skip_space(json, at + 1),
-            b'}' => return whole(json, at).then_some(members),
+            b'}' => return whole(json, at).then_some(()),
             _ => return None,
         }
     }
@@ -183,9 +194,16 @@ mod tests {
 
     const REPLACED: &[&str] = &["model", "stream", "stream_options"];
 
+    /// `rewrite_object` with a head given as text.
+    fn rewrite_with(source: &[u8], head: &[u8]) -> Option<Vec<u8>> {
+        rewrite_object(source, REPLACED, |out| {
+            out.extend_from_slice(head);
+            Some(())
+        })
+    }
+
     fn rewrite(source: &str) -> Option<Value> {
-        let head = br#""model":"up","stream":true"#;
-        let bytes = rewrite_object(source.as_bytes(), head, REPLACED)?;
+        let bytes = rewrite_with(source.as_bytes(), br#""model":"up","stream":true"#)?;
         serde_json::from_slice(&bytes).ok()
     }
 
@@ -200,10 +218,22 @@ mod tests {
         expected["stream"] = json!(true);
         expected.as_object_mut().map(|o| o.remove("stream_options"));
         assert_eq!(rewrite(source), Some(expected));
-        let raw = rewrite_object(br#"{"model":"c","messages":[]}"#, b"", REPLACED);
+        let raw = rewrite_with(br#"{"model":"c","messages":[]}"#, b"");
         assert_eq!(raw.as_deref(), Some(&br#"{"messages":[]}"#[..]));
-        let empty = rewrite_object(b"{}", br#""model":"m""#, REPLACED);
+        let empty = rewrite_with(b"{}", br#""model":"m""#);
         assert_eq!(empty.as_deref(), Some(&br#"{"model":"m"}"#[..]));
+    }
+
+    #[test]
+    fn a_failed_head_leaves_the_body_to_the_encoder() {
+        assert_eq!(rewrite_object(b"{}", &[], |_| None), None);
+    }
+
+    #[test]
+    fn a_head_longer_than_the_room_kept_for_it_is_written_whole() {
+        let head = format!(r#""model":"{}""#, "m".repeat(HEAD_ROOM * 2));
+        let out = rewrite_with(br#"{"n":1}"#, head.as_bytes()).unwrap_or_default();
+        assert_eq!(out, format!("{{{head},\"n\":1}}").into_bytes());
     }
 
     #[test]
@@ -220,11 +250,7 @@ mod tests {
             r#"{"a":1.}"#,
             r#"{"a":"b" "c":1}"#,
         ] {
-            assert_eq!(
-                rewrite_object(source.as_bytes(), b"", REPLACED),
-                None,
-                "{source}"
-            );
+            assert_eq!(rewrite_with(source.as_bytes(), b""), None, "{source}");
         }
     }
 }
@@ -243,6 +269,12 @@ mod scan_tests {
         for bad in ["", "-", "01", "1.", ".5", "1e", "+1", "nul", "NaN", "1x"] {
             assert!(!is_scalar(bad.as_bytes()), "{bad}");
         }
+    }
+
+    fn object_members(json: &[u8]) -> Option<Vec<Member<'_>>> {
+        let mut members = Vec::new();
+        visit_members(json, |m| members.push(m))?;
+        Some(members)
     }
 
     #[test]
