@@ -131,23 +131,32 @@ pub fn read_client_requests<'a>(
                 None => return Ok(requests),
             }
         };
-        let (framing, keep_alive) = match &head {
-            ParsedHead::Routed(head) => (head.framing, head.keep_alive),
-            ParsedHead::Chat(head) => (head.framing, head.keep_alive),
+        let (framing, keep_alive, came_along) = match &head {
+            ParsedHead::Routed(head) => (head.framing, head.keep_alive, None),
+            ParsedHead::Chat(head) => (
+                head.framing,
+                head.keep_alive,
+                crate::wire::headers::RequestHeaders::whole_body(&head.request.fields),
+            ),
         };
+        // A chat body that came whole with its head is not in `read` any more, as on the
+        // listener.
+        let to_read = came_along.is_none();
+        let mut body = came_along.map(|b| b.to_vec()).unwrap_or_default();
         let mut decoder = BodyDecoder::new(framing);
-        let mut body = Vec::new();
-        loop {
-            match decoder.decode(&mut read)? {
-                Decoded::Data(data) => body.extend_from_slice(&data),
-                Decoded::End => break,
-                Decoded::NeedMore => match pieces.next() {
-                    Some(piece) => read.extend_from_slice(piece),
-                    None => {
-                        decoder.at_eof()?;
-                        break;
-                    }
-                },
+        if to_read {
+            loop {
+                match decoder.decode(&mut read)? {
+                    Decoded::Data(data) => body.extend_from_slice(&data),
+                    Decoded::End => break,
+                    Decoded::NeedMore => match pieces.next() {
+                        Some(piece) => read.extend_from_slice(piece),
+                        None => {
+                            decoder.at_eof()?;
+                            break;
+                        }
+                    },
+                }
             }
         }
         match head {

@@ -11,7 +11,8 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::wire::headers::RequestHeaders;
 
-/// Checks the content type, then reads at most `max_body_bytes` within `read_timeout`.
+/// Checks the content type, then reads at most `max_body_bytes` within `read_timeout`. A
+/// body the listener read whole with the head is only measured.
 pub async fn read_json_body(
     app: &App,
     headers: &impl RequestHeaders,
@@ -19,6 +20,12 @@ pub async fn read_json_body(
 ) -> Result<Bytes, ApiError> {
     check_content_type(headers)?;
     let limit = app.limits.max_body_bytes;
+    if let Some(whole) = headers.whole_body() {
+        if whole.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        return Ok(whole);
+    }
     let declared = headers
         .first_str(&header::CONTENT_LENGTH)
         .and_then(|v| v.parse::<u64>().ok());

@@ -6,6 +6,7 @@
 //! a probe and a shared value for every field, and the chat path reads half a dozen of them
 //! once each.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 
 /// The header fields of one request.
@@ -20,6 +21,13 @@ pub trait RequestHeaders: Sync {
     /// [`http::HeaderValue::to_str`] accepts.
     fn first_str(&self, name: &HeaderName) -> Option<&str> {
         self.first(name).and_then(visible_ascii)
+    }
+
+    /// The request's body when the listener read it whole with the head and kept it beside
+    /// the fields (the plain HTTP/1.1 listener's usual case): taken as it is, without a body
+    /// to poll, a timer or a box. `None`: the body is to be read.
+    fn whole_body(&self) -> Option<Bytes> {
+        None
     }
 }
 

@@ -161,20 +161,20 @@ pub fn parse_request_head_with(
     max_head_bytes: usize,
     scratch: &mut HeadScratch,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let Some(parsed) = parse_head(buf, max_head_bytes, scratch)? else {
+    let Some(parsed) = parse_head(buf, max_head_bytes, scratch, false)? else {
         return Ok(None);
     };
     parsed.into_routed(buf, scratch).map(Some)
 }
 
 /// [`parse_request_head_with`], but a chat completion's head keeps its fields in place
-/// ([`ParsedHead::Chat`]): the listener's way in.
+/// ([`ParsedHead::Chat`]), and its body too when all of it is in `buf`: the listener's way in.
 pub fn parse_routed_head(
     buf: &mut BytesMut,
     max_head_bytes: usize,
     scratch: &mut HeadScratch,
 ) -> Result<Option<ParsedHead>, HeadError> {
-    let Some(parsed) = parse_head(buf, max_head_bytes, scratch)? else {
+    let Some(parsed) = parse_head(buf, max_head_bytes, scratch, true)? else {
         return Ok(None);
     };
     if parsed.method == Method::POST && parsed.target() == CHAT_TARGET.as_bytes() {
@@ -191,7 +191,10 @@ const CHAT_TARGET: &str = crate::api::chat::ENDPOINT;
 /// A head taken off the buffer, its framing read, its fields not yet put anywhere (their
 /// places are in [`HeadScratch::spans`]).
 struct ParsedParts {
+    /// The head, and its body when [`parse_head`] took it along.
     head: Bytes,
+    /// The head's length: where the body starts, if `head` holds it.
+    body_at: usize,
     method: Method,
     /// Where the target sits in `head`.
     path: (usize, usize),
@@ -245,7 +248,7 @@ impl ParsedParts {
         RequestHead {
             request: ChatRequest {
                 version: self.version,
-                fields: HeadLines::new(self.head, &scratch.spans),
+                fields: HeadLines::new(self.head, self.body_at, &scratch.spans),
             },
             framing: self.framing,
             keep_alive: self.keep_alive,
@@ -255,11 +258,13 @@ impl ParsedParts {
 }
 
 /// Reads the head at the front of `buf` and takes it off: its request line and framing, and
-/// where its fields sit.
+/// where its fields sit. With `chat_body_along`, a chat completion's sized body that is all
+/// in `buf` comes off with its head, in one piece (no body to poll later, nor a box for it).
 fn parse_head(
     buf: &mut BytesMut,
     max_head_bytes: usize,
     scratch: &mut HeadScratch,
+    chat_body_along: bool,
 ) -> Result<Option<ParsedParts>, HeadError> {
     // Uninitialised: httparse writes the lines it finds (an array of empty headers would be
     // 3 KB zeroed for every request).
@@ -341,8 +346,21 @@ fn parse_head(
         return Err(error);
     }
     let (framing, ambiguous) = framing.resolve()?;
+    let body_along = match framing {
+        Framing::Length(length)
+            if chat_body_along
+                && method == Method::POST
+                && buf.get(path.0..path.0 + path.1) == Some(CHAT_TARGET.as_bytes())
+                && (buf.len() - head_len) as u64 >= length =>
+        {
+            // At most what `buf` holds past the head, so it fits.
+            length as usize
+        }
+        _ => 0,
+    };
     Ok(Some(ParsedParts {
-        head: buf.split_to(head_len).freeze(),
+        head: buf.split_to(head_len + body_along).freeze(),
+        body_at: head_len,
         method,
         path,
         version,

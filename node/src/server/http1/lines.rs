@@ -11,18 +11,27 @@ use crate::wire::headers::RequestHeaders;
 /// along the lines: a chat request carries half a dozen fields and reads each once or twice.
 #[derive(Debug)]
 pub struct HeadLines {
+    /// The head, and the request's body after it when the body came whole with the head.
     head: Bytes,
+    /// Where the body starts in `head` (its length when it holds no body).
+    body_at: usize,
     /// Name start and length, value start and length, in `head`.
     spans: Box<[HeaderSpan]>,
 }
 
 impl HeadLines {
-    /// The fields at `spans` of `head`, as the head's parse found them.
-    pub fn new(head: Bytes, spans: &[HeaderSpan]) -> Self {
+    /// The fields at `spans` of `head`, as the head's parse found them; a body from `body_at`.
+    pub fn new(head: Bytes, body_at: usize, spans: &[HeaderSpan]) -> Self {
         Self {
             head,
+            body_at,
             spans: spans.into(),
         }
+    }
+
+    /// Whether the request's body came whole with the head ([`RequestHeaders::whole_body`]).
+    pub fn holds_body(&self) -> bool {
+        self.head.len() > self.body_at
     }
 
     /// Every field as sent: its name (in the case sent) and value.
@@ -67,6 +76,10 @@ impl RequestHeaders for HeadLines {
 
     fn all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.named(name.as_str().as_bytes())
+    }
+
+    fn whole_body(&self) -> Option<Bytes> {
+        self.holds_body().then(|| self.head.slice(self.body_at..))
     }
 }
 
@@ -126,6 +139,38 @@ mod tests {
         assert_eq!(fields.first_str(&HeaderName::from_static("x-bin")), None);
         assert_eq!(chat.framing, crate::wire::http1::Framing::Length(2));
         assert!(chat.keep_alive);
+    }
+
+    #[test]
+    fn a_chat_body_all_there_comes_with_its_head_and_a_partial_one_stays_behind() {
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        let parse = |buf: &mut BytesMut, scratch: &mut HeadScratch| match parse_routed_head(
+            buf, MAX, scratch,
+        ) {
+            Ok(Some(ParsedHead::Chat(chat))) => chat.request.fields,
+            other => panic!("a chat head: {other:?}"),
+        };
+        // Whole, with the next request's first bytes behind it.
+        let mut buf = BytesMut::from(&[&head[..], b"{\"a\":1}POST /"].concat()[..]);
+        let fields = parse(&mut buf, &mut scratch);
+        assert!(fields.holds_body());
+        assert_eq!(fields.whole_body().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(fields.first(&HOST), Some(&b"h"[..]));
+        assert_eq!(&buf[..], b"POST /");
+        // Cut short: the body is read from the buffer and the socket later.
+        let mut buf = BytesMut::from(&[&head[..], b"{\"a\""].concat()[..]);
+        let fields = parse(&mut buf, &mut scratch);
+        assert!(!fields.holds_body());
+        assert_eq!(fields.whole_body(), None);
+        assert_eq!(&buf[..], b"{\"a\"");
+        // Routed heads leave their body in the buffer whole or not.
+        let mut buf = BytesMut::from(
+            &b"POST /v1/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"[..],
+        );
+        let routed = parse_routed_head(&mut buf, MAX, &mut scratch);
+        assert!(matches!(routed, Ok(Some(ParsedHead::Routed(_)))));
+        assert_eq!(&buf[..], b"{}");
     }
 
     #[test]

@@ -142,7 +142,12 @@ impl Connection {
                         http10: version == Version::HTTP_10,
                         keep_alive: head.keep_alive,
                     };
-                    let (body, returned) = self.take_body(head.framing, head.expect_continue);
+                    // A body that came whole with its head is in `fields`.
+                    let (body, returned) = if fields.holds_body() {
+                        (Body::empty(), None)
+                    } else {
+                        self.take_body(head.framing, head.expect_continue)
+                    };
                     let answer = self.router.answer_chat(fields, version, body);
                     (asked, answer, returned)
                 }
