@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use hapax_config::{RateLimitConfig, RateLimitsConfig};
 
 use futures_util::future::{Either, ready};
+use smallvec::SmallVec;
 
 use super::bucket::Bucket;
 use super::{Admission, AdmissionRequest, AdmitFuture, RateLimitHeaders, RateLimiter, Rejection};
@@ -100,7 +101,9 @@ impl RateLimiter for LocalRateLimiter {
 impl LocalRateLimiter {
     /// Admission never waits on a single node.
     pub fn admit_now(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection> {
-        let mut reservations = Vec::new();
+        // What was taken so far, given back if a later limit refuses: at most three scopes
+        // of two units each, so never on the heap.
+        let mut taken: SmallVec<[(&Arc<Bucket>, f64, bool); 6]> = SmallVec::new();
         // The headers' figures, from what each take left (no second lock and clock read).
         let mut tightest = Tightest::default();
         let now = Instant::now();
@@ -113,17 +116,13 @@ impl LocalRateLimiter {
             for (bucket, amount, is_tokens) in wanted {
                 let Some(bucket) = bucket else { continue };
                 match bucket.try_take(amount, now) {
-                    Ok((taken, left)) => {
+                    Ok((took, left)) => {
                         tightest.see(is_tokens, bucket.limit, left);
-                        reservations.push(Reservation {
-                            target: ReservationTarget::Local(Arc::clone(bucket)),
-                            amount: taken,
-                            is_tokens,
-                        });
+                        taken.push((bucket, took, is_tokens));
                     }
                     Err(wait) => {
-                        for r in &reservations {
-                            r.refund(r.amount);
+                        for (bucket, took, _) in &taken {
+                            bucket.adjust(*took);
                         }
                         let unit = if is_tokens { "tokens" } else { "requests" };
                         return Err(Rejection {
@@ -136,6 +135,17 @@ impl LocalRateLimiter {
                 }
             }
         }
+        // Only token reservations are settled later (request counts stay spent): without
+        // token limits an admission keeps none, and allocates nothing.
+        let reservations = taken
+            .iter()
+            .filter(|(_, _, is_tokens)| *is_tokens)
+            .map(|(bucket, took, _)| Reservation {
+                target: ReservationTarget::Local(Arc::clone(bucket)),
+                amount: *took,
+                is_tokens: true,
+            })
+            .collect();
         Ok(Admission {
             reservations,
             headers: tightest.headers(),
@@ -258,6 +268,44 @@ mod tests {
         // The key's 5 a minute is tighter than the global 100; 10 tokens of 1000 reserved.
         assert_eq!(figures(taken), (5, 4, 12, Some(1000), Some(990)));
         assert_eq!(figures(taken), figures(read));
+    }
+
+    #[test]
+    fn a_refusal_gives_back_what_the_limits_before_it_took() {
+        // The global token limit is taken first, then the key's request limit refuses.
+        let l = limiter(1, 100);
+        let req = AdmissionRequest {
+            client: "alice",
+            endpoint: "/x",
+            estimated_tokens: 10,
+        };
+        let admitted = l.admit_now(&req).unwrap();
+        assert_eq!(admitted.headers.unwrap().token_remaining, Some(90));
+        assert_eq!(
+            admitted.reservations.len(),
+            1,
+            "only the token reservation is kept for settling"
+        );
+        for _ in 0..3 {
+            let refused = l.admit_now(&req).err().unwrap();
+            assert_eq!((refused.scope, refused.unit), ("key", "requests"));
+            assert_eq!(refused.headers.unwrap().token_remaining, Some(90));
+        }
+        let key_only = LocalRateLimiter::new(
+            &RateLimitsConfig::default(),
+            &[(
+                "alice".into(),
+                Some(RateLimitConfig {
+                    requests_per_minute: Some(5),
+                    tokens_per_minute: None,
+                }),
+            )],
+        );
+        let admitted = key_only.admit_now(&req).unwrap();
+        assert!(
+            admitted.reservations.is_empty(),
+            "request counts stay spent"
+        );
     }
 
     #[test]
