@@ -194,12 +194,28 @@ impl Tightest {
 mod tests {
     use super::*;
 
+    /// Alice's key limited to `key_rpm` requests, everyone to `global_tpm` tokens a minute.
     fn limiter(key_rpm: u64, global_tpm: u64) -> LocalRateLimiter {
-        let config = RateLimitsConfig {
-            global: Some(RateLimitConfig {
+        key_limiter(
+            key_rpm,
+            Some(RateLimitConfig {
                 requests_per_minute: None,
                 tokens_per_minute: Some(global_tpm),
             }),
+        )
+    }
+
+    fn alice_asking(estimated_tokens: u64) -> AdmissionRequest<'static> {
+        AdmissionRequest {
+            client: "alice",
+            endpoint: "/x",
+            estimated_tokens,
+        }
+    }
+
+    fn key_limiter(key_rpm: u64, global: Option<RateLimitConfig>) -> LocalRateLimiter {
+        let config = RateLimitsConfig {
+            global,
             ..Default::default()
         };
         LocalRateLimiter::new(
@@ -274,11 +290,7 @@ mod tests {
     fn a_refusal_gives_back_what_the_limits_before_it_took() {
         // The global token limit is taken first, then the key's request limit refuses.
         let l = limiter(1, 100);
-        let req = AdmissionRequest {
-            client: "alice",
-            endpoint: "/x",
-            estimated_tokens: 10,
-        };
+        let req = alice_asking(10);
         let admitted = l.admit_now(&req).unwrap();
         assert_eq!(admitted.headers.unwrap().token_remaining, Some(90));
         assert_eq!(
@@ -291,17 +303,7 @@ mod tests {
             assert_eq!((refused.scope, refused.unit), ("key", "requests"));
             assert_eq!(refused.headers.unwrap().token_remaining, Some(90));
         }
-        let key_only = LocalRateLimiter::new(
-            &RateLimitsConfig::default(),
-            &[(
-                "alice".into(),
-                Some(RateLimitConfig {
-                    requests_per_minute: Some(5),
-                    tokens_per_minute: None,
-                }),
-            )],
-        );
-        let admitted = key_only.admit_now(&req).unwrap();
+        let admitted = key_limiter(5, None).admit_now(&req).unwrap();
         assert!(
             admitted.reservations.is_empty(),
             "request counts stay spent"
