@@ -122,8 +122,10 @@ impl Conn {
                             return Poll::Ready(Err(Failed::new(error, written)));
                         }
                         Poll::Ready(Err(error)) => {
+                            let closed = self.read.is_empty() && is_closed_by_peer(&error);
                             let error = format!("sending the request: {error}");
-                            return Poll::Ready(Err(Failed::new(error, written)));
+                            let failed = Failed::new(error, written);
+                            return Poll::Ready(Err(failed.closed_unanswered(closed)));
                         }
                         Poll::Pending => {}
                     }
@@ -135,31 +137,58 @@ impl Conn {
                         Err(error) => return Poll::Ready(Err(Failed::new(error, written))),
                     }
                 }
-                let error = match ready!(self.poll_fill(cx)) {
-                    Ok(0) => "the upstream closed the connection before answering".to_owned(),
+                let (error, closed) = match ready!(self.poll_fill(cx)) {
+                    Ok(0) => (
+                        "the upstream closed the connection before answering".to_owned(),
+                        true,
+                    ),
                     Ok(_) => continue,
-                    Err(error) => format!("reading the upstream's answer: {error}"),
+                    Err(error) => (
+                        format!("reading the upstream's answer: {error}"),
+                        is_closed_by_peer(&error),
+                    ),
                 };
-                return Poll::Ready(Err(Failed::new(error, written)));
+                let unanswered = closed && self.read.is_empty();
+                let failed = Failed::new(error, written);
+                return Poll::Ready(Err(failed.closed_unanswered(unanswered)));
             }
         })
         .await
     }
 }
 
-/// Why an exchange failed, and whether any of the request had gone out.
+/// Why an exchange failed, and whether it may go again on a new connection.
 struct Failed {
     error: String,
-    nothing_sent: bool,
+    /// None of the request went out, or the upstream closed or reset the connection before
+    /// any byte of an answer: on a kept-alive connection, the upstream's idle timeout (or its
+    /// graceful shutdown) dropping the connection as the request arrived.
+    may_resend: bool,
 }
 
 impl Failed {
     fn new(error: String, written: usize) -> Self {
         Self {
             error,
-            nothing_sent: written == 0,
+            may_resend: written == 0,
         }
     }
+
+    fn closed_unanswered(mut self, unanswered: bool) -> Self {
+        self.may_resend |= unanswered;
+        self
+    }
+}
+
+/// Errors by which a socket says its peer closed or reset the connection.
+fn is_closed_by_peer(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// An answer read up to its body.
@@ -316,8 +345,13 @@ impl OriginPool {
     }
 
     /// Sends `request` on an idle connection, or a new one, and reads the answer's head. A
-    /// request that an idle connection could not take (the upstream dropped it while idle) goes
-    /// once more on a new one. The request is encoded into the connection's kept buffer.
+    /// request that an idle connection could not take goes once more on a new one: the
+    /// upstream had dropped the connection while idle, or dropped it, without a byte of an
+    /// answer, as the request arrived (its keep-alive timeout or a graceful restart racing the
+    /// request; uvicorn, under vLLM, closes idle connections after 5 s). Such a drop is not
+    /// the upstream failing, so it must not reach the circuit breaker. A completion is sent
+    /// again as the gateway's failover would send it. The request is encoded into the
+    /// connection's kept buffer.
     pub async fn send(
         self: &Arc<Self>,
         request: &PlainRequest<'_>,
@@ -332,7 +366,7 @@ impl OriginPool {
             Some(mut conn) => match conn.exchange(&bytes).await {
                 Ok((head, sent_whole)) => (conn, head, sent_whole),
                 // An idle connection the upstream had closed: the request goes once more.
-                Err(failed) if failed.nothing_sent => self.exchange_on_new(&bytes).await?,
+                Err(failed) if failed.may_resend => self.exchange_on_new(&bytes).await?,
                 Err(failed) => return Err(self.naming_upstream(failed.error)),
             },
             None => self.exchange_on_new(&bytes).await?,

@@ -220,6 +220,71 @@ async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
+/// An upstream that answers `answered` requests on each connection, then reads the next
+/// request and drops the connection without a byte of an answer (closed, or reset when
+/// `reset`): its keep-alive timeout firing as the request arrived. Counts connections.
+async fn dropping_upstream(answered: usize, reset: bool) -> (Arc<OriginPool>, Arc<AtomicUsize>) {
+    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("the test upstream binds");
+    };
+    let Ok(address) = listener.local_addr() else {
+        panic!("the test upstream has an address");
+    };
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 4096];
+                for answer in 0..=answered {
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    if answer == answered {
+                        break;
+                    }
+                    if socket.write_all(OK[0]).await.is_err() {
+                        return;
+                    }
+                }
+                if reset {
+                    let _ = socket.set_zero_linger();
+                }
+            });
+        }
+    });
+    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}")) else {
+        panic!("a plain-HTTP base URL gets a pool");
+    };
+    (pool, accepted)
+}
+
+/// The keep-alive race: a kept connection taken for a request as the upstream drops it. The
+/// request goes once more on a new connection instead of failing (a failure would count
+/// against the provider's circuit breaker). A new connection dropped so is an error.
+#[tokio::test]
+async fn a_kept_connection_dropped_as_the_request_arrives_is_replaced() {
+    for reset in [false, true] {
+        let (pool, accepted) = dropping_upstream(1, reset).await;
+        for round in 1..=3 {
+            assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]), "reset {reset}");
+            assert_eq!(accepted.load(Ordering::SeqCst), round, "reset {reset}");
+        }
+        let (pool, accepted) = dropping_upstream(0, reset).await;
+        let error = get(&pool).await.err().unwrap_or_default();
+        assert!(
+            error.contains("(upstream 127.0.0.1:"),
+            "reset {reset}: {error}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reset {reset}");
+    }
+}
+
 #[tokio::test]
 async fn an_answer_that_closes_its_connection_is_read_whole_and_not_reused() {
     const CLOSING: &[&[u8]] = &[
