@@ -114,6 +114,20 @@ class Proc:
             RUNNING.remove(self)
 
 
+def keep_warnings(log_file: Path, most: int = 200) -> None:
+    """Copies the first warning and error lines of a request log that is about to be deleted
+    to `NAME.warnings`, so that a run's errors can still be explained afterwards."""
+    kept = []
+    with open(log_file, "rb") as f:
+        for line in f:
+            if b'"level":"WARN' in line or b'"level":"ERROR' in line:
+                kept.append(line)
+                if len(kept) >= most:
+                    break
+    if kept:
+        log_file.with_suffix(".warnings").write_bytes(b"".join(kept))
+
+
 def stop_all() -> None:
     for p in list(reversed(RUNNING)):
         try:
@@ -337,9 +351,12 @@ class Loader:
         total = sum(codes.values()) + errs
         pcts = j.get("latencyPercentiles") or {}
         summary = j.get("summary") or {}
+        # What went wrong, by kind: oha's transport errors and every answer that was not a 200.
+        kinds = dict(j.get("errorDistribution") or {})
+        kinds.update({f"HTTP {code}": n for code, n in codes.items() if code != 200})
         return {"requests": total, "errors": total - ok, "rps": ok / max(summary.get("total") or duration, 1e-9),
                 "p50": pcts.get("p50"), "p90": pcts.get("p90"), "p99": pcts.get("p99"),
-                "error_kinds": j.get("errorDistribution") or {}}
+                "error_kinds": kinds}
 
     def _paced(self, url: str, duration: float, conns: int, rate: int, key: str | None) -> dict:
         return run_h3load(self.paced, url + sc.CHAT, duration, conns, self.body, key, rate, ["--proto", "h1"])
@@ -426,7 +443,8 @@ def fixed_rate(rig, loader, rates: list[int], latencies: list[int], duration: fl
             res = {t: merge_rounds(rs) for t, rs in per_target.items()}
             for t in targets:
                 log(f"  {lat:>2} ms mock, {rate} rps, {t:<6}: p50 {us(res[t]['p50'])} p90 {us(res[t]['p90'])} "
-                    f"p99 {us(res[t]['p99'])} errors {res[t]['errors']}/{res[t]['requests']} ({rounds} rounds)")
+                    f"p99 {us(res[t]['p99'])} errors {res[t]['errors']}/{res[t]['requests']} ({rounds} rounds)"
+                    + (f" {res[t]['error_kinds']}" if res[t]["errors"] else ""))
             rows.append({"latency_ms": lat, "rate": rate, "results": res})
     rig.fault()
     return rows
@@ -440,6 +458,11 @@ def merge_rounds(rs: list[dict]) -> dict:
     out = {k: med(k) for k in ("p50", "p90", "p99", "cpu_ms_per_1k", "cpu_user_ms_per_1k", "cpu_pct", "rps")}
     out["errors"] = sum(r.get("errors", 0) for r in rs)
     out["requests"] = sum(r.get("requests", 0) for r in rs)
+    kinds: dict[str, int] = {}
+    for r in rs:
+        for kind, n in (r.get("error_kinds") or {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    out["error_kinds"] = kinds
     out["rounds"] = rs
     return out
 
@@ -1398,6 +1421,7 @@ def main() -> int:
     for pattern in ("**/*.stderr", "**/nginx-access.log"):
         for f in workdir.glob(pattern):
             if f.is_file() and f.stat().st_size > 1 << 20:
+                keep_warnings(f)
                 f.unlink()  # request logs: only their cost mattered
     if smoke:
         if problems:
