@@ -951,6 +951,25 @@ def machine() -> dict:
             "loadavg": " ".join(load)}
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, all) jiffies of every CPU from /proc/stat: steal is time the hypervisor gave
+    this VM's vCPUs to others, which no pinning on the guest can avoid."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+
+def steal_share(start: tuple[int, int] | None) -> float | None:
+    """The share of the vCPUs' time stolen since `start`, in %."""
+    end = cpu_ticks()
+    if not start or not end or end[1] <= start[1]:
+        return None
+    return 100.0 * (end[0] - start[0]) / (end[1] - start[1])
+
+
 def verdict(value, target, lower_is_better=True) -> str:
     if value is None:
         return "not measured"
@@ -1223,6 +1242,12 @@ def report(r: dict) -> str:
     L.append(f"- command: `{r['command']}`")
     L.append(f"- machine: {m['nproc']} cores, {m['cpu']}, {m['ram']} RAM, Linux {m['kernel']}")
     L.append(f"- date: {m['date']}; commit {m['commit']}; load average at start {m['loadavg']}")
+    steal = m.get("steal_pct")
+    if steal is not None:
+        L.append(f"- CPU steal during the run: {steal:.1f} % of the vCPUs' time (taken by the hypervisor for "
+                 "other guests; pinning cannot avoid it)"
+                 + ("; **above 5 %: every latency here carries the host's contention, nginx's and the "
+                    "direct call's too**" if steal > 5 else ""))
     L.append(f"- load generator: {r['loader']}; nginx: {r.get('nginx_version', 'absent')}; "
              f"{r['duration']} s per run; pinning: hapax / nginx on core {GATEWAY_CORE}, "
              f"mock + load generator + stream client on core {CLIENT_CORE}"
@@ -1356,6 +1381,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     res: dict = {"command": a.command, "loader": loader.name, "duration": d, "rates": rates,
                  "latencies": latencies, "noisy": a.noisy, "machine": machine()}
+    ticks_at_start = cpu_ticks()
     try:
         rig = Rig(a.hapax, workdir, with_nginx=not a.no_nginx and shutil.which("nginx") is not None)
         if rig.nginx:
@@ -1402,6 +1428,7 @@ def main() -> int:
             raise RuntimeError("hapax exited during the run")
     finally:
         stop_all()
+    res["machine"]["steal_pct"] = steal_share(ticks_at_start)
 
     (workdir / "results.json").write_text(json.dumps(res, indent=2, default=str))
     text = report(res)
