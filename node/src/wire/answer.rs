@@ -175,6 +175,13 @@ impl ChatAnswer {
                 )));
             }
         };
+        // The usual answer is read by one scan; one it is not sure of, by serde_json.
+        if let Some(usage) = super::answer_scan::completion_usage(text.as_bytes()) {
+            return Ok(Self {
+                json: Bytes::from(json),
+                usage,
+            });
+        }
         let shape: CompletionShape = serde_json::from_str(text)?;
         Ok(Self {
             json: Bytes::from(json),

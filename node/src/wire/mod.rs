@@ -1,6 +1,7 @@
 //! Wire formats shared by the API and the providers.
 
 pub mod answer;
+mod answer_scan;
 pub mod headers;
 pub mod http1;
 mod members;
