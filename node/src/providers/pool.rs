@@ -366,7 +366,14 @@ impl OriginPool {
             Some(mut conn) => match conn.exchange(&bytes).await {
                 Ok((head, sent_whole)) => (conn, head, sent_whole),
                 // An idle connection the upstream had closed: the request goes once more.
-                Err(failed) if failed.may_resend => self.exchange_on_new(&bytes).await?,
+                Err(failed) if failed.may_resend => {
+                    tracing::debug!(
+                        upstream = %self.address,
+                        error = %failed.error,
+                        "a kept connection could not carry the request: sending it on a new one"
+                    );
+                    self.exchange_on_new(&bytes).await?
+                }
                 Err(failed) => return Err(self.naming_upstream(failed.error)),
             },
             None => self.exchange_on_new(&bytes).await?,
