@@ -48,34 +48,52 @@ pub(crate) async fn scripted_upstream(
 ) -> Option<(String, Arc<AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
     let address = listener.local_addr().ok()?;
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buffer = vec![0; 4096];
-                for _ in 0..per_connection {
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
-                        }
-                    }
-                    for (i, part) in parts.iter().enumerate() {
-                        if i > 0 {
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                        if socket.write_all(part).await.is_err() {
-                            return;
-                        }
-                    }
+    let accepted = serve_counted(listener, move |mut socket| async move {
+        for _ in 0..per_connection {
+            if !read_head(&mut socket).await {
+                return;
+            }
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
-            });
+                if socket.write_all(part).await.is_err() {
+                    return;
+                }
+            }
         }
     });
     Some((format!("http://{address}"), accepted))
+}
+
+/// Serves each connection `listener` accepts with `serve`, on a task of its own; counts them.
+fn serve_counted<F, Served>(listener: tokio::net::TcpListener, serve: F) -> Arc<AtomicUsize>
+where
+    F: Fn(tokio::net::TcpStream) -> Served + Send + 'static,
+    Served: Future<Output = ()> + Send + 'static,
+{
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(socket));
+        }
+    });
+    accepted
+}
+
+/// Reads a request's head (and whatever came with it); `false` when the client closed first.
+async fn read_head(socket: &mut tokio::net::TcpStream) -> bool {
+    let mut buffer = [0; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+    true
 }
 
 const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"];
@@ -230,32 +248,14 @@ async fn dropping_upstream(answered: usize, reset: bool) -> (Arc<OriginPool>, Ar
     let Ok(address) = listener.local_addr() else {
         panic!("the test upstream has an address");
     };
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buffer = vec![0; 4096];
-                for answer in 0..=answered {
-                    let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
-                        }
-                    }
-                    if answer == answered {
-                        break;
-                    }
-                    if socket.write_all(OK[0]).await.is_err() {
-                        return;
-                    }
-                }
-                if reset {
-                    let _ = socket.set_zero_linger();
-                }
-            });
+    let accepted = serve_counted(listener, move |mut socket| async move {
+        for _ in 0..answered {
+            if !read_head(&mut socket).await || socket.write_all(OK[0]).await.is_err() {
+                return;
+            }
+        }
+        if read_head(&mut socket).await && reset {
+            let _ = socket.set_zero_linger();
         }
     });
     let Some(pool) = OriginPool::for_base_url(&format!("http://{address}")) else {
