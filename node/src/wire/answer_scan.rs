@@ -12,6 +12,7 @@
 //! and the error's message. `crate::fuzzing::check_answer_shape` compares the two.
 
 use super::openai::Usage;
+use super::raw_json::scalar_end;
 
 /// Deeper nesting is left to serde_json, whose limit is 128 levels.
 const MAX_DEPTH: usize = 64;
@@ -202,54 +203,12 @@ impl Scan<'_> {
             }
             b'{' if depth < MAX_DEPTH => self.object_members(|scan, _| scan.value(depth + 1)),
             b'[' if depth < MAX_DEPTH => self.array_elements(|scan| scan.value(depth + 1)),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
+            b't' | b'f' | b'n' | b'-' | b'0'..=b'9' => {
+                self.at = scalar_end(self.json, self.at)?;
+                Some(())
+            }
             _ => None,
         }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.json[self.at..]
-            .starts_with(word)
-            .then(|| self.at += word.len())
-    }
-
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> Option<()> {
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
-        match self.peek()? {
-            b'0' => self.at += 1,
-            b'1'..=b'9' => self.digits(),
-            _ => return None,
-        }
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            self.some_digits()?;
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.at += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.at += 1;
-            }
-            self.some_digits()?;
-        }
-        Some(())
-    }
-
-    fn digits(&mut self) {
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
-        }
-    }
-
-    fn some_digits(&mut self) -> Option<()> {
-        let start = self.at;
-        self.digits();
-        (self.at > start).then_some(())
     }
 
     /// A string's rest after its opening quote, up to and past its closing one; whether it

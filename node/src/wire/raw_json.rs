@@ -140,50 +140,53 @@ fn value_end(json: &[u8], at: usize) -> Option<usize> {
                 i += 1;
             }
         }
-        _ => {
-            let mut end = at;
-            while json
-                .get(end)
-                .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
-            {
-                end += 1;
-            }
-            is_scalar(&json[at..end]).then_some(end)
-        }
+        _ => scalar_end(json, at),
     }
 }
 
-/// A JSON literal or number.
-fn is_scalar(token: &[u8]) -> bool {
-    if matches!(token, b"true" | b"false" | b"null") {
-        return true;
+/// Just past the JSON literal or number starting at `at`; `None` when none starts there.
+/// What follows it is the caller's to check (a comma, a closing bracket, whitespace).
+pub(super) fn scalar_end(json: &[u8], at: usize) -> Option<usize> {
+    let rest = json.get(at..)?;
+    let literal: &[u8] = match rest.first()? {
+        b't' => b"true",
+        b'f' => b"false",
+        b'n' => b"null",
+        _ => b"",
+    };
+    if !literal.is_empty() {
+        return rest.starts_with(literal).then_some(at + literal.len());
     }
-    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
-    let mut rest = token.strip_prefix(b"-").unwrap_or(token);
-    let integer = digits(rest);
-    if integer == 0 || (integer > 1 && rest[0] == b'0') {
-        return false;
+    let digits = |from: usize| {
+        from + json[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let mut end = at + usize::from(rest.first() == Some(&b'-'));
+    let integer_end = digits(end);
+    if integer_end == end || (integer_end - end > 1 && json[end] == b'0') {
+        return None;
     }
-    rest = &rest[integer..];
-    if let Some(fraction) = rest.strip_prefix(b".") {
-        let n = digits(fraction);
-        if n == 0 {
-            return false;
+    end = integer_end;
+    if json.get(end) == Some(&b'.') {
+        let fraction_end = digits(end + 1);
+        if fraction_end == end + 1 {
+            return None;
         }
-        rest = &fraction[n..];
+        end = fraction_end;
     }
-    if let Some(exponent) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
-        let exponent = exponent
-            .strip_prefix(b"+")
-            .or_else(|| exponent.strip_prefix(b"-"))
-            .unwrap_or(exponent);
-        let n = digits(exponent);
-        if n == 0 {
-            return false;
+    if let Some(b'e' | b'E') = json.get(end) {
+        let mut exponent = end + 1;
+        if let Some(b'+' | b'-') = json.get(exponent) {
+            exponent += 1;
         }
-        rest = &exponent[n..];
+        end = digits(exponent);
+        if end == exponent {
+            return None;
+        }
     }
-    rest.is_empty()
+    Some(end)
 }
 
 #[cfg(test)]
@@ -264,10 +267,14 @@ mod scan_tests {
         for good in [
             "0", "-1", "12", "1.5", "-0.25e-3", "1E9", "true", "false", "null",
         ] {
-            assert!(is_scalar(good.as_bytes()), "{good}");
+            assert_eq!(scalar_end(good.as_bytes(), 0), Some(good.len()), "{good}");
         }
-        for bad in ["", "-", "01", "1.", ".5", "1e", "+1", "nul", "NaN", "1x"] {
-            assert!(!is_scalar(bad.as_bytes()), "{bad}");
+        // Not a scalar, or one followed by what is not (the caller refuses that).
+        for bad in [
+            "", "-", "01", "1.", ".5", "1e", "+1", "nul", "NaN", "1x", "truex",
+        ] {
+            let end = scalar_end(bad.as_bytes(), 0);
+            assert!(end.is_none_or(|end| end < bad.len()), "{bad}");
         }
     }
 
