@@ -30,40 +30,16 @@ import bench as b  # noqa: E402
 
 class SideBySide(b.Rig):
     """The harness's rig (mock, nginx, the first binary's gateway) plus a gateway for each
-    further binary, on the same core with the same config."""
+    further binary, on the same core with the same config (`Rig`'s `more`)."""
 
     def __init__(self, binaries: dict[str, str]):
         names = list(binaries)
         self.first = names[0]
-        self.more: dict[str, b.Proc] = {}
-        super().__init__(binaries[self.first], Path(tempfile.mkdtemp(prefix="hapax-ab-")), with_nginx=True)
-        base = (self.workdir / "hapax.yaml").read_text()
-        for name in names[1:]:
-            path, _, extra = binaries[name].partition("+")
-            config = self.workdir / "hapax.yaml"
-            if extra:  # `BIN+key=value,...`: server settings added to the harness's config
-                settings = ", ".join(kv.replace("=", ": ", 1) for kv in extra.split(","))
-                config = self.workdir / f"hapax-{name}.yaml"
-                config.write_text(base.replace("server: {", f"server: {{{settings}, ", 1))
-            self.more[name] = b.Proc(name, b.taskset(b.GATEWAY_CORE) + [path, "serve", "--config", str(config)],
-                                     self.workdir, r"hapax listening http=(\S+)")
-            b.asyncio.run(b.sc.plain_load(self.urls()[name], 1, 0.2, b.KEY))
+        super().__init__(binaries[self.first], Path(tempfile.mkdtemp(prefix="hapax-ab-")), with_nginx=True,
+                         more={name: binaries[name] for name in names[1:]})
 
     def gateways(self) -> dict[str, b.Proc]:
         return {self.first: self.gw, **self.more}
-
-    def urls(self) -> dict[str, str]:
-        u = {"direct": f"http://{self.mock_addr}"}
-        u.update({n: f"http://{p.match.group(1)}" for n, p in self.gateways().items()})  # type: ignore[union-attr]
-        if self.nginx_addr:
-            u["nginx"] = f"http://{self.nginx_addr}"
-        return u
-
-    def pid(self, target: str) -> int | None:
-        if target == "nginx":
-            return self.nginx.pid if self.nginx else None
-        gateway = self.gateways().get(target)
-        return gateway.pid if gateway else None
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ Three targets, measured side by side in one invocation so the machine's noise is
   direct : the load generator -> `hapax mock-provider`
   nginx  : the load generator -> nginx (proxy_pass, upstream keepalive) -> the same mock
   hapax  : the load generator -> one hapax node (auth on, rate limits, metrics, info logs) -> the same mock
+and, in the fixed-rate section only, hapax-busy-poll: a second node of the same binary and config
+plus the opt-in `server.busy_poll: 30us`, so the setting's figure is measured beside the default's.
 "Added latency" is a target's percentile minus direct's percentile in the same round; each cell
 runs ROUNDS rounds (rotating order) and reports the median over them.
 run_one_core measures the fixed rates again with every process on one core and requests paced
@@ -44,6 +46,10 @@ GATEWAY_CORE = "0"   # the system under test (hapax or nginx, one at a time) own
 CLIENT_CORE = "1"    # load generator, stream client and mock share core 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROUNDS = 5  # rounds per fixed-rate cell (--rounds; 1 in --smoke)
+# The fixed-rate section's fourth target: the same binary and config with the opt-in
+# `server.busy_poll` (README), so the report shows the setting's figure beside the default's.
+BUSY_POLL = "hapax-busy-poll"
+BUSY_POLL_WINDOW = "30us"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 RUNNING: list["Proc"] = []
@@ -205,10 +211,12 @@ def http(method: str, url: str, body: dict | None = None) -> bytes:
 class Rig:
     """direct, nginx and one hapax node in front of one mock. `core` is where the proxies run
     (the harness's layout: core 0, the mock and the load generator on core 1); `mock`, another
-    rig's mock to share instead of starting one."""
+    rig's mock to share instead of starting one; `more`, further gateways beside the first on
+    its core, by name: `PATH` runs that binary with the same config, `PATH+key=value,...` adds
+    server settings to it (`+busy_poll=30us`)."""
 
     def __init__(self, hapax: str, workdir: Path, with_nginx: bool, core: str | None = None,
-                 mock: Proc | None = None):
+                 mock: Proc | None = None, more: dict[str, str] | None = None):
         core = core or GATEWAY_CORE  # read at call time: ab.py --one-core changes it
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +230,17 @@ class Rig:
                        r"hapax listening http=(\S+)")
         self.gw_addr = self.gw.match.group(1)  # type: ignore[union-attr]
         log(f"hapax on {self.gw_addr} (pid {self.gw.pid}, log: {self.gw.stderr_path})")
+        self.more: dict[str, Proc] = {}
+        for name, spec in (more or {}).items():
+            path, _, settings = spec.partition("+")
+            config = cfg
+            if settings:
+                config = workdir / f"hapax-{name}.yaml"
+                fields = ", ".join(kv.replace("=", ": ", 1) for kv in settings.split(","))
+                config.write_text(cfg.read_text().replace("server: {", f"server: {{{fields}, ", 1))
+            self.more[name] = Proc(name, taskset(core) + [path, "serve", "--config", str(config)], workdir,
+                                   r"hapax listening http=(\S+)")
+            log(f"{name} on {self.more[name].match.group(1)} (pid {self.more[name].pid}{', ' + settings if settings else ''})")  # type: ignore[union-attr]
         self.nginx = None
         self.nginx_addr = None
         if with_nginx:
@@ -237,17 +256,31 @@ class Rig:
         for url in self.urls().values():
             asyncio.run(sc.plain_load(url, 1, 0.2, KEY))
 
+    def gateways(self) -> dict[str, Proc]:
+        return {"hapax": self.gw, **self.more}
+
     def urls(self) -> dict[str, str]:
-        u = {"direct": f"http://{self.mock_addr}", "hapax": f"http://{self.gw_addr}"}
+        u = {"direct": f"http://{self.mock_addr}"}
+        u.update({n: f"http://{p.match.group(1)}" for n, p in self.gateways().items()})  # type: ignore[union-attr]
         if self.nginx_addr:
             u["nginx"] = f"http://{self.nginx_addr}"
         return u
 
     def pid(self, target: str) -> int | None:
-        return {"hapax": self.gw.pid, "nginx": self.nginx.pid if self.nginx else None}.get(target)
+        if target == "nginx":
+            return self.nginx.pid if self.nginx else None
+        gateway = self.gateways().get(target)
+        return gateway.pid if gateway else None
+
+    def stop_more(self) -> None:
+        """Stops the gateways beside the first: later sections measure hapax and nginx only."""
+        for p in self.more.values():
+            p.stop()
+        self.more = {}
 
     def stop_proxies(self) -> None:
-        """Stops this rig's hapax and nginx (a shared mock stays up)."""
+        """Stops this rig's gateways and nginx (a shared mock stays up)."""
+        self.stop_more()
         for p in (self.gw, self.nginx):
             if p:
                 p.stop()
@@ -1195,18 +1228,30 @@ def one_core_section(L: list[str], one: dict) -> None:
     fixed_rate_table(L, one["rows"])
 
 
-def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: list[int], layout: str = "") -> list[str]:
-    """The added-latency rows of the targets table for one layout's fixed-rate cells."""
+def absolute_target_rows(rows: list[dict], latencies: list[int], target: str, layout: str) -> list[str]:
+    """The targets table's p50 <= 50 µs and p99 <= 1 ms rows at 2000 rps for one target."""
     added = added_fn(rows)
     spread = round_spread_fn(rows)
-    cells = {(x["latency_ms"], x["rate"]): x["results"] for x in rows}
     L = []
     for lat in latencies:
-        a50, a99 = added(lat, 2000, "hapax", "p50"), added(lat, 2000, "hapax", "p99")
-        L.append(f"| added latency p50, 2000 rps, {lat} ms mock{layout} | <= 50 µs | {with_spread(us(a50), spread(lat, 2000, 'hapax', 'p50'))} | "
+        a50, a99 = added(lat, 2000, target, "p50"), added(lat, 2000, target, "p99")
+        L.append(f"| added latency p50, 2000 rps, {lat} ms mock{layout} | <= 50 µs | {with_spread(us(a50), spread(lat, 2000, target, 'p50'))} | "
                  f"{added_verdict(a50, 50e-6)} |")
-        L.append(f"| added latency p99, 2000 rps, {lat} ms mock{layout} | <= 1 ms | {with_spread(us(a99), spread(lat, 2000, 'hapax', 'p99'))} | "
+        L.append(f"| added latency p99, 2000 rps, {lat} ms mock{layout} | <= 1 ms | {with_spread(us(a99), spread(lat, 2000, target, 'p99'))} | "
                  f"{added_verdict(a99, 1e-3)} |")
+    return L
+
+
+def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: list[int], layout: str = "") -> list[str]:
+    """The added-latency rows of the targets table for one layout's fixed-rate cells (and, where
+    the layout measured it, the busy-polling gateway's absolute rows)."""
+    spread = round_spread_fn(rows)
+    added = added_fn(rows)
+    cells = {(x["latency_ms"], x["rate"]): x["results"] for x in rows}
+    L = absolute_target_rows(rows, latencies, "hapax", layout)
+    if any(BUSY_POLL in x["results"] for x in rows):
+        L.extend(absolute_target_rows(rows, latencies, BUSY_POLL,
+                                      f"{layout}, opt-in `server.busy_poll: {BUSY_POLL_WINDOW}`"))
     for lat in latencies:
         for rate in rates:
             for p in ("p50", "p99"):
@@ -1298,6 +1343,11 @@ def report(r: dict) -> str:
     L.append("CPU ms / 1000 req: the target's CPU time (user + system) per 1000 answered requests; in brackets its "
              "user-space part. The system part (loopback TCP, epoll) is what any proxy pays for the extra hop; the "
              "user-space part is the proxy's own code.\n")
+    if any(BUSY_POLL in x["results"] for x in r["fixed_rate"]):
+        L.append(f"`{BUSY_POLL}`: a second node of the same binary and config on the same core, with the opt-in "
+                 f"`server.busy_poll: {BUSY_POLL_WINDOW}` (README: busy polling): after each request its thread "
+                 "polls for I/O instead of halting the vCPU, trading CPU for the wake-ups. Off by default, so the "
+                 "targets' `hapax` rows are without it.\n")
     fixed_rate_table(L, r["fixed_rate"])
     one_core_section(L, r.get("one_core") or {})
 
@@ -1383,7 +1433,8 @@ def main() -> int:
                  "latencies": latencies, "noisy": a.noisy, "machine": machine()}
     ticks_at_start = cpu_ticks()
     try:
-        rig = Rig(a.hapax, workdir, with_nginx=not a.no_nginx and shutil.which("nginx") is not None)
+        rig = Rig(a.hapax, workdir, with_nginx=not a.no_nginx and shutil.which("nginx") is not None,
+                  more={BUSY_POLL: f"{a.hapax}+busy_poll={BUSY_POLL_WINDOW}"})
         if rig.nginx:
             v = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
             res["nginx_version"] = (v.stderr or v.stdout).strip().replace("nginx version: ", "")
@@ -1397,6 +1448,7 @@ def main() -> int:
 
         log("fixed rates (open loop)")
         res["fixed_rate"] = fixed_rate(rig, loader, rates, latencies, d)
+        rig.stop_more()
 
         res["one_core"] = run_one_core(rig, a.hapax, a.h3load, workdir, rates, latencies, d,
                                        skip="skipped in --smoke" if smoke else "")
