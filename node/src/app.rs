@@ -136,7 +136,10 @@ impl App {
                 build_provider(provider, &http),
                 provider.model.clone(),
                 provider.models.clone(),
-                endpoints_of(provider),
+                endpoints_of(
+                    provider,
+                    &metrics.upstream_resends.with_label_values(&[name]),
+                ),
                 breaker,
                 health,
                 provider

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub provider_ttft: HistogramVec,
     pub provider_tokens: IntCounterVec,
     pub failovers: IntCounterVec,
+    /// Requests sent again on a new upstream connection: the upstream closed a kept one as
+    /// they arrived (its idle timeout racing the pool's), by provider.
+    pub upstream_resends: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounterVec,
     pub cache_duration: HistogramVec,
@@ -191,6 +194,13 @@ impl Metrics {
                 "hapax_failovers_total",
                 "Failovers from one provider to the next",
                 &["from", "to"],
+            )?,
+            upstream_resends: counter(
+                &r,
+                "hapax_upstream_resends_total",
+                "Requests sent again on a new connection because the upstream closed a \
+                 kept-alive one as they arrived (its idle timeout racing the gateway's pool)",
+                &["provider"],
             )?,
             cache_requests: counter(
                 &r,

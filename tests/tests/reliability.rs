@@ -181,6 +181,56 @@ async fn primary_outage_fails_over_and_the_breaker_opens_half_opens_and_closes()
     );
 }
 
+/// The keep-alive race, end to end: the upstream resets a kept connection as a request
+/// arrives, before a byte of an answer. The request goes again on a new connection: the client
+/// gets its 200 from the same provider, the resend is counted, and the breaker (one failure
+/// would open it) never hears of it.
+#[tokio::test]
+async fn a_kept_connection_reset_as_a_request_arrives_is_resent_not_failed_over() {
+    let (primary, backup) = (MockUpstream::start(), MockUpstream::start());
+    let config = two_providers(
+        &primary,
+        &backup,
+        "circuit_breaker: {failure_threshold: 1, timeout: 30s}",
+    );
+    let gateway = Gateway::start(&config);
+    // The first request leaves a kept connection to the primary.
+    assert_eq!(post_chat(&gateway, &chat_body("warm")).await.status(), 200);
+    primary
+        .set_fault(json!({"route": CHAT, "reset": "before_response", "times": 1}))
+        .await;
+    let response = post_chat(&gateway, &chat_body("raced")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-hapax-provider"), "primary");
+    let metrics = gateway.metrics().await;
+    let primary_label = [("provider", "primary")];
+    assert_eq!(
+        metric(&metrics, "hapax_upstream_resends_total", &primary_label),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_upstream_resends_total",
+            &[("provider", "backup")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&metrics, "circuit_breaker_state", &primary_label),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hapax_failovers_total",
+            &[("from", "primary"), ("to", "backup")]
+        ),
+        None
+    );
+    assert_eq!(backup.count(CHAT).await, 0);
+}
+
 #[tokio::test]
 async fn a_hanging_primary_fails_over_within_the_deadline() {
     let (primary, backup) = (MockUpstream::start(), MockUpstream::start());

@@ -362,7 +362,7 @@ mod tests {
         let Ok(client) = HttpClient::new() else {
             panic!("the client builds");
         };
-        let endpoint = Endpoint::new(base_url, None);
+        let endpoint = Endpoint::new(base_url, None, None);
         for _ in 0..3 {
             let response = send(client.get(&endpoint, "/stream"), None).await;
             let Ok(response) = response else {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use hapax_config::{ProviderConfig, ProviderKind};
+use prometheus::IntCounter;
 
 use crate::wire::answer::ChatAnswer;
 use crate::wire::openai::{ChatRequest, ChatResponse, Usage};
@@ -46,8 +47,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(base_url: String, api_key: Option<String>) -> Self {
-        let plain_pool = pool::OriginPool::for_base_url(&base_url);
+    /// `resent` counts the requests its connection pool sends again (`hapax_upstream_resends_total`).
+    pub fn new(base_url: String, api_key: Option<String>, resent: Option<IntCounter>) -> Self {
+        let plain_pool = pool::OriginPool::for_base_url(&base_url, resent);
         Self {
             base_url,
             api_key,
@@ -174,7 +176,7 @@ pub fn build_provider(config: &ProviderConfig, http: &HttpClient) -> Arc<dyn Pro
 
 /// The endpoints (deployments) of a provider entry: its own base URL and key, or each
 /// deployment's, inheriting what a deployment leaves out.
-pub fn endpoints_of(config: &ProviderConfig) -> Vec<Endpoint> {
+pub fn endpoints_of(config: &ProviderConfig, resent: &IntCounter) -> Vec<Endpoint> {
     let base = config.base_url.clone().unwrap_or_default();
     let key = config
         .api_key
@@ -182,7 +184,7 @@ pub fn endpoints_of(config: &ProviderConfig) -> Vec<Endpoint> {
         .map(|k| k.expose().to_owned())
         .filter(|k| !k.is_empty());
     if config.deployments.is_empty() {
-        return vec![Endpoint::new(base, key)];
+        return vec![Endpoint::new(base, key, Some(resent.clone()))];
     }
     config
         .deployments
@@ -199,7 +201,7 @@ pub fn endpoints_of(config: &ProviderConfig) -> Vec<Endpoint> {
                 .map(|k| k.expose().to_owned())
                 .filter(|k| !k.is_empty())
                 .or_else(|| key.clone());
-            Endpoint::new(base_url, api_key)
+            Endpoint::new(base_url, api_key, Some(resent.clone()))
         })
         .collect()
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Uri};
+use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -55,6 +56,8 @@ pub struct OriginPool {
     chat_target: Option<Uri>,
     idle: Mutex<VecDeque<Idle>>,
     reaper_started: AtomicBool,
+    /// Counts the requests [`Self::send`] sends again on a new connection.
+    resent: Option<IntCounter>,
 }
 
 impl std::fmt::Debug for OriginPool {
@@ -315,7 +318,7 @@ async fn drain(mut rest: PooledBody) {
 
 impl OriginPool {
     /// A pool for `base_url` when it is plain `http://` with a host; `None` otherwise.
-    pub fn for_base_url(base_url: &str) -> Option<Arc<Self>> {
+    pub fn for_base_url(base_url: &str, resent: Option<IntCounter>) -> Option<Arc<Self>> {
         let uri: Uri = base_url.parse().ok()?;
         if uri.scheme_str() != Some("http") || uri.query().is_some() {
             return None;
@@ -333,6 +336,7 @@ impl OriginPool {
             base_path,
             idle: Mutex::new(VecDeque::new()),
             reaper_started: AtomicBool::new(false),
+            resent,
         }))
     }
 
@@ -372,6 +376,9 @@ impl OriginPool {
                         error = %failed.error,
                         "a kept connection could not carry the request: sending it on a new one"
                     );
+                    if let Some(resent) = &self.resent {
+                        resent.inc();
+                    }
                     self.exchange_on_new(&bytes).await?
                 }
                 Err(failed) => return Err(self.naming_upstream(failed.error)),

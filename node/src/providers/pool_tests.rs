@@ -7,14 +7,14 @@ use super::*;
 
 #[test]
 fn only_plain_http_base_urls_get_a_pool() {
-    let pool = OriginPool::for_base_url("http://127.0.0.1:8000/v1/");
+    let pool = OriginPool::for_base_url("http://127.0.0.1:8000/v1/", None);
     let pool = pool.as_deref();
     assert_eq!(pool.map(|p| p.address.as_str()), Some("127.0.0.1:8000"));
     assert_eq!(
         pool.map(|p| p.host.as_bytes()),
         Some(&b"127.0.0.1:8000"[..])
     );
-    let with_user = OriginPool::for_base_url("http://user:secret@10.0.0.1:8000/v1");
+    let with_user = OriginPool::for_base_url("http://user:secret@10.0.0.1:8000/v1", None);
     assert_eq!(
         with_user.as_deref().map(|p| p.host.as_bytes()),
         Some(&b"10.0.0.1:8000"[..])
@@ -24,7 +24,7 @@ fn only_plain_http_base_urls_get_a_pool() {
         target.map(|t| t.to_string()).as_deref(),
         Some("/v1/chat/completions")
     );
-    let bare = OriginPool::for_base_url("http://ollama");
+    let bare = OriginPool::for_base_url("http://ollama", None);
     assert_eq!(
         bare.as_deref().map(|p| p.address.as_str()),
         Some("ollama:80")
@@ -35,8 +35,8 @@ fn only_plain_http_base_urls_get_a_pool() {
             .as_deref(),
         Some("/api/chat")
     );
-    assert!(OriginPool::for_base_url("https://api.openai.com/v1").is_none());
-    assert!(OriginPool::for_base_url("not a url").is_none());
+    assert!(OriginPool::for_base_url("https://api.openai.com/v1", None).is_none());
+    assert!(OriginPool::for_base_url("not a url", None).is_none());
 }
 
 /// A server that answers each request with `parts` (50 ms apart) on a kept-alive
@@ -106,7 +106,7 @@ async fn pool_on_scripted_upstream(
     let Some((base, accepted)) = scripted_upstream(per_connection, parts).await else {
         panic!("the test upstream binds");
     };
-    let Some(pool) = OriginPool::for_base_url(&base) else {
+    let Some(pool) = OriginPool::for_base_url(&base, None) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     (pool, accepted)
@@ -184,7 +184,7 @@ async fn a_reused_request_buffer_carries_each_request_intact() {
     let Some(base) = echo_upstream().await else {
         panic!("the test upstream binds");
     };
-    let Some(pool) = OriginPool::for_base_url(&base) else {
+    let Some(pool) = OriginPool::for_base_url(&base, None) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     let auth = [(
@@ -258,10 +258,17 @@ async fn dropping_upstream(answered: usize, reset: bool) -> (Arc<OriginPool>, Ar
             let _ = socket.set_zero_linger();
         }
     });
-    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}")) else {
+    let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
+        panic!("a valid metric name");
+    };
+    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}"), Some(resent)) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     (pool, accepted)
+}
+
+fn resent(pool: &OriginPool) -> u64 {
+    pool.resent.as_ref().map_or(0, IntCounter::get)
 }
 
 /// The keep-alive race: a kept connection taken for a request as the upstream drops it. The
@@ -274,6 +281,8 @@ async fn a_kept_connection_dropped_as_the_request_arrives_is_replaced() {
         for round in 1..=3 {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]), "reset {reset}");
             assert_eq!(accepted.load(Ordering::SeqCst), round, "reset {reset}");
+            // Every request but the first found its kept connection dropped: counted.
+            assert_eq!(resent(&pool), round as u64 - 1, "reset {reset}");
         }
         let (pool, accepted) = dropping_upstream(0, reset).await;
         let error = get(&pool).await.err().unwrap_or_default();
@@ -282,6 +291,11 @@ async fn a_kept_connection_dropped_as_the_request_arrives_is_replaced() {
             "reset {reset}: {error}"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "reset {reset}");
+        assert_eq!(
+            resent(&pool),
+            0,
+            "reset {reset}: a new connection is not sent again"
+        );
     }
 }
 
@@ -324,7 +338,7 @@ async fn concurrent_requests_each_drive_their_own_connection() {
 
 #[tokio::test]
 async fn an_upstream_that_is_down_is_a_connect_error() {
-    let Some(pool) = OriginPool::for_base_url("http://127.0.0.1:9") else {
+    let Some(pool) = OriginPool::for_base_url("http://127.0.0.1:9", None) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     let error = get(&pool).await.err().unwrap_or_default();
@@ -375,7 +389,7 @@ async fn an_answer_before_the_whole_request_was_read_comes_back() {
             let _ = until_test_done.await;
         }
     });
-    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}")) else {
+    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}"), None) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     // Far more than the socket buffers hold, so the write cannot finish.

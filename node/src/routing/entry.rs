@@ -242,7 +242,7 @@ mod tests {
     use super::*;
 
     fn deployment(inflight: u32, latency_us: u64) -> Deployment {
-        let d = Deployment::new(Endpoint::new(String::new(), None));
+        let d = Deployment::new(Endpoint::new(String::new(), None, None));
         d.inflight.store(inflight, Ordering::Relaxed);
         d.latency_ewma_us.store(latency_us, Ordering::Relaxed);
         d
