@@ -7,6 +7,8 @@
 //! answer the gateway reads whole or passes on piece by piece. Pure functions on buffers, so
 //! the fuzz target and the tests reach every state without a socket.
 
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 
 use super::http::USER_AGENT as AGENT;
@@ -119,6 +121,10 @@ pub struct AnswerHead {
     /// The headers, kept only for answers that are not a success (the error path reads
     /// `retry-after`); a success's are not needed past this parse.
     pub headers: HeaderMap,
+    /// How long the upstream keeps the connection open while idle, when its answer says
+    /// (`Keep-Alive: timeout=5`, sent by Node's and cpp-httplib's servers, llama.cpp's among
+    /// them): the pool stops reusing the connection before then.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl AnswerHead {
@@ -170,6 +176,7 @@ fn read_headers(
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut close = !http11;
+    let mut idle_timeout = None;
     let mut headers = HeaderMap::new();
     let keep_headers = !status.is_success();
     for line in lines {
@@ -185,6 +192,8 @@ fn read_headers(
             chunked = Some(last_coding_is_chunked(line.value));
         } else if name.eq_ignore_ascii_case("connection") {
             close |= lists_token(line.value, b"close");
+        } else if name.eq_ignore_ascii_case("keep-alive") {
+            idle_timeout = keep_alive_timeout(line.value).or(idle_timeout);
         }
         if keep_headers
             && let (Ok(name), Ok(value)) = (
@@ -212,6 +221,25 @@ fn read_headers(
         framing,
         reusable,
         headers,
+        idle_timeout,
+    })
+}
+
+/// The `timeout=N` (seconds) of a `Keep-Alive` value (`timeout=5, max=100`); `None` when it
+/// has none or it is not a number. Values past a day are taken as a day.
+fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    const DAY: u64 = 24 * 60 * 60;
+    value.split(|&b| b == b',').find_map(|parameter| {
+        let (name, seconds) = parameter.trim_ascii().split_at_checked(b"timeout=".len())?;
+        if !name.eq_ignore_ascii_case(b"timeout=") {
+            return None;
+        }
+        let seconds = seconds
+            .strip_prefix(b"\"")
+            .and_then(|s| s.strip_suffix(b"\""))
+            .unwrap_or(seconds);
+        let seconds = parse_length(seconds)?;
+        Some(Duration::from_secs(seconds.min(DAY)))
     })
 }
 

@@ -194,6 +194,34 @@ fn framing_and_reuse_follow_rfc_9112() {
 }
 
 #[test]
+fn an_upstreams_keep_alive_timeout_is_read() {
+    let timeout = |field: &str| {
+        let bytes = format!("HTTP/1.1 200 OK\r\n{field}\r\ncontent-length: 0\r\n\r\n");
+        head(bytes.as_bytes())
+            .ok()
+            .flatten()
+            .map(|h| h.idle_timeout)
+    };
+    let seconds = |s| Some(Some(Duration::from_secs(s)));
+    assert_eq!(timeout("Keep-Alive: timeout=5, max=100"), seconds(5));
+    assert_eq!(timeout("keep-alive: max=5,TIMEOUT=30"), seconds(30));
+    assert_eq!(timeout("Keep-Alive: timeout=\"7\""), seconds(7));
+    assert_eq!(timeout("Keep-Alive: timeout=0"), seconds(0));
+    assert_eq!(
+        timeout("Keep-Alive: timeout=99999999"),
+        seconds(24 * 60 * 60)
+    );
+    for none in [
+        "Keep-Alive: max=5",
+        "Keep-Alive: timeout=5s",
+        "Keep-Alive: timeout=-1",
+        "x: timeout=5",
+    ] {
+        assert_eq!(timeout(none), Some(None), "{none}");
+    }
+}
+
+#[test]
 fn malformed_heads_are_errors_that_say_why() {
     let error = |bytes: &[u8]| head(bytes).err().unwrap_or_default();
     assert!(

@@ -22,10 +22,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
 use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::h1::PlainRequest;
-use super::pool::PooledBody;
+use super::pool::{PooledBody, is_closed_by_peer};
 use super::redact::redact;
 pub use super::request::UpstreamRequest;
 use super::request::client_request;
@@ -58,6 +59,10 @@ impl HttpClient {
             .with_safe_default_protocol_versions()?
             .with_platform_verifier()?
             .with_no_client_auth();
+        Ok(Self::with_tls(tls))
+    }
+
+    fn with_tls(tls: rustls::ClientConfig) -> Self {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -73,7 +78,7 @@ impl HttpClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .build(connector);
-        Ok(Self { inner })
+        Self { inner }
     }
 
     /// A `POST` of `path` under the endpoint's base URL.
@@ -192,6 +197,7 @@ pub fn send<'a>(
             None => {
                 let UpstreamRequest {
                     client,
+                    resent,
                     method,
                     uri,
                     json,
@@ -200,9 +206,8 @@ pub fn send<'a>(
                     ..
                 } = request;
                 let request = client_request(method, uri, json, fields, body);
-                let response = client
-                    .inner
-                    .request(request)
+                // Boxed: the plain path's future stays sized for the plain path.
+                let response = Box::pin(request_resending(client, request, resent))
                     .await
                     .map_err(|e| connect_error(describe(&e)))?;
                 let (head, body) = response.into_parts();
@@ -220,6 +225,61 @@ pub fn send<'a>(
         // Boxed: the error path's future would otherwise size this one for every request.
         Err(Box::pin(status_error(response, secret)).await)
     }
+}
+
+/// Sends `request` through hyper-util's client, and once more on another connection when the
+/// upstream closed or reset the one it went out on before a byte of an answer. hyper-util
+/// itself sends again only a request that never went out; one that went out on a kept
+/// connection just as the upstream's keep-alive timeout (or a graceful restart) dropped it
+/// would fail, and count against the provider's circuit breaker, although the upstream never
+/// saw it fail. The same rule as the plain pool's ([`super::pool::OriginPool::send`]), except
+/// that hyper-util does not say whether the connection was a kept one: a new connection
+/// dropped unanswered is sent again too, once.
+async fn request_resending(
+    client: &HttpClient,
+    request: http::Request<Full<Bytes>>,
+    resent: Option<IntCounter>,
+) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+    let mut again = http::Request::new(request.body().clone());
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.headers_mut() = request.headers().clone();
+    match client.inner.request(request).await {
+        Err(error) if dropped_unanswered(&error) => {
+            tracing::debug!(
+                error = %describe(&error),
+                "the upstream dropped the connection before answering: sending the request again"
+            );
+            if let Some(resent) = resent {
+                resent.inc();
+            }
+            client.inner.request(again).await
+        }
+        answered_or_failed => answered_or_failed,
+    }
+}
+
+/// Whether the client's error is the connection closed or reset under a sent request before a
+/// byte of an answer (an error after the head would come from the body instead). Connect
+/// errors, TLS handshakes included, are failures of the upstream.
+fn dropped_unanswered(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if inner
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return is_closed_by_peer(io);
+        }
+        source = inner.source();
+    }
+    false
 }
 
 /// The error chain as one line (keys travel in headers, never in URLs).
@@ -342,45 +402,5 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A stream's reader stops before the chunked terminator arrives (as the translators
-    /// do at `[DONE]`): the connection is still given back and reused.
-    #[tokio::test]
-    async fn a_body_dropped_before_its_end_keeps_its_connection() {
-        use std::sync::atomic::Ordering;
-
-        const CHUNKED: &[&[u8]] = &[
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
-            b"0\r\n\r\n",
-        ];
-        let upstream = super::super::pool::tests::scripted_upstream(usize::MAX, CHUNKED).await;
-        let Some((base_url, accepted)) = upstream else {
-            panic!("the test upstream binds");
-        };
-        let Ok(client) = HttpClient::new() else {
-            panic!("the client builds");
-        };
-        let endpoint = Endpoint::new(base_url, None, None);
-        for _ in 0..3 {
-            let response = send(client.get(&endpoint, "/stream"), None).await;
-            let Ok(response) = response else {
-                panic!("the upstream answers");
-            };
-            let mut frames = response.bytes_stream();
-            let first = frames.next().await;
-            assert_eq!(first.and_then(Result::ok).as_deref(), Some(&b"first"[..]));
-            drop(frames);
-            let pool = endpoint.plain_pool.as_deref();
-            for _ in 0..100 {
-                if pool.is_some_and(|p| p.idle_count() == 1) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(pool.map(|p| p.idle_count()), Some(1));
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-}
+#[path = "http_tests.rs"]
+mod tests;

@@ -44,16 +44,19 @@ pub struct Endpoint {
     pub api_key: Option<String>,
     /// Kept-alive connections when the base URL is plain HTTP (see [`pool`]).
     plain_pool: Option<Arc<pool::OriginPool>>,
+    /// Counts requests sent again after the keep-alive race (`hapax_upstream_resends_total`).
+    resent: Option<IntCounter>,
 }
 
 impl Endpoint {
     /// `resent` counts the requests its connection pool sends again (`hapax_upstream_resends_total`).
     pub fn new(base_url: String, api_key: Option<String>, resent: Option<IntCounter>) -> Self {
-        let plain_pool = pool::OriginPool::for_base_url(&base_url, resent);
+        let plain_pool = pool::OriginPool::for_base_url(&base_url, resent.clone());
         Self {
             base_url,
             api_key,
             plain_pool,
+            resent,
         }
     }
 }

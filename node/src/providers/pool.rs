@@ -44,6 +44,10 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// request is written for as long as it lives: typical chat requests reuse it, and a thousand
 /// connections (busy, streaming or idle) hold 16 MiB of them at most, beside their read buffers.
 const KEPT_WRITE_BUFFER: usize = 16 * 1024;
+/// How often idle connections past their limit, or closed by the upstream, are closed while
+/// no request comes to take them: often enough that a connection an upstream closes after 5 s
+/// idle does not linger half-closed for long.
+const REAP_EVERY: Duration = Duration::from_secs(5);
 
 /// The idle connections of one `http://` origin, and how to reach it.
 pub struct OriginPool {
@@ -79,9 +83,24 @@ struct Conn {
     read: BytesMut,
     /// The last request's buffer, empty, kept for the next one (up to [`KEPT_WRITE_BUFFER`]).
     write: Vec<u8>,
+    /// How long the connection may sit idle and still be reused: [`POOL_IDLE_TIMEOUT`], or
+    /// less when the upstream's last answer said it closes idle connections sooner.
+    idle_limit: Duration,
 }
 
 impl Conn {
+    /// Reused only while idle for less than the upstream keeps it: a second under its
+    /// `timeout` (half of it when that is two seconds or less), so that the request does not
+    /// meet the upstream's close on the way.
+    fn expect_idle_timeout(&mut self, upstream: Option<Duration>) {
+        self.idle_limit = upstream.map_or(POOL_IDLE_TIMEOUT, |timeout| {
+            timeout
+                .saturating_sub(Duration::from_secs(1))
+                .max(timeout / 2)
+                .min(POOL_IDLE_TIMEOUT)
+        });
+    }
+
     fn keep_write_buffer(&mut self, mut buffer: Vec<u8>) {
         if buffer.capacity() <= KEPT_WRITE_BUFFER {
             buffer.clear();
@@ -184,7 +203,7 @@ impl Failed {
 }
 
 /// Errors by which a socket says its peer closed or reset the connection.
-fn is_closed_by_peer(error: &io::Error) -> bool {
+pub(super) fn is_closed_by_peer(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::ConnectionReset
@@ -389,6 +408,7 @@ impl OriginPool {
         let reusable = head.reusable && sent_whole;
         if reusable {
             conn.keep_write_buffer(bytes);
+            conn.expect_idle_timeout(head.idle_timeout);
         }
         let body = PooledBody {
             decoder: BodyDecoder::new(head.framing),
@@ -425,7 +445,7 @@ impl OriginPool {
     fn check_out(&self) -> Option<Box<Conn>> {
         loop {
             let Idle { mut conn, since } = self.lock().pop_back()?;
-            if since.elapsed() < POOL_IDLE_TIMEOUT && conn.is_quiet() {
+            if since.elapsed() < conn.idle_limit && conn.is_quiet() {
                 return Some(conn);
             }
         }
@@ -436,7 +456,7 @@ impl OriginPool {
         let mut idle = self.lock();
         if idle
             .front()
-            .is_some_and(|oldest| now.duration_since(oldest.since) >= POOL_IDLE_TIMEOUT)
+            .is_some_and(|oldest| now.duration_since(oldest.since) >= oldest.conn.idle_limit)
         {
             idle.pop_front();
         }
@@ -472,21 +492,22 @@ impl OriginPool {
             stream,
             read: BytesMut::with_capacity(READ_BUFFER),
             write: Vec::new(),
+            idle_limit: POOL_IDLE_TIMEOUT,
         }))
     }
 }
 
-/// Closes connections idle for longer than [`POOL_IDLE_TIMEOUT`], or closed by the upstream,
+/// Closes connections idle for longer than their limit, or closed by the upstream,
 /// while no request comes to take them; ends with the pool.
 async fn reap_idle(pool: Weak<OriginPool>) {
-    let mut tick = tokio::time::interval(POOL_IDLE_TIMEOUT / 3);
+    let mut tick = tokio::time::interval(REAP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
         pool.lock().retain_mut(|idle| {
-            idle.conn.is_quiet() && now.duration_since(idle.since) < POOL_IDLE_TIMEOUT
+            idle.conn.is_quiet() && now.duration_since(idle.since) < idle.conn.idle_limit
         });
     }
 }

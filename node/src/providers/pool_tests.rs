@@ -229,6 +229,27 @@ async fn a_reused_request_buffer_carries_each_request_intact() {
     }
 }
 
+/// An upstream that says it keeps idle connections for a second (`Keep-Alive: timeout=1`)
+/// is not sent a request on one idle for longer than half of that, although this one keeps
+/// them open: the request would race the upstream's close. Without the field, the same idle
+/// connection is reused.
+#[tokio::test]
+async fn an_idle_connection_is_not_reused_past_the_upstreams_keep_alive_timeout() {
+    const SAYS_ONE_SECOND: &[&[u8]] =
+        &[b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1, max=100\r\ncontent-length: 2\r\n\r\nok"];
+    for (parts, connections) in [(SAYS_ONE_SECOND, 2), (OK, 1)] {
+        let (pool, accepted) = pool_on_scripted_upstream(usize::MAX, parts).await;
+        for _ in 0..2 {
+            assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+        assert_eq!(accepted.load(Ordering::SeqCst), connections);
+        assert_eq!(pool.idle_count(), 1, "the stale one is closed");
+    }
+}
+
 #[tokio::test]
 async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
     let (pool, accepted) = pool_on_scripted_upstream(1, OK).await;

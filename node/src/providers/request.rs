@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, Uri};
 use http_body_util::Full;
+use prometheus::IntCounter;
 
 use super::Endpoint;
 use super::h1::WRITTEN_BY_THE_ENCODER;
@@ -21,6 +22,8 @@ use super::pool::OriginPool;
 pub struct UpstreamRequest<'c> {
     pub(super) client: &'c HttpClient,
     pub(super) plain_pool: Option<Arc<OriginPool>>,
+    /// For the TLS client, which has no pool of ours to count its resends.
+    pub(super) resent: Option<IntCounter>,
     pub(super) method: Method,
     /// The origin-form target for the pool, the absolute URL for the client.
     pub(super) uri: Uri,
@@ -42,10 +45,13 @@ impl<'c> UpstreamRequest<'c> {
         path: &str,
     ) -> Self {
         let plain_pool = endpoint.plain_pool.clone();
-        let uri = match &plain_pool {
-            Some(pool) => pool.target(path),
-            None => Uri::try_from(join(&endpoint.base_url, path))
-                .map_err(|e| format!("invalid upstream URL: {e}")),
+        let (uri, resent) = match &plain_pool {
+            Some(pool) => (pool.target(path), None),
+            None => (
+                Uri::try_from(join(&endpoint.base_url, path))
+                    .map_err(|e| format!("invalid upstream URL: {e}")),
+                endpoint.resent.clone(),
+            ),
         };
         let (uri, problem) = match uri {
             Ok(uri) => (uri, None),
@@ -54,6 +60,7 @@ impl<'c> UpstreamRequest<'c> {
         Self {
             client,
             plain_pool,
+            resent,
             method,
             uri,
             problem,
