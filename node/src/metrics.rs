@@ -198,8 +198,9 @@ impl Metrics {
             upstream_resends: counter(
                 &r,
                 "hapax_upstream_resends_total",
-                "Requests sent again on a new connection because the upstream closed a \
-                 kept-alive one as they arrived (its idle timeout racing the gateway's pool)",
+                "Requests sent again on another connection because the upstream dropped \
+                 theirs unanswered as they arrived (its idle timeout racing the gateway's pool) \
+                 or refused an HTTP/2 stream",
                 &["provider"],
             )?,
             cache_requests: counter(

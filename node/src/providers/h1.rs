@@ -230,8 +230,9 @@ fn read_headers(
 fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
     const DAY: u64 = 24 * 60 * 60;
     value.split(|&b| b == b',').find_map(|parameter| {
-        let (name, seconds) = parameter.trim_ascii().split_at_checked(b"timeout=".len())?;
-        if !name.eq_ignore_ascii_case(b"timeout=") {
+        let equals = parameter.iter().position(|&b| b == b'=')?;
+        let (name, seconds) = (&parameter[..equals], parameter[equals + 1..].trim_ascii());
+        if !name.trim_ascii().eq_ignore_ascii_case(b"timeout") {
             return None;
         }
         let seconds = seconds

@@ -206,6 +206,7 @@ fn an_upstreams_keep_alive_timeout_is_read() {
     assert_eq!(timeout("Keep-Alive: timeout=5, max=100"), seconds(5));
     assert_eq!(timeout("keep-alive: max=5,TIMEOUT=30"), seconds(30));
     assert_eq!(timeout("Keep-Alive: timeout=\"7\""), seconds(7));
+    assert_eq!(timeout("Keep-Alive: timeout = 8 ,max=1"), seconds(8));
     assert_eq!(timeout("Keep-Alive: timeout=0"), seconds(0));
     assert_eq!(
         timeout("Keep-Alive: timeout=99999999"),

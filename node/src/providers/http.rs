@@ -22,14 +22,14 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use prometheus::IntCounter;
 use rustls_platform_verifier::BuilderVerifierExt;
 
 use super::h1::PlainRequest;
-use super::pool::{PooledBody, is_closed_by_peer};
+use super::pool::PooledBody;
 use super::redact::redact;
 pub use super::request::UpstreamRequest;
 use super::request::client_request;
+use super::resend::request_resending;
 use super::{Endpoint, ProviderError};
 
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ pub struct HttpClientError(#[from] rustls::Error);
 /// endpoints use their own [`super::pool::OriginPool`] instead.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pub(super) inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl HttpClient {
@@ -225,61 +225,6 @@ pub fn send<'a>(
         // Boxed: the error path's future would otherwise size this one for every request.
         Err(Box::pin(status_error(response, secret)).await)
     }
-}
-
-/// Sends `request` through hyper-util's client, and once more on another connection when the
-/// upstream closed or reset the one it went out on before a byte of an answer. hyper-util
-/// itself sends again only a request that never went out; one that went out on a kept
-/// connection just as the upstream's keep-alive timeout (or a graceful restart) dropped it
-/// would fail, and count against the provider's circuit breaker, although the upstream never
-/// saw it fail. The same rule as the plain pool's ([`super::pool::OriginPool::send`]), except
-/// that hyper-util does not say whether the connection was a kept one: a new connection
-/// dropped unanswered is sent again too, once.
-async fn request_resending(
-    client: &HttpClient,
-    request: http::Request<Full<Bytes>>,
-    resent: Option<IntCounter>,
-) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
-    let mut again = http::Request::new(request.body().clone());
-    *again.method_mut() = request.method().clone();
-    *again.uri_mut() = request.uri().clone();
-    *again.headers_mut() = request.headers().clone();
-    match client.inner.request(request).await {
-        Err(error) if dropped_unanswered(&error) => {
-            tracing::debug!(
-                error = %describe(&error),
-                "the upstream dropped the connection before answering: sending the request again"
-            );
-            if let Some(resent) = resent {
-                resent.inc();
-            }
-            client.inner.request(again).await
-        }
-        answered_or_failed => answered_or_failed,
-    }
-}
-
-/// Whether the client's error is the connection closed or reset under a sent request before a
-/// byte of an answer (an error after the head would come from the body instead). Connect
-/// errors, TLS handshakes included, are failures of the upstream.
-fn dropped_unanswered(error: &hyper_util::client::legacy::Error) -> bool {
-    if error.is_connect() {
-        return false;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        if inner
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_incomplete_message)
-        {
-            return true;
-        }
-        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            return is_closed_by_peer(io);
-        }
-        source = inner.source();
-    }
-    false
 }
 
 /// The error chain as one line (keys travel in headers, never in URLs).

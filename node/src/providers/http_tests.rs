@@ -1,11 +1,15 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
+
+use super::super::pool::tests::read_head;
 use super::*;
 
 /// A stream's reader stops before the chunked terminator arrives (as the translators
 /// do at `[DONE]`): the connection is still given back and reused.
 #[tokio::test]
 async fn a_body_dropped_before_its_end_keeps_its_connection() {
-    use std::sync::atomic::Ordering;
-
     const CHUNKED: &[&[u8]] = &[
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
         b"0\r\n\r\n",
@@ -39,31 +43,24 @@ async fn a_body_dropped_before_its_end_keeps_its_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
-/// A TLS upstream on loopback that answers `answered` requests on each connection, then reads
-/// the next one and drops the connection without a byte of an answer (a TLS close and FIN, or
-/// a reset when `reset`): its keep-alive timeout firing as the request arrived. Gives its base
-/// URL, its connection count, and a client that trusts its certificate.
-async fn dropping_tls_upstream(
-    answered: usize,
-    reset: bool,
-) -> (String, Arc<std::sync::atomic::AtomicUsize>, HttpClient) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncWriteExt;
-
-    let Ok(mut params) = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]) else {
+/// A TLS upstream on loopback, offering `alpn`: serves each connection it accepts with
+/// `serve`. Gives its base URL, its connection count, and a client that trusts it.
+async fn tls_upstream<F, Served>(alpn: &[u8], serve: F) -> (String, Arc<AtomicUsize>, HttpClient)
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Served + Send + 'static,
+    Served: Future<Output = ()> + Send + 'static,
+{
+    let Ok(params) = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]) else {
         panic!("certificate parameters");
     };
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let (Ok(key), provider) = (
-        rcgen::KeyPair::generate(),
-        Arc::new(rustls::crypto::ring::default_provider()),
-    ) else {
+    let Ok(key) = rcgen::KeyPair::generate() else {
         panic!("a key pair");
     };
     let Ok(cert) = params.self_signed(&key) else {
         panic!("a self-signed certificate");
     };
     let key = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .and_then(|b| {
@@ -77,9 +74,10 @@ async fn dropping_tls_upstream(
             roots.add(cert.der().clone())?;
             Ok(b.with_root_certificates(roots).with_no_client_auth())
         });
-    let (Ok(server), Ok(client)) = (server, client) else {
+    let (Ok(mut server), Ok(client)) = (server, client) else {
         panic!("the TLS configurations build");
     };
+    server.alpn_protocols = vec![alpn.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
         panic!("the test upstream binds");
@@ -92,48 +90,61 @@ async fn dropping_tls_upstream(
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(socket).await else {
-                    return;
-                };
-                for _ in 0..answered {
-                    if !read_head(&mut tls).await
-                        || tls
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                        || tls.flush().await.is_err()
-                    {
-                        return;
-                    }
-                }
-                if read_head(&mut tls).await {
-                    if reset {
-                        let _ = tls.get_ref().0.set_zero_linger();
-                    } else {
-                        let _ = tls.shutdown().await;
-                    }
-                }
-            });
+            if let Ok(tls) = acceptor.accept(socket).await {
+                tokio::spawn(serve(tls));
+            }
         }
     });
-    let base = format!("https://{address}");
-    (base, accepted, HttpClient::with_tls(client))
+    (
+        format!("https://{address}"),
+        accepted,
+        HttpClient::with_tls(client),
+    )
 }
 
-/// Reads a request's head; `false` when the client closed first.
-async fn read_head(socket: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buffer = [0; 4096];
-    let mut seen = Vec::new();
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match socket.read(&mut buffer).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+/// An HTTP/1.1 TLS upstream that answers `answered` requests on each connection, then reads
+/// the next one and drops the connection without a byte of an answer (a TLS close and FIN, or
+/// a reset when `reset`): its keep-alive timeout firing as the request arrived.
+async fn dropping_tls_upstream(
+    answered: usize,
+    reset: bool,
+) -> (String, Arc<AtomicUsize>, HttpClient) {
+    tls_upstream(b"http/1.1", move |mut tls| async move {
+        for _ in 0..answered {
+            if !read_head(&mut tls).await
+                || tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                || tls.flush().await.is_err()
+            {
+                return;
+            }
         }
+        if read_head(&mut tls).await {
+            if reset {
+                let _ = tls.get_ref().0.set_zero_linger();
+            } else {
+                let _ = tls.shutdown().await;
+            }
+        }
+    })
+    .await
+}
+
+/// `GET /` through `client`, its body read.
+async fn get_body(client: &HttpClient, endpoint: &Endpoint) -> Result<Vec<u8>, String> {
+    match send(client.get(endpoint, "/"), None).await {
+        Ok(response) => read_body(response).await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
     }
-    true
+}
+
+fn counted_endpoint(base: String) -> (Endpoint, IntCounter) {
+    let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
+        panic!("a valid metric name");
+    };
+    (Endpoint::new(base, None, Some(resent.clone())), resent)
 }
 
 /// The keep-alive race on a TLS upstream: a request that went out on a kept connection as
@@ -143,26 +154,16 @@ async fn read_head(socket: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
 async fn a_tls_connection_dropped_as_the_request_arrives_is_resent() {
     for reset in [false, true] {
         let (base, accepted, client) = dropping_tls_upstream(1, reset).await;
-        let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
-            panic!("a valid metric name");
-        };
-        let endpoint = Endpoint::new(base, None, Some(resent.clone()));
+        let (endpoint, resent) = counted_endpoint(base);
         for round in 1..=2 {
-            let answer = match send(client.get(&endpoint, "/"), None).await {
-                Ok(response) => read_body(response).await.map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
+            let answer = get_body(&client, &endpoint).await;
             assert_eq!(
                 answer.as_deref(),
                 Ok(&b"ok"[..]),
                 "reset {reset}, round {round}"
             );
         }
-        assert_eq!(
-            accepted.load(std::sync::atomic::Ordering::SeqCst),
-            2,
-            "reset {reset}"
-        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "reset {reset}");
         assert_eq!(
             resent.get(),
             1,
@@ -170,20 +171,56 @@ async fn a_tls_connection_dropped_as_the_request_arrives_is_resent() {
         );
 
         let (base, accepted, client) = dropping_tls_upstream(0, reset).await;
-        let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
-            panic!("a valid metric name");
-        };
-        let endpoint = Endpoint::new(base, None, Some(resent.clone()));
+        let (endpoint, resent) = counted_endpoint(base);
         let failed = send(client.get(&endpoint, "/"), None).await;
         assert!(
             matches!(failed, Err(ProviderError::Connect(_))),
             "reset {reset}: dropped twice, it fails"
         );
-        assert_eq!(
-            accepted.load(std::sync::atomic::Ordering::SeqCst),
-            2,
-            "reset {reset}"
-        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "reset {reset}");
         assert_eq!(resent.get(), 1, "reset {reset}: sent again once, not more");
+    }
+}
+
+/// Over HTTP/2, a stream the upstream refuses (`REFUSED_STREAM`: never processed) goes once
+/// more; a connection lost under a stream does not, since the upstream may have been at work
+/// on it.
+#[tokio::test]
+async fn an_http2_stream_is_resent_only_when_the_upstream_refused_it() {
+    for refuse in [true, false] {
+        let (base, accepted, client) = tls_upstream(b"h2", move |tls| async move {
+            let Ok(mut connection) = h2::server::handshake(tls).await else {
+                return;
+            };
+            let mut streams = 0;
+            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                streams += 1;
+                if streams == 1 && !refuse {
+                    return; // the connection lost, without a GOAWAY
+                }
+                if streams == 1 {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                let head = http::Response::new(());
+                if let Ok(mut body) = respond.send_response(head, false) {
+                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                }
+            }
+        })
+        .await;
+        let (endpoint, resent) = counted_endpoint(base);
+        let answer = get_body(&client, &endpoint).await;
+        if refuse {
+            assert_eq!(answer.as_deref(), Ok(&b"ok"[..]));
+            assert_eq!(resent.get(), 1, "the refused stream went again");
+        } else {
+            assert!(
+                answer.is_err(),
+                "a lost connection is a failure: {answer:?}"
+            );
+            assert_eq!(resent.get(), 0, "and its stream is not sent again");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "refuse {refuse}");
     }
 }

@@ -9,6 +9,7 @@ mod openai;
 mod pool;
 pub mod redact;
 mod request;
+mod resend;
 pub mod sse;
 
 use std::pin::Pin;

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 
 use super::h1::{self, AnswerHead, BodyDecoder, Decoded, PlainRequest};
 use super::http::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
+use super::resend::{Failed, is_closed_by_peer};
 
 /// A connection's read buffer: an answer's head and a short body fit in one read.
 const READ_BUFFER: usize = 8 * 1024;
@@ -177,40 +178,6 @@ impl Conn {
         })
         .await
     }
-}
-
-/// Why an exchange failed, and whether it may go again on a new connection.
-struct Failed {
-    error: String,
-    /// None of the request went out, or the upstream closed or reset the connection before
-    /// any byte of an answer: on a kept-alive connection, the upstream's idle timeout (or its
-    /// graceful shutdown) dropping the connection as the request arrived.
-    may_resend: bool,
-}
-
-impl Failed {
-    fn new(error: String, written: usize) -> Self {
-        Self {
-            error,
-            may_resend: written == 0,
-        }
-    }
-
-    fn closed_unanswered(mut self, unanswered: bool) -> Self {
-        self.may_resend |= unanswered;
-        self
-    }
-}
-
-/// Errors by which a socket says its peer closed or reset the connection.
-pub(super) fn is_closed_by_peer(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-    )
 }
 
 /// An answer read up to its body.
@@ -370,8 +337,9 @@ impl OriginPool {
     /// Sends `request` on an idle connection, or a new one, and reads the answer's head. A
     /// request that an idle connection could not take goes once more on a new one: the
     /// upstream had dropped the connection while idle, or dropped it, without a byte of an
-    /// answer, as the request arrived (its keep-alive timeout or a graceful restart racing the
-    /// request; uvicorn, under vLLM, closes idle connections after 5 s). Such a drop is not
+    /// answer, as the request arrived (within [`super::resend::RACE_WINDOW`]: its keep-alive timeout or a
+    /// graceful restart racing the request; uvicorn, under vLLM, closes idle connections after
+    /// 5 s). Such a drop is not
     /// the upstream failing, so it must not reach the circuit breaker. A completion is sent
     /// again as the gateway's failover would send it. The request is encoded into the
     /// connection's kept buffer.
@@ -382,14 +350,14 @@ impl OriginPool {
         let mut idle = self.check_out();
         let mut bytes = idle
             .as_mut()
-            .map(|conn| std::mem::take(&mut conn.write))
+            .map(|(conn, _)| std::mem::take(&mut conn.write))
             .unwrap_or_default();
         h1::encode_request(&mut bytes, request, self.host.as_bytes());
         let (mut conn, head, sent_whole) = match idle {
-            Some(mut conn) => match conn.exchange(&bytes).await {
+            Some((mut conn, taken)) => match conn.exchange(&bytes).await {
                 Ok((head, sent_whole)) => (conn, head, sent_whole),
                 // An idle connection the upstream had closed: the request goes once more.
-                Err(failed) if failed.may_resend => {
+                Err(failed) if failed.may_resend(taken) => {
                     tracing::debug!(
                         upstream = %self.address,
                         error = %failed.error,
@@ -441,17 +409,21 @@ impl OriginPool {
         format!("{error} (upstream {})", self.address)
     }
 
-    /// The most recently used connection that can carry a request.
-    fn check_out(&self) -> Option<Box<Conn>> {
+    /// The most recently used connection that can carry a request, and when it was taken.
+    fn check_out(&self) -> Option<(Box<Conn>, Instant)> {
         loop {
             let Idle { mut conn, since } = self.lock().pop_back()?;
-            if since.elapsed() < conn.idle_limit && conn.is_quiet() {
-                return Some(conn);
+            let now = Instant::now();
+            if now.duration_since(since) < conn.idle_limit && conn.is_quiet() {
+                return Some((conn, now));
             }
         }
     }
 
     fn check_in(&self, conn: Box<Conn>) {
+        if conn.idle_limit.is_zero() {
+            return; // the upstream keeps no idle connection (`Keep-Alive: timeout=0`)
+        }
         let now = Instant::now();
         let mut idle = self.lock();
         if idle

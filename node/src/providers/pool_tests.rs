@@ -4,6 +4,7 @@ use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::providers::resend::RACE_WINDOW;
 
 #[test]
 fn only_plain_http_base_urls_get_a_pool() {
@@ -84,7 +85,7 @@ where
 }
 
 /// Reads a request's head (and whatever came with it); `false` when the client closed first.
-async fn read_head(socket: &mut tokio::net::TcpStream) -> bool {
+pub(crate) async fn read_head(socket: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
     let mut buffer = [0; 4096];
     let mut seen = Vec::new();
     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -260,9 +261,14 @@ async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
 }
 
 /// An upstream that answers `answered` requests on each connection, then reads the next
-/// request and drops the connection without a byte of an answer (closed, or reset when
-/// `reset`): its keep-alive timeout firing as the request arrived. Counts connections.
-async fn dropping_upstream(answered: usize, reset: bool) -> (Arc<OriginPool>, Arc<AtomicUsize>) {
+/// request and, `after` that, drops the connection without a byte of an answer (closed, or
+/// reset when `reset`): at once, its keep-alive timeout firing as the request arrived; later,
+/// a crash while at work. Counts connections.
+async fn dropping_upstream(
+    answered: usize,
+    reset: bool,
+    after: Duration,
+) -> (Arc<OriginPool>, Arc<AtomicUsize>) {
     let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
         panic!("the test upstream binds");
     };
@@ -275,8 +281,11 @@ async fn dropping_upstream(answered: usize, reset: bool) -> (Arc<OriginPool>, Ar
                 return;
             }
         }
-        if read_head(&mut socket).await && reset {
-            let _ = socket.set_zero_linger();
+        if read_head(&mut socket).await {
+            tokio::time::sleep(after).await;
+            if reset {
+                let _ = socket.set_zero_linger();
+            }
         }
     });
     let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
@@ -298,14 +307,14 @@ fn resent(pool: &OriginPool) -> u64 {
 #[tokio::test]
 async fn a_kept_connection_dropped_as_the_request_arrives_is_replaced() {
     for reset in [false, true] {
-        let (pool, accepted) = dropping_upstream(1, reset).await;
+        let (pool, accepted) = dropping_upstream(1, reset, Duration::ZERO).await;
         for round in 1..=3 {
             assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]), "reset {reset}");
             assert_eq!(accepted.load(Ordering::SeqCst), round, "reset {reset}");
             // Every request but the first found its kept connection dropped: counted.
             assert_eq!(resent(&pool), round as u64 - 1, "reset {reset}");
         }
-        let (pool, accepted) = dropping_upstream(0, reset).await;
+        let (pool, accepted) = dropping_upstream(0, reset, Duration::ZERO).await;
         let error = get(&pool).await.err().unwrap_or_default();
         assert!(
             error.contains("(upstream 127.0.0.1:"),
@@ -318,6 +327,19 @@ async fn a_kept_connection_dropped_as_the_request_arrives_is_replaced() {
             "reset {reset}: a new connection is not sent again"
         );
     }
+}
+
+/// A kept connection dropped without an answer longer than [`RACE_WINDOW`] after the request
+/// went out is not the race: the upstream was at work on it, and the request is not repeated.
+#[tokio::test]
+async fn a_kept_connection_dropped_long_after_the_request_went_out_is_a_failure() {
+    let (pool, accepted) =
+        dropping_upstream(1, true, RACE_WINDOW + Duration::from_millis(200)).await;
+    assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+    let error = get(&pool).await.err().unwrap_or_default();
+    assert!(error.contains("(upstream 127.0.0.1:"), "{error}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "not sent again");
+    assert_eq!(resent(&pool), 0);
 }
 
 #[tokio::test]
