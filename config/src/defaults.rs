@@ -30,6 +30,10 @@ pub const HEALTH_FAILURE_THRESHOLD: u32 = 2;
 pub const HEALTH_SUCCESS_THRESHOLD: u32 = 1;
 
 pub const PROVIDER_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(60);
+/// Idle upstream connections are reused this long (Go's and hyper's default).
+pub const PROVIDER_POOL_IDLE_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(90);
+/// Longer idle connections are mostly ones a middlebox has long dropped.
+pub const PROVIDER_POOL_IDLE_TIMEOUT_MAX: ConfigDuration = ConfigDuration::from_secs(3600);
 pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 4096;
 
 pub const ROUTING_MAX_ATTEMPTS: u32 = 3;

@@ -276,6 +276,11 @@ pub struct ProviderConfig {
     /// Extra headers sent upstream (e.g. OpenRouter's HTTP-Referer).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// How long an idle kept-alive connection to this provider is reused. Set it below the
+    /// upstream's own idle timeout when the upstream does not announce it (an AWS ALB closes
+    /// idle connections after 60 s and says nothing).
+    #[serde(default)]
+    pub pool_idle_timeout: Option<ConfigDuration>,
 }
 
 impl ProviderConfig {
@@ -292,6 +297,7 @@ impl ProviderConfig {
             health_check: None,
             default_max_tokens: None,
             headers: BTreeMap::new(),
+            pool_idle_timeout: None,
         }
     }
 }

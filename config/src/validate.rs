@@ -285,6 +285,17 @@ fn providers(config: &Config, facts: &Facts, report: &mut Report<'_>) {
         if let Some(timeout) = provider.timeout {
             non_zero(report, &origin.field(name, "timeout"), timeout);
         }
+        if let Some(idle) = provider.pool_idle_timeout {
+            let max = d::PROVIDER_POOL_IDLE_TIMEOUT_MAX;
+            if idle.get() > max.get() {
+                report.problem(
+                    &origin.field(name, "pool_idle_timeout"),
+                    format!("must be at most {max} (is {idle})"),
+                );
+            } else {
+                non_zero(report, &origin.field(name, "pool_idle_timeout"), idle);
+            }
+        }
         if let Some(check) = &provider.health_check {
             health_check(report, &origin.field(name, "health_check"), check);
         }

@@ -108,3 +108,26 @@ fn busy_polling_is_off_by_default_and_bounded() {
     assert!(found.message.contains("at most 1ms"), "{}", found.message);
     assert!(found.to_string().contains("line 1"), "{found}");
 }
+
+#[test]
+fn a_providers_pool_idle_timeout_is_optional_and_bounded() {
+    let loaded = load(PROVIDER, &[]).unwrap();
+    assert_eq!(loaded.config.providers["mock"].pool_idle_timeout, None);
+
+    let text = "providers:\n  mock: {type: mock, pool_idle_timeout: 55s}\n";
+    let loaded = load(text, &[]).unwrap();
+    assert_eq!(
+        loaded.config.providers["mock"]
+            .pool_idle_timeout
+            .map(|d| d.get()),
+        Some(std::time::Duration::from_secs(55))
+    );
+
+    let text = "providers:\n  a: {type: mock, pool_idle_timeout: 0s}\n  b: {type: mock, pool_idle_timeout: 2h}\n";
+    let errors = load(text, &[]).unwrap_err();
+    let zero = problem(&errors, "providers.a.pool_idle_timeout");
+    assert!(zero.to_string().contains("line 2"), "{zero}");
+    let long = problem(&errors, "providers.b.pool_idle_timeout");
+    assert!(long.message.contains("at most 1h"), "{}", long.message);
+    assert!(long.to_string().contains("line 3"), "{long}");
+}

@@ -31,12 +31,13 @@ pub use super::request::UpstreamRequest;
 use super::request::client_request;
 use super::resend::request_resending;
 use super::{Endpoint, ProviderError};
+use hapax_config::defaults;
 
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle keep-alive connections kept per upstream: above a busy node's concurrency, so a burst's
 /// connections are kept for the next one rather than closed and opened again (nginx's
-/// `keepalive` in the benchmark keeps 512). Idle ones close after [`POOL_IDLE_TIMEOUT`].
+/// `keepalive` in the benchmark keeps 512). Idle ones close after the provider's
+/// `pool_idle_timeout`.
 pub(super) const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 
 /// Why the client could not be built (the platform's certificate store, most likely).
@@ -50,6 +51,9 @@ pub struct HttpClientError(#[from] rustls::Error);
 #[derive(Clone)]
 pub struct HttpClient {
     pub(super) inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Kept to build a client with another idle timeout over the same TLS configuration.
+    connector: HttpsConnector<HttpConnector>,
+    pool_idle_timeout: Duration,
 }
 
 impl HttpClient {
@@ -73,12 +77,29 @@ impl HttpClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
+        Self::pooled(connector, defaults::PROVIDER_POOL_IDLE_TIMEOUT.get())
+    }
+
+    fn pooled(connector: HttpsConnector<HttpConnector>, pool_idle_timeout: Duration) -> Self {
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_idle_timeout(pool_idle_timeout)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector);
-        Self { inner }
+            .build(connector.clone());
+        Self {
+            inner,
+            connector,
+            pool_idle_timeout,
+        }
+    }
+
+    /// This client, or one with its own pool whose idle connections are reused for `idle`
+    /// (a provider's `pool_idle_timeout`); the TLS configuration is shared.
+    pub fn with_pool_idle_timeout(&self, idle: Duration) -> Self {
+        if idle == self.pool_idle_timeout {
+            return self.clone();
+        }
+        Self::pooled(self.connector.clone(), idle)
     }
 
     /// A `POST` of `path` under the endpoint's base URL.

@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 
+use super::super::pool::tests::IDLE;
 use super::super::pool::tests::read_head;
 use super::*;
 
@@ -21,7 +22,7 @@ async fn a_body_dropped_before_its_end_keeps_its_connection() {
     let Ok(client) = HttpClient::new() else {
         panic!("the client builds");
     };
-    let endpoint = Endpoint::new(base_url, None, None);
+    let endpoint = Endpoint::new(base_url, None, None, IDLE);
     for _ in 0..3 {
         let response = send(client.get(&endpoint, "/stream"), None).await;
         let Ok(response) = response else {
@@ -144,7 +145,10 @@ fn counted_endpoint(base: String) -> (Endpoint, IntCounter) {
     let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
         panic!("a valid metric name");
     };
-    (Endpoint::new(base, None, Some(resent.clone())), resent)
+    (
+        Endpoint::new(base, None, Some(resent.clone()), IDLE),
+        resent,
+    )
 }
 
 /// The keep-alive race on a TLS upstream: a request that went out on a kept connection as
@@ -222,5 +226,33 @@ async fn an_http2_stream_is_resent_only_when_the_upstream_refused_it() {
             assert_eq!(resent.get(), 0, "and its stream is not sent again");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "refuse {refuse}");
+    }
+}
+
+/// A provider's `pool_idle_timeout` gives its TLS client a pool of its own with that limit:
+/// past it, an idle connection the upstream still keeps is not reused.
+#[tokio::test]
+async fn a_tls_clients_idle_connections_are_reused_within_its_idle_timeout() {
+    for (idle, connections) in [(Duration::from_millis(300), 2), (IDLE, 1)] {
+        let (base, accepted, client) = dropping_tls_upstream(usize::MAX, false).await;
+        let client = client.with_pool_idle_timeout(idle);
+        let (endpoint, _) = counted_endpoint(base);
+        for _ in 0..2 {
+            assert_eq!(
+                get_body(&client, &endpoint).await.as_deref(),
+                Ok(&b"ok"[..])
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            get_body(&client, &endpoint).await.as_deref(),
+            Ok(&b"ok"[..])
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            connections,
+            "idle {idle:?}"
+        );
     }
 }

@@ -50,9 +50,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// `resent` counts the requests its connection pool sends again (`hapax_upstream_resends_total`).
-    pub fn new(base_url: String, api_key: Option<String>, resent: Option<IntCounter>) -> Self {
-        let plain_pool = pool::OriginPool::for_base_url(&base_url, resent.clone());
+    /// `resent` counts the requests its connection pool sends again (`hapax_upstream_resends_total`);
+    /// a plain-HTTP endpoint's idle connections are reused for `pool_idle_timeout` at most.
+    pub fn new(
+        base_url: String,
+        api_key: Option<String>,
+        resent: Option<IntCounter>,
+        pool_idle_timeout: Duration,
+    ) -> Self {
+        let plain_pool =
+            pool::OriginPool::for_base_url(&base_url, resent.clone(), pool_idle_timeout);
         Self {
             base_url,
             api_key,
@@ -163,6 +170,7 @@ fn encoded(response: &ChatResponse) -> Result<ChatAnswer, ProviderError> {
 
 /// Builds the client for one configured provider.
 pub fn build_provider(config: &ProviderConfig, http: &HttpClient) -> Arc<dyn Provider> {
+    let http = &http.with_pool_idle_timeout(pool_idle_timeout(config));
     match config.kind {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => Arc::new(
             openai::OpenAiProvider::new(http.clone(), config.kind == ProviderKind::Openai),
@@ -187,8 +195,9 @@ pub fn endpoints_of(config: &ProviderConfig, resent: &IntCounter) -> Vec<Endpoin
         .as_ref()
         .map(|k| k.expose().to_owned())
         .filter(|k| !k.is_empty());
+    let idle = pool_idle_timeout(config);
     if config.deployments.is_empty() {
-        return vec![Endpoint::new(base, key, Some(resent.clone()))];
+        return vec![Endpoint::new(base, key, Some(resent.clone()), idle)];
     }
     config
         .deployments
@@ -205,7 +214,15 @@ pub fn endpoints_of(config: &ProviderConfig, resent: &IntCounter) -> Vec<Endpoin
                 .map(|k| k.expose().to_owned())
                 .filter(|k| !k.is_empty())
                 .or_else(|| key.clone());
-            Endpoint::new(base_url, api_key, Some(resent.clone()))
+            Endpoint::new(base_url, api_key, Some(resent.clone()), idle)
         })
         .collect()
+}
+
+/// How long the provider's idle upstream connections are reused at most.
+pub fn pool_idle_timeout(config: &ProviderConfig) -> Duration {
+    config
+        .pool_idle_timeout
+        .unwrap_or(hapax_config::defaults::PROVIDER_POOL_IDLE_TIMEOUT)
+        .get()
 }

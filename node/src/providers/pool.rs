@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::h1::{self, AnswerHead, BodyDecoder, Decoded, PlainRequest};
-use super::http::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
+use super::http::{CONNECT_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 use super::resend::{Failed, is_closed_by_peer};
 
 /// A connection's read buffer: an answer's head and a short body fit in one read.
@@ -63,6 +63,8 @@ pub struct OriginPool {
     reaper_started: AtomicBool,
     /// Counts the requests [`Self::send`] sends again on a new connection.
     resent: Option<IntCounter>,
+    /// How long an idle connection is reused at most (the provider's `pool_idle_timeout`).
+    idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for OriginPool {
@@ -84,7 +86,7 @@ struct Conn {
     read: BytesMut,
     /// The last request's buffer, empty, kept for the next one (up to [`KEPT_WRITE_BUFFER`]).
     write: Vec<u8>,
-    /// How long the connection may sit idle and still be reused: [`POOL_IDLE_TIMEOUT`], or
+    /// How long the connection may sit idle and still be reused: the pool's idle timeout, or
     /// less when the upstream's last answer said it closes idle connections sooner.
     idle_limit: Duration,
 }
@@ -93,12 +95,12 @@ impl Conn {
     /// Reused only while idle for less than the upstream keeps it: a second under its
     /// `timeout` (half of it when that is two seconds or less), so that the request does not
     /// meet the upstream's close on the way.
-    fn expect_idle_timeout(&mut self, upstream: Option<Duration>) {
-        self.idle_limit = upstream.map_or(POOL_IDLE_TIMEOUT, |timeout| {
+    fn expect_idle_timeout(&mut self, upstream: Option<Duration>, pool: Duration) {
+        self.idle_limit = upstream.map_or(pool, |timeout| {
             timeout
                 .saturating_sub(Duration::from_secs(1))
                 .max(timeout / 2)
-                .min(POOL_IDLE_TIMEOUT)
+                .min(pool)
         });
     }
 
@@ -304,7 +306,11 @@ async fn drain(mut rest: PooledBody) {
 
 impl OriginPool {
     /// A pool for `base_url` when it is plain `http://` with a host; `None` otherwise.
-    pub fn for_base_url(base_url: &str, resent: Option<IntCounter>) -> Option<Arc<Self>> {
+    pub fn for_base_url(
+        base_url: &str,
+        resent: Option<IntCounter>,
+        idle_timeout: Duration,
+    ) -> Option<Arc<Self>> {
         let uri: Uri = base_url.parse().ok()?;
         if uri.scheme_str() != Some("http") || uri.query().is_some() {
             return None;
@@ -323,6 +329,7 @@ impl OriginPool {
             idle: Mutex::new(VecDeque::new()),
             reaper_started: AtomicBool::new(false),
             resent,
+            idle_timeout,
         }))
     }
 
@@ -376,7 +383,7 @@ impl OriginPool {
         let reusable = head.reusable && sent_whole;
         if reusable {
             conn.keep_write_buffer(bytes);
-            conn.expect_idle_timeout(head.idle_timeout);
+            conn.expect_idle_timeout(head.idle_timeout, self.idle_timeout);
         }
         let body = PooledBody {
             decoder: BodyDecoder::new(head.framing),
@@ -464,7 +471,7 @@ impl OriginPool {
             stream,
             read: BytesMut::with_capacity(READ_BUFFER),
             write: Vec::new(),
-            idle_limit: POOL_IDLE_TIMEOUT,
+            idle_limit: self.idle_timeout,
         }))
     }
 }

@@ -6,16 +6,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::*;
 use crate::providers::resend::RACE_WINDOW;
 
+/// The default idle timeout, for pools and endpoints the tests build.
+pub(crate) const IDLE: Duration = Duration::from_secs(90);
+
 #[test]
 fn only_plain_http_base_urls_get_a_pool() {
-    let pool = OriginPool::for_base_url("http://127.0.0.1:8000/v1/", None);
+    let pool = OriginPool::for_base_url("http://127.0.0.1:8000/v1/", None, IDLE);
     let pool = pool.as_deref();
     assert_eq!(pool.map(|p| p.address.as_str()), Some("127.0.0.1:8000"));
     assert_eq!(
         pool.map(|p| p.host.as_bytes()),
         Some(&b"127.0.0.1:8000"[..])
     );
-    let with_user = OriginPool::for_base_url("http://user:secret@10.0.0.1:8000/v1", None);
+    let with_user = OriginPool::for_base_url("http://user:secret@10.0.0.1:8000/v1", None, IDLE);
     assert_eq!(
         with_user.as_deref().map(|p| p.host.as_bytes()),
         Some(&b"10.0.0.1:8000"[..])
@@ -25,7 +28,7 @@ fn only_plain_http_base_urls_get_a_pool() {
         target.map(|t| t.to_string()).as_deref(),
         Some("/v1/chat/completions")
     );
-    let bare = OriginPool::for_base_url("http://ollama", None);
+    let bare = OriginPool::for_base_url("http://ollama", None, IDLE);
     assert_eq!(
         bare.as_deref().map(|p| p.address.as_str()),
         Some("ollama:80")
@@ -36,8 +39,8 @@ fn only_plain_http_base_urls_get_a_pool() {
             .as_deref(),
         Some("/api/chat")
     );
-    assert!(OriginPool::for_base_url("https://api.openai.com/v1", None).is_none());
-    assert!(OriginPool::for_base_url("not a url", None).is_none());
+    assert!(OriginPool::for_base_url("https://api.openai.com/v1", None, IDLE).is_none());
+    assert!(OriginPool::for_base_url("not a url", None, IDLE).is_none());
 }
 
 /// A server that answers each request with `parts` (50 ms apart) on a kept-alive
@@ -107,7 +110,7 @@ async fn pool_on_scripted_upstream(
     let Some((base, accepted)) = scripted_upstream(per_connection, parts).await else {
         panic!("the test upstream binds");
     };
-    let Some(pool) = OriginPool::for_base_url(&base, None) else {
+    let Some(pool) = OriginPool::for_base_url(&base, None, IDLE) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     (pool, accepted)
@@ -185,7 +188,7 @@ async fn a_reused_request_buffer_carries_each_request_intact() {
     let Some(base) = echo_upstream().await else {
         panic!("the test upstream binds");
     };
-    let Some(pool) = OriginPool::for_base_url(&base, None) else {
+    let Some(pool) = OriginPool::for_base_url(&base, None, IDLE) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     let auth = [(
@@ -251,6 +254,25 @@ async fn an_idle_connection_is_not_reused_past_the_upstreams_keep_alive_timeout(
     }
 }
 
+/// A pool's own idle timeout (the provider's `pool_idle_timeout`) bounds reuse too, for an
+/// upstream that keeps its connections and says nothing.
+#[tokio::test]
+async fn an_idle_connection_is_not_reused_past_the_pools_idle_timeout() {
+    let Some((base, accepted)) = scripted_upstream(usize::MAX, OK).await else {
+        panic!("the test upstream binds");
+    };
+    let Some(pool) = OriginPool::for_base_url(&base, None, Duration::from_millis(300)) else {
+        panic!("a plain-HTTP base URL gets a pool");
+    };
+    for _ in 0..2 {
+        assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn a_connection_the_upstream_dropped_while_idle_is_replaced() {
     let (pool, accepted) = pool_on_scripted_upstream(1, OK).await;
@@ -291,7 +313,8 @@ async fn dropping_upstream(
     let Ok(resent) = IntCounter::new("resent", "requests sent again") else {
         panic!("a valid metric name");
     };
-    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}"), Some(resent)) else {
+    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}"), Some(resent), IDLE)
+    else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     (pool, accepted)
@@ -381,7 +404,7 @@ async fn concurrent_requests_each_drive_their_own_connection() {
 
 #[tokio::test]
 async fn an_upstream_that_is_down_is_a_connect_error() {
-    let Some(pool) = OriginPool::for_base_url("http://127.0.0.1:9", None) else {
+    let Some(pool) = OriginPool::for_base_url("http://127.0.0.1:9", None, IDLE) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     let error = get(&pool).await.err().unwrap_or_default();
@@ -432,7 +455,7 @@ async fn an_answer_before_the_whole_request_was_read_comes_back() {
             let _ = until_test_done.await;
         }
     });
-    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}"), None) else {
+    let Some(pool) = OriginPool::for_base_url(&format!("http://{address}"), None, IDLE) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     // Far more than the socket buffers hold, so the write cannot finish.

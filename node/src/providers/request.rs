@@ -157,6 +157,7 @@ fn join(base: &str, path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pool::tests::IDLE;
     use super::*;
 
     fn client() -> HttpClient {
@@ -169,7 +170,7 @@ mod tests {
     #[test]
     fn keys_travel_in_sensitive_headers_and_bad_values_fail_at_send() {
         let client = client();
-        let endpoint = Endpoint::new("http://127.0.0.1:9".into(), None, None);
+        let endpoint = Endpoint::new("http://127.0.0.1:9".into(), None, None, IDLE);
         let request = client
             .post(&endpoint, "/v1/messages")
             .bearer_auth("sk-secret")
@@ -221,7 +222,7 @@ mod tests {
     #[test]
     fn the_client_request_carries_the_fields_the_encoder_writes() {
         let client = client();
-        let tls = Endpoint::new("https://api.example.com/v1".into(), None, None);
+        let tls = Endpoint::new("https://api.example.com/v1".into(), None, None, IDLE);
         let built = client
             .post(&tls, "/messages")
             .json_bytes(b"{}".to_vec())
@@ -254,15 +255,15 @@ mod tests {
     #[test]
     fn targets_are_joined_under_the_base_url() {
         let client = client();
-        let plain = Endpoint::new("http://127.0.0.1:9/v1/".into(), None, None);
+        let plain = Endpoint::new("http://127.0.0.1:9/v1/".into(), None, None, IDLE);
         let request = client.post(&plain, "/chat/completions");
         assert!(request.plain_pool.is_some());
         assert_eq!(request.uri.to_string(), "/v1/chat/completions");
-        let tls = Endpoint::new("https://api.example.com/v1/".into(), None, None);
+        let tls = Endpoint::new("https://api.example.com/v1/".into(), None, None, IDLE);
         let request = client.get(&tls, "/models");
         assert!(request.plain_pool.is_none());
         assert_eq!(request.uri.to_string(), "https://api.example.com/v1/models");
-        let bad = Endpoint::new("https://exa mple.com".into(), None, None);
+        let bad = Endpoint::new("https://exa mple.com".into(), None, None, IDLE);
         let problem = client.get(&bad, "/models").problem;
         assert!(
             problem.is_some_and(|p| p.starts_with("invalid upstream URL")),

@@ -242,7 +242,12 @@ mod tests {
     use super::*;
 
     fn deployment(inflight: u32, latency_us: u64) -> Deployment {
-        let d = Deployment::new(Endpoint::new(String::new(), None, None));
+        let d = Deployment::new(Endpoint::new(
+            String::new(),
+            None,
+            None,
+            std::time::Duration::from_secs(90),
+        ));
         d.inflight.store(inflight, Ordering::Relaxed);
         d.latency_ewma_us.store(latency_us, Ordering::Relaxed);
         d
