@@ -290,7 +290,7 @@ fn providers(config: &Config, facts: &Facts, report: &mut Report<'_>) {
             if idle.get() > max.get() {
                 report.problem(
                     &origin.field(name, "pool_idle_timeout"),
-                    format!("must be at most {max} (is {idle})"),
+                    format!("must be at most {max} (got {idle})"),
                 );
             } else {
                 non_zero(report, &origin.field(name, "pool_idle_timeout"), idle);

@@ -54,6 +54,9 @@ pub struct HttpClient {
     /// Kept to build a client with another idle timeout over the same TLS configuration.
     connector: HttpsConnector<HttpConnector>,
     pool_idle_timeout: Duration,
+    /// The clients built from this one, one per idle timeout, shared by every clone: providers
+    /// with the same `pool_idle_timeout` share a pool, and so their connections to one host.
+    siblings: Arc<std::sync::Mutex<Vec<HttpClient>>>,
 }
 
 impl HttpClient {
@@ -90,16 +93,28 @@ impl HttpClient {
             inner,
             connector,
             pool_idle_timeout,
+            siblings: Arc::default(),
         }
     }
 
-    /// This client, or one with its own pool whose idle connections are reused for `idle`
-    /// (a provider's `pool_idle_timeout`); the TLS configuration is shared.
+    /// The client whose pool reuses idle connections for `idle` (a provider's
+    /// `pool_idle_timeout`): this one, or one built once per value over the same TLS
+    /// configuration and shared by every provider that asks for that value.
     pub fn with_pool_idle_timeout(&self, idle: Duration) -> Self {
         if idle == self.pool_idle_timeout {
             return self.clone();
         }
-        Self::pooled(self.connector.clone(), idle)
+        let mut siblings = self
+            .siblings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sibling) = siblings.iter().find(|c| c.pool_idle_timeout == idle) {
+            return sibling.clone();
+        }
+        let mut sibling = Self::pooled(self.connector.clone(), idle);
+        sibling.siblings = Arc::clone(&self.siblings);
+        siblings.push(sibling.clone());
+        sibling
     }
 
     /// A `POST` of `path` under the endpoint's base URL.

@@ -229,22 +229,27 @@ async fn an_http2_stream_is_resent_only_when_the_upstream_refused_it() {
     }
 }
 
-/// A provider's `pool_idle_timeout` gives its TLS client a pool of its own with that limit:
-/// past it, an idle connection the upstream still keeps is not reused.
+/// A provider's `pool_idle_timeout` gives its TLS client a pool with that limit, one per
+/// value, shared by the providers that ask for it: past the limit, an idle connection the
+/// upstream still keeps is not reused.
 #[tokio::test]
 async fn a_tls_clients_idle_connections_are_reused_within_its_idle_timeout() {
-    for (idle, connections) in [(Duration::from_millis(300), 2), (IDLE, 1)] {
+    for (idle, connections) in [(Duration::from_secs(1), 2), (IDLE, 1)] {
         let (base, accepted, client) = dropping_tls_upstream(usize::MAX, false).await;
+        let shared = client.with_pool_idle_timeout(idle);
         let client = client.with_pool_idle_timeout(idle);
+        let built = client.siblings.lock().map(|s| s.len()).unwrap_or_default();
+        assert_eq!(built, usize::from(idle != IDLE), "one client per value");
         let (endpoint, _) = counted_endpoint(base);
-        for _ in 0..2 {
-            assert_eq!(
-                get_body(&client, &endpoint).await.as_deref(),
-                Ok(&b"ok"[..])
-            );
+        for client in [&shared, &client] {
+            assert_eq!(get_body(client, &endpoint).await.as_deref(), Ok(&b"ok"[..]));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one pool, reused while fresh"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
             get_body(&client, &endpoint).await.as_deref(),
             Ok(&b"ok"[..])

@@ -45,8 +45,9 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// request is written for as long as it lives: typical chat requests reuse it, and a thousand
 /// connections (busy, streaming or idle) hold 16 MiB of them at most, beside their read buffers.
 const KEPT_WRITE_BUFFER: usize = 16 * 1024;
-/// How often idle connections past their limit, or closed by the upstream, are closed while
-/// no request comes to take them: often enough that a connection an upstream closes after 5 s
+/// How often (at most; a shorter `pool_idle_timeout` sets it) idle connections past their
+/// limit, or closed by the upstream, are closed while no request comes to take them: often
+/// enough that a connection an upstream closes after 5 s
 /// idle does not linger half-closed for long.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 
@@ -479,7 +480,11 @@ impl OriginPool {
 /// Closes connections idle for longer than their limit, or closed by the upstream,
 /// while no request comes to take them; ends with the pool.
 async fn reap_idle(pool: Weak<OriginPool>) {
-    let mut tick = tokio::time::interval(REAP_EVERY);
+    let every = pool
+        .upgrade()
+        .map_or(REAP_EVERY, |pool| REAP_EVERY.min(pool.idle_timeout))
+        .max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -261,14 +261,14 @@ async fn an_idle_connection_is_not_reused_past_the_pools_idle_timeout() {
     let Some((base, accepted)) = scripted_upstream(usize::MAX, OK).await else {
         panic!("the test upstream binds");
     };
-    let Some(pool) = OriginPool::for_base_url(&base, None, Duration::from_millis(300)) else {
+    let Some(pool) = OriginPool::for_base_url(&base, None, Duration::from_secs(1)) else {
         panic!("a plain-HTTP base URL gets a pool");
     };
     for _ in 0..2 {
         assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused while fresh");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
