@@ -10,7 +10,7 @@ and the CPU per 1000 requests.
     python3 bench/ab.py before=/tmp/hapax-old after=target/release/hapax
     python3 bench/ab.py a=BIN b=BIN --rates 500,2000 --latencies 0,20 --duration 20 --rounds 5
     python3 bench/ab.py a=BIN b=BIN --closed-loop --duration 40 --rounds 8
-    python3 bench/ab.py plain=BIN busy=BIN+busy_poll=30us   (server settings for a binary but the first)
+    python3 bench/ab.py spin=BIN nospin=BIN+busy_poll=0s   (server settings for a binary but the first)
 
 `--closed-loop` measures throughput instead: every other binary against the first, closed loop
 at c=16 (the harness's paired rounds, order flipped every round), 0 ms mock.

@@ -7,6 +7,8 @@
 #   DEDUP=on bash bench/callgrind.sh   (deduplication's path, the default config's: no
 #     `X-Hapax-Dedup: off`, one request at a time so that no two identical ones share a call;
 #     compare with C=1, the same load with the opt-out)
+#   BUSY_POLL=200us bash bench/callgrind.sh   (busy polling on, as by default; off here unless
+#     asked: how long it spins depends on timing, so the count would move from run to run)
 # Runs the gateway under callgrind twice (N1 and N2 requests, realistic config: auth, rate
 # limits, metrics, JSON logs at info) and reports (I(N2) - I(N1)) / (N2 - N1).
 set -euo pipefail
@@ -23,7 +25,7 @@ command -v oha >/dev/null || { echo "oha is needed (cargo install oha --locked)"
 for _ in $(seq 50); do grep -q 'http=' "$work/mock.out" 2>/dev/null && break; sleep 0.1; done
 mock=$(grep -o 'http=[^ ]*' "$work/mock.out" | cut -d= -f2)
 cat > "$work/gw.yaml" <<YAML
-server: {host: 127.0.0.1, port: 0}
+server: {host: 127.0.0.1, port: 0, busy_poll: ${BUSY_POLL:-0s}}
 logging: {level: info}
 providers:
   primary: {type: openai_compatible, base_url: "http://$mock/v1", model: mock-1}

@@ -11,8 +11,9 @@ pub const SERVER_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const SERVER_SHUTDOWN_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(30);
 pub const SERVER_MAX_INFLIGHT_REQUESTS: usize = 1024;
 pub const SERVER_MAX_CONNECTIONS: usize = 10_000;
-/// Off: busy polling trades CPU for latency, a choice for the operator.
-pub const SERVER_BUSY_POLL: ConfigDuration = ConfigDuration::from_millis(0);
+/// Spin only for upstreams that lately answered within 200 µs, about what a few wake-ups of a
+/// halted vCPU cost: never for a hosted LLM, so the default costs nothing there.
+pub const SERVER_BUSY_POLL: ConfigDuration = ConfigDuration::from_micros(200);
 /// The longest busy-poll window accepted: past it, spinning outlasts any wake-up it saves.
 pub const SERVER_BUSY_POLL_MAX: ConfigDuration = ConfigDuration::from_millis(1);
 /// Hapax's `queue.initial_size` default, the cap when `queue:` is on without a size.

@@ -21,6 +21,11 @@ impl ConfigDuration {
         Self(Duration::from_millis(millis))
     }
 
+    /// For defaults written as constants.
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(Duration::from_micros(micros))
+    }
+
     /// The duration to hand to timers.
     pub fn get(&self) -> Duration {
         self.0

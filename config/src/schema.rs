@@ -67,9 +67,9 @@ pub struct ServerConfig {
     /// Open TCP connections beyond which a new one is accepted and closed at once.
     #[serde(alias = "maxConnections")]
     pub max_connections: usize,
-    /// After each plain HTTP/1.1 request, keep polling for I/O this long instead of sleeping,
-    /// so the upstream's answer is picked up without waking a halted CPU (0s = off; one-core
-    /// processes only).
+    /// While a request waits for a plain-HTTP upstream whose answers lately came within this
+    /// window, keep polling for I/O (for at most the window) instead of sleeping, so the answer
+    /// is picked up without waking a halted CPU (0s = off; one-core processes only).
     #[serde(alias = "busyPoll")]
     pub busy_poll: ConfigDuration,
 }

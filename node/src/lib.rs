@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod busy_poll;
 pub mod cache;
 pub mod cluster_link;
 pub mod consensus_link;

@@ -126,7 +126,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 #[tokio::test]
-async fn busy_polling_runs_on_one_core_sleeps_when_idle_and_is_refused_on_several() {
+async fn busy_polling_runs_on_one_core_sleeps_when_idle_and_is_off_on_several() {
     assert!(
         taskset_available(),
         "taskset (util-linux) is needed to give the gateway one core"
@@ -137,7 +137,7 @@ async fn busy_polling_runs_on_one_core_sleeps_when_idle_and_is_refused_on_severa
     eventually(Duration::from_secs(10), "the busy-polling log line", || {
         let on = gateway
             .logs()
-            .contains("busy polling after each HTTP/1.1 request");
+            .contains("busy polling while waiting for upstreams");
         async move { on.then_some(()) }
     })
     .await;
@@ -163,7 +163,9 @@ async fn busy_polling_runs_on_one_core_sleeps_when_idle_and_is_refused_on_severa
     if cores > 1 {
         let several = Gateway::start(&config);
         eventually(Duration::from_secs(10), "the busy-poll refusal", || {
-            let refused = several.logs().contains("server.busy_poll is ignored");
+            let refused = several
+                .logs()
+                .contains("busy polling is off: it needs a process with one core");
             async move { refused.then_some(()) }
         })
         .await;

@@ -87,10 +87,22 @@ fn zero_caps_and_unknown_queue_keys_are_refused() {
 }
 
 #[test]
-fn busy_polling_is_off_by_default_and_bounded() {
+fn busy_polling_is_on_by_default_can_be_turned_off_and_is_bounded() {
     let loaded = load(PROVIDER, &[]).unwrap();
-    assert!(loaded.config.server.busy_poll.is_zero());
-    assert!(!loaded.summary().contains("busy polling"));
+    assert_eq!(
+        loaded.config.server.busy_poll.get(),
+        std::time::Duration::from_micros(200)
+    );
+    assert!(
+        loaded
+            .summary()
+            .contains("busy polling: waits for upstreams that answer within 200us"),
+        "{}",
+        loaded.summary()
+    );
+    let off = load(&format!("server: {{busy_poll: 0s}}\n{PROVIDER}"), &[]).unwrap();
+    assert!(off.config.server.busy_poll.is_zero());
+    assert!(!off.summary().contains("busy polling"));
 
     let loaded = load(&format!("server: {{busy_poll: 30us}}\n{PROVIDER}"), &[]).unwrap();
     assert_eq!(
@@ -98,7 +110,7 @@ fn busy_polling_is_off_by_default_and_bounded() {
         std::time::Duration::from_micros(30)
     );
     assert!(
-        loaded.summary().contains("busy polling: 30us"),
+        loaded.summary().contains("within 30us"),
         "{}",
         loaded.summary()
     );

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use super::h1::{self, AnswerHead, BodyDecoder, Decoded, PlainRequest};
 use super::http::{CONNECT_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 use super::resend::{Failed, is_closed_by_peer};
+use crate::busy_poll::AnswerTime;
 
 /// A connection's read buffer: an answer's head and a short body fit in one read.
 const READ_BUFFER: usize = 8 * 1024;
@@ -66,6 +67,8 @@ pub struct OriginPool {
     resent: Option<IntCounter>,
     /// How long an idle connection is reused at most (the provider's `pool_idle_timeout`).
     idle_timeout: Duration,
+    /// How fast answers on kept connections have lately come, for busy polling.
+    answer_time: AnswerTime,
 }
 
 impl std::fmt::Debug for OriginPool {
@@ -331,6 +334,7 @@ impl OriginPool {
             reaper_started: AtomicBool::new(false),
             resent,
             idle_timeout,
+            answer_time: AnswerTime::default(),
         }))
     }
 
@@ -362,22 +366,24 @@ impl OriginPool {
             .unwrap_or_default();
         h1::encode_request(&mut bytes, request, self.host.as_bytes());
         let (mut conn, head, sent_whole) = match idle {
-            Some((mut conn, taken)) => match conn.exchange(&bytes).await {
-                Ok((head, sent_whole)) => (conn, head, sent_whole),
-                // An idle connection the upstream had closed: the request goes once more.
-                Err(failed) if failed.may_resend(taken) => {
-                    tracing::debug!(
-                        upstream = %self.address,
-                        error = %failed.error,
-                        "a kept connection could not carry the request: sending it on a new one"
-                    );
-                    if let Some(resent) = &self.resent {
-                        resent.inc();
+            Some((mut conn, taken)) => {
+                match self.exchange_on_kept(&mut conn, &bytes, taken).await {
+                    Ok((head, sent_whole)) => (conn, head, sent_whole),
+                    // An idle connection the upstream had closed: the request goes once more.
+                    Err(failed) if failed.may_resend(taken) => {
+                        tracing::debug!(
+                            upstream = %self.address,
+                            error = %failed.error,
+                            "a kept connection could not carry the request: sending it on a new one"
+                        );
+                        if let Some(resent) = &self.resent {
+                            resent.inc();
+                        }
+                        self.exchange_on_new(&bytes).await?
                     }
-                    self.exchange_on_new(&bytes).await?
+                    Err(failed) => return Err(self.naming_upstream(failed.error)),
                 }
-                Err(failed) => return Err(self.naming_upstream(failed.error)),
-            },
+            }
             None => self.exchange_on_new(&bytes).await?,
         };
         // Answered before it read the whole request: the rest would be read as a request.
@@ -398,6 +404,22 @@ impl OriginPool {
             answer.body.finish();
         }
         Ok(answer)
+    }
+
+    /// The exchange on a kept connection, spun through when the upstream answers fast
+    /// ([`crate::busy_poll`]). A new connection's is not timed: its connect would be counted.
+    async fn exchange_on_kept(
+        &self,
+        conn: &mut Conn,
+        bytes: &[u8],
+        taken: Instant,
+    ) -> Result<(AnswerHead, bool), Failed> {
+        let waiting = self.answer_time.wait(taken);
+        let exchanged = conn.exchange(bytes).await;
+        if let (Some(waiting), Ok(_)) = (waiting, &exchanged) {
+            waiting.answered();
+        }
+        exchanged
     }
 
     async fn exchange_on_new(

@@ -143,6 +143,21 @@ async fn a_connection_is_reused_once_its_answer_is_read() {
     assert_eq!(pool.lock().len(), 1);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn answers_on_kept_connections_are_timed_where_busy_polling_runs() {
+    let (pool, _) = pool_on_scripted_upstream(usize::MAX, OK).await;
+    assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..])); // a new connection: not timed
+    assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..])); // no spinner: not timed
+    assert_eq!(pool.answer_time.expected(), None);
+    crate::busy_poll::start(Duration::from_millis(1));
+    assert_eq!(get(&pool).await.as_deref(), Ok(&b"ok"[..]));
+    let took = pool.answer_time.expected();
+    assert!(
+        took.is_some_and(|took| took < Duration::from_secs(5)),
+        "{took:?}"
+    );
+}
+
 /// An upstream that answers each request with the request's own bytes, head and body.
 async fn echo_upstream() -> Option<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;

@@ -3,7 +3,6 @@
 //! timeouts, TCP_NODELAY and graceful shutdown, and HTTP/3 over QUIC ([`h3`]) into the same
 //! router.
 
-pub mod busy_poll;
 pub mod front;
 pub mod gateway_headers;
 mod guarded_body;
@@ -166,7 +165,7 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_timeout: Duration,
-    /// Busy polling after each plain HTTP/1.1 request ([`busy_poll`]); zero = off.
+    /// Busy polling while waiting for upstreams that answer within it ([`crate::busy_poll`]); zero = off.
     pub busy_poll: Duration,
 }
 
@@ -204,8 +203,8 @@ pub async fn serve_tcp(
         header_read_timeout: settings.header_read_timeout,
         max_header_bytes: settings.max_header_bytes,
         alt_svc: options.alt_svc.clone(),
-        busy_poll: busy_poll::start(settings.busy_poll),
     });
+    crate::busy_poll::start(settings.busy_poll);
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
     let mut secure = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     secure

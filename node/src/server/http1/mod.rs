@@ -63,7 +63,6 @@ pub struct Http1Settings {
     pub max_header_bytes: usize,
     /// Added to every answer, e.g. `h3=":8443"; ma=86400` to announce HTTP/3.
     pub alt_svc: Option<HeaderValue>,
-    pub busy_poll: Option<Arc<super::busy_poll::BusyPoll>>,
 }
 
 /// Serves requests on `stream` until the client closes, a request cannot be framed, the
@@ -121,9 +120,6 @@ impl Connection {
             let Some(head) = self.read_head().await? else {
                 return Ok(());
             };
-            if let Some(busy) = &self.settings.busy_poll {
-                busy.touch();
-            }
             let (asked, answer, returned) = match head {
                 ParsedHead::Routed(head) => {
                     let asked = Asked {

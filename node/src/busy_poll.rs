@@ -1,0 +1,284 @@
+//! Busy polling (`server.busy_poll`): while a request waits for an upstream that has lately
+//! answered within the window, the runtime's thread keeps polling for I/O instead of sleeping
+//! in `epoll_wait`, so the answer is picked up without the wake-up of a halted CPU (tens of
+//! microseconds on a VM). Adaptive, like a mutex that spins only while its holder is about to
+//! let go: an upstream slower than the window (any hosted LLM) is never spun for, so the cost
+//! is CPU bounded by the wait itself, and only for upstreams that answer in microseconds.
+//!
+//! Only on tokio's current-thread runtime (a process with one core): there the spinning task's
+//! every yield makes the one thread poll the I/O driver without blocking. On the multi-thread
+//! runtime an idle worker holds the driver while it sleeps, so a spinning worker could not
+//! poll it and would only burn a core: there is then no spinner. The spinner belongs to the
+//! runtime's one thread, so it is found through a thread-local and needs no plumbing.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+thread_local! {
+    /// The spinner of the current-thread runtime running on this thread, if any.
+    static SPINNER: RefCell<Option<Arc<BusyPoll>>> = const { RefCell::new(None) };
+}
+
+/// Starts this thread's spinner when `window` is non-zero and the runtime can use it (once per
+/// thread: later calls find it).
+pub fn start(window: Duration) {
+    if window.is_zero() || SPINNER.with_borrow(Option::is_some) {
+        return;
+    }
+    let flavor = tokio::runtime::Handle::current().runtime_flavor();
+    if flavor != tokio::runtime::RuntimeFlavor::CurrentThread {
+        tracing::info!(
+            window_us = window.as_micros() as u64,
+            "busy polling is off: it needs a process with one core (the current-thread \
+             runtime, e.g. under `taskset -c N`); with more, a spinning worker cannot poll I/O"
+        );
+        return;
+    }
+    tracing::info!(
+        window_us = window.as_micros() as u64,
+        "busy polling while waiting for upstreams that answer within the window"
+    );
+    let busy = Arc::new(BusyPoll {
+        window,
+        started: AtomicU64::new(0),
+        ended: AtomicU64::new(0),
+        sleeping: AtomicBool::new(false),
+        wake: Notify::new(),
+    });
+    tokio::spawn(Arc::clone(&busy).run());
+    SPINNER.set(Some(busy));
+}
+
+/// One request's wait for its upstream's answer; see [`hold`].
+pub struct Hold(Arc<BusyPoll>);
+
+/// How fast an upstream has lately answered (a moving average), to decide whether a wait for
+/// it is worth spinning through. Timed only where a spinner runs.
+#[derive(Debug)]
+pub struct AnswerTime {
+    /// Microseconds; [`AnswerTime::UNKNOWN`] before the first answer.
+    micros: AtomicU32,
+}
+
+impl Default for AnswerTime {
+    fn default() -> Self {
+        Self {
+            micros: AtomicU32::new(Self::UNKNOWN),
+        }
+    }
+}
+
+impl AnswerTime {
+    const UNKNOWN: u32 = u32::MAX;
+
+    /// Starts a wait for an answer that went out at `sent`: spun through when this thread
+    /// has a spinner and the upstream's answers lately came within its window (or none has
+    /// come yet); `None` when no spinner runs here, so nothing is timed.
+    pub fn wait(&self, sent: Instant) -> Option<Waiting<'_>> {
+        let micros = self.micros.load(Ordering::Relaxed);
+        let expected = Duration::from_micros(if micros == Self::UNKNOWN {
+            0
+        } else {
+            micros.into()
+        });
+        SPINNER.with_borrow(|spinner| {
+            let busy = spinner.as_ref()?;
+            let hold = (expected <= busy.window).then(|| busy.hold());
+            Some(Waiting {
+                time: self,
+                sent,
+                _hold: hold,
+            })
+        })
+    }
+
+    /// Folds one answer's time in at a quarter weight: an upstream that turns slow stops being
+    /// spun for after one or two answers, and one slow answer among fast ones leaves the next
+    /// dozen or so waits unspun. The first answer sets it.
+    fn record(&self, took: Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(Self::UNKNOWN - 1);
+        let sample = sample.min(Self::UNKNOWN - 1);
+        let old = self.micros.load(Ordering::Relaxed);
+        let new = if old == Self::UNKNOWN {
+            sample
+        } else {
+            ((u64::from(old) * 3 + u64::from(sample)) / 4) as u32
+        };
+        self.micros.store(new, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn expected(&self) -> Option<Duration> {
+        let micros = self.micros.load(Ordering::Relaxed);
+        (micros != Self::UNKNOWN).then(|| Duration::from_micros(micros.into()))
+    }
+}
+
+/// A request waiting for its upstream's answer, maybe spun through.
+pub struct Waiting<'a> {
+    time: &'a AnswerTime,
+    sent: Instant,
+    _hold: Option<Hold>,
+}
+
+impl Waiting<'_> {
+    /// The answer came: its time is folded into the upstream's, and the spinning stops.
+    pub fn answered(self) {
+        self.time.record(self.sent.elapsed());
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct BusyPoll {
+    window: Duration,
+    /// Holds taken; the spinner spins for at most `window` after it sees this change.
+    started: AtomicU64,
+    /// Holds dropped: with `started`, whether anyone still waits.
+    ended: AtomicU64,
+    sleeping: AtomicBool,
+    wake: Notify,
+}
+
+impl BusyPoll {
+    /// A wait to spin through: the spinning stops when the hold is dropped or the window has
+    /// passed, whichever comes first.
+    fn hold(self: &Arc<Self>) -> Hold {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+        Hold(Arc::clone(self))
+    }
+
+    /// The spinner: yields to the scheduler (which polls I/O without blocking when nothing
+    /// else is ready) while a hold is open and within its window; sleeps otherwise until the
+    /// next hold.
+    async fn run(self: Arc<Self>) {
+        let mut seen = self.started.load(Ordering::Relaxed);
+        let mut until = Instant::now();
+        loop {
+            let started = self.started.load(Ordering::Relaxed);
+            if started != seen {
+                seen = started;
+                until = Instant::now() + self.window;
+            } else if self.ended.load(Ordering::Relaxed) == started || Instant::now() >= until {
+                self.sleeping.store(true, Ordering::Relaxed);
+                if self.started.load(Ordering::Relaxed) == seen {
+                    self.wake.notified().await;
+                }
+                self.sleeping.store(false, Ordering::Relaxed);
+                continue;
+            }
+            // Lets whatever else is runnable on this core (the upstream or the client, when
+            // they share it) run first: spinning past them would delay the very answer it
+            // waits for. A system call that returns at once when nothing else is runnable.
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spinner() -> Arc<BusyPoll> {
+        SPINNER.with_borrow(|s| s.clone()).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn waits_are_timed_only_with_a_spinner_and_spun_only_within_the_window() {
+        let time = AnswerTime::default();
+        assert!(
+            time.wait(Instant::now()).is_none(),
+            "no spinner on this thread yet"
+        );
+        start(Duration::from_micros(100));
+        start(Duration::from_micros(500)); // the first spinner stays
+        let busy = spinner();
+        assert_eq!(busy.window, Duration::from_micros(100));
+
+        // Nothing known yet: spun.
+        let wait = time.wait(Instant::now()).unwrap();
+        assert!(wait._hold.is_some());
+        drop(wait); // failed: not timed
+        assert_eq!(time.expected(), None);
+
+        let sent = Instant::now() - Duration::from_micros(80);
+        time.wait(sent).unwrap().answered();
+        let first = time.expected().unwrap();
+        assert!(first >= Duration::from_micros(80) && first < Duration::from_millis(50));
+        assert!(time.wait(Instant::now()).unwrap()._hold.is_some());
+
+        // One slow answer (20 ms) puts the estimate past the window: timed, not spun.
+        time.wait(Instant::now() - Duration::from_millis(20))
+            .unwrap()
+            .answered();
+        let wait = time.wait(Instant::now()).unwrap();
+        assert!(wait._hold.is_none());
+        drop(wait);
+        // Fast answers bring it back within a few.
+        for _ in 0..20 {
+            time.wait(Instant::now() - Duration::from_micros(10))
+                .unwrap()
+                .answered();
+        }
+        assert!(time.wait(Instant::now()).unwrap()._hold.is_some());
+        assert_eq!(
+            busy.started.load(Ordering::Relaxed),
+            busy.ended.load(Ordering::Relaxed),
+            "every hold ended with its wait"
+        );
+    }
+
+    #[test]
+    fn the_estimate_follows_a_quarter_of_each_answer() {
+        let time = AnswerTime::default();
+        time.record(Duration::from_micros(400));
+        assert_eq!(time.expected(), Some(Duration::from_micros(400)));
+        time.record(Duration::from_micros(0));
+        assert_eq!(time.expected(), Some(Duration::from_micros(300)));
+        time.record(Duration::from_secs(1 << 40)); // saturates, never "unknown"
+        assert!(time.expected().unwrap() > Duration::from_secs(1000));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_spinner_sleeps_when_no_hold_is_open_and_spins_while_one_is() {
+        start(Duration::from_millis(50));
+        let busy = spinner();
+        tokio::task::yield_now().await;
+        assert!(busy.sleeping.load(Ordering::Relaxed), "idle: asleep");
+        let open = busy.hold();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !busy.sleeping.load(Ordering::Relaxed),
+            "a hold is open: spinning"
+        );
+        drop(open);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            busy.sleeping.load(Ordering::Relaxed),
+            "the hold ended: asleep again"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_multi_thread_runtime_gets_no_spinner() {
+        start(Duration::from_micros(100));
+        assert!(AnswerTime::default().wait(Instant::now()).is_none());
+    }
+}
