@@ -108,7 +108,7 @@ impl LoadedConfig {
         if !server.busy_poll.is_zero() {
             let _ = writeln!(
                 out,
-                "busy polling: waits for upstreams that answer within {} (one-core processes only)",
+                "busy polling: spins while waiting for upstreams that answer within {} (one-core processes only)",
                 server.busy_poll
             );
         }

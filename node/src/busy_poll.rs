@@ -24,9 +24,9 @@ thread_local! {
 }
 
 /// Starts this thread's spinner when `window` is non-zero and the runtime can use it (once per
-/// thread: later calls find it).
+/// thread while its runtime lives: later calls find it).
 pub fn start(window: Duration) {
-    if window.is_zero() || SPINNER.with_borrow(Option::is_some) {
+    if window.is_zero() || running_spinner().is_some() {
         return;
     }
     let flavor = tokio::runtime::Handle::current().runtime_flavor();
@@ -45,16 +45,33 @@ pub fn start(window: Duration) {
     let busy = Arc::new(BusyPoll {
         window,
         started: AtomicU64::new(0),
-        ended: AtomicU64::new(0),
+        latest_ended: AtomicU64::new(0),
         sleeping: AtomicBool::new(false),
+        alive: AtomicBool::new(true),
         wake: Notify::new(),
     });
     tokio::spawn(Arc::clone(&busy).run());
-    SPINNER.set(Some(busy));
+    // Ignored during the thread's teardown, when there is nothing left to spin for.
+    let _ = SPINNER.try_with(|spinner| spinner.replace(Some(busy)));
 }
 
-/// One request's wait for its upstream's answer; see [`hold`].
-pub struct Hold(Arc<BusyPoll>);
+/// This thread's spinner, unless there is none or its runtime has gone (a thread that ran
+/// one runtime and then another, as tests do).
+fn running_spinner() -> Option<Arc<BusyPoll>> {
+    SPINNER
+        .try_with(|spinner| {
+            spinner
+                .borrow()
+                .as_ref()
+                .filter(|busy| busy.alive.load(Ordering::SeqCst))
+                .map(Arc::clone)
+        })
+        .ok()
+        .flatten()
+}
+
+/// One request's wait for its upstream's answer, spun through; its number among the holds.
+pub struct Hold(Arc<BusyPoll>, u64);
 
 /// How fast an upstream has lately answered (a moving average), to decide whether a wait for
 /// it is worth spinning through. Timed only where a spinner runs.
@@ -85,14 +102,12 @@ impl AnswerTime {
         } else {
             micros.into()
         });
-        SPINNER.with_borrow(|spinner| {
-            let busy = spinner.as_ref()?;
-            let hold = (expected <= busy.window).then(|| busy.hold());
-            Some(Waiting {
-                time: self,
-                sent,
-                _hold: hold,
-            })
+        let busy = running_spinner()?;
+        let hold = (expected <= busy.window).then(|| busy.hold());
+        Some(Waiting {
+            time: self,
+            sent,
+            _hold: hold,
         })
     }
 
@@ -134,48 +149,78 @@ impl Waiting<'_> {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.0.ended.fetch_add(1, Ordering::Relaxed);
+        let Hold(busy, number) = self;
+        // Only the latest hold's end stops the spinning: an older one still open (a slow
+        // upstream, the first wait for one not yet timed) must not keep it going.
+        if busy.started.load(Ordering::SeqCst) == *number {
+            busy.latest_ended.store(*number, Ordering::SeqCst);
+        }
     }
 }
 
+/// The spinner's state. Holds are taken and dropped on the runtime's one thread, but `Hold`
+/// is `Send` (it lives across awaits), so the orderings are sequentially consistent all the
+/// same: the `sleeping` / `started` hand-over must not lose a wake-up whatever thread drops.
 struct BusyPoll {
     window: Duration,
-    /// Holds taken; the spinner spins for at most `window` after it sees this change.
+    /// Holds taken, which numbers them; the spinner spins for at most `window` after it sees
+    /// this change.
     started: AtomicU64,
-    /// Holds dropped: with `started`, whether anyone still waits.
-    ended: AtomicU64,
+    /// The number of the latest hold, once it has ended: the spinning stops.
+    latest_ended: AtomicU64,
+    /// Set while the spinner waits for the next hold, so that taking one wakes it.
     sleeping: AtomicBool,
+    /// Cleared when the spinner's task ends (its runtime shut down).
+    alive: AtomicBool,
     wake: Notify,
 }
 
+/// Clears `alive` when the spinner's task is dropped, polled or not.
+struct Alive(Arc<BusyPoll>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+    }
+}
+
 impl BusyPoll {
-    /// A wait to spin through: the spinning stops when the hold is dropped or the window has
-    /// passed, whichever comes first.
+    /// A wait to spin through: the spinning stops when it is the latest and is dropped, or
+    /// the window has passed, whichever comes first.
     fn hold(self: &Arc<Self>) -> Hold {
-        self.started.fetch_add(1, Ordering::Relaxed);
-        if self.sleeping.load(Ordering::Relaxed) {
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.sleeping.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
-        Hold(Arc::clone(self))
+        Hold(Arc::clone(self), number)
     }
 
     /// The spinner: yields to the scheduler (which polls I/O without blocking when nothing
-    /// else is ready) while a hold is open and within its window; sleeps otherwise until the
-    /// next hold.
-    async fn run(self: Arc<Self>) {
-        let mut seen = self.started.load(Ordering::Relaxed);
+    /// else is ready) while the latest hold is open and within its window; sleeps otherwise
+    /// until the next hold.
+    fn run(self: Arc<Self>) -> impl Future<Output = ()> {
+        let alive = Alive(Arc::clone(&self));
+        async move {
+            let _alive = alive;
+            self.spin().await;
+        }
+    }
+
+    async fn spin(&self) {
+        let mut seen = 0; // a hold taken before this first runs is spun for too
         let mut until = Instant::now();
         loop {
-            let started = self.started.load(Ordering::Relaxed);
+            let started = self.started.load(Ordering::SeqCst);
             if started != seen {
                 seen = started;
                 until = Instant::now() + self.window;
-            } else if self.ended.load(Ordering::Relaxed) == started || Instant::now() >= until {
-                self.sleeping.store(true, Ordering::Relaxed);
-                if self.started.load(Ordering::Relaxed) == seen {
+            } else if self.latest_ended.load(Ordering::SeqCst) == started || Instant::now() >= until
+            {
+                self.sleeping.store(true, Ordering::SeqCst);
+                if self.started.load(Ordering::SeqCst) == seen {
                     self.wake.notified().await;
                 }
-                self.sleeping.store(false, Ordering::Relaxed);
+                self.sleeping.store(false, Ordering::SeqCst);
                 continue;
             }
             // Lets whatever else is runnable on this core (the upstream or the client, when
@@ -193,7 +238,7 @@ mod tests {
     use super::*;
 
     fn spinner() -> Arc<BusyPoll> {
-        SPINNER.with_borrow(|s| s.clone()).unwrap()
+        running_spinner().unwrap()
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -235,9 +280,9 @@ mod tests {
         }
         assert!(time.wait(Instant::now()).unwrap()._hold.is_some());
         assert_eq!(
-            busy.started.load(Ordering::Relaxed),
-            busy.ended.load(Ordering::Relaxed),
-            "every hold ended with its wait"
+            busy.started.load(Ordering::SeqCst),
+            busy.latest_ended.load(Ordering::SeqCst),
+            "the latest hold ended with its wait"
         );
     }
 
@@ -274,6 +319,50 @@ mod tests {
             busy.sleeping.load(Ordering::Relaxed),
             "the hold ended: asleep again"
         );
+
+        // An older hold still open (a slow upstream) does not keep the spinning going once
+        // the latest has ended.
+        let slow = busy.hold();
+        let fast = busy.hold();
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !busy.sleeping.load(Ordering::Relaxed),
+            "spinning for the fast one"
+        );
+        drop(fast);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            busy.sleeping.load(Ordering::Relaxed),
+            "the latest ended: asleep"
+        );
+        drop(slow);
+    }
+
+    #[test]
+    fn a_thread_whose_runtime_has_gone_starts_a_new_spinner() {
+        let first = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        first.block_on(async { start(Duration::from_micros(100)) });
+        assert!(running_spinner().is_some());
+        drop(first); // its tasks, the spinner among them, are dropped
+        assert!(
+            running_spinner().is_none(),
+            "a spinner with no runtime is not used"
+        );
+        let second = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            start(Duration::from_micros(300));
+            tokio::task::yield_now().await;
+            let busy = running_spinner().unwrap();
+            assert_eq!(busy.window, Duration::from_micros(300));
+        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -132,12 +132,16 @@ async fn busy_polling_runs_on_one_core_sleeps_when_idle_and_is_off_on_several() 
         "taskset (util-linux) is needed to give the gateway one core"
     );
     let mock = MockUpstream::start();
-    let config = config(&mock).replace("port: 0}", "port: 0, busy_poll: 500us}");
+    // The default config: busy polling is on, with a 200 µs window.
+    let config = config(&mock);
+    assert!(!config.contains("busy_poll"));
     let gateway = Gateway::start_via(&["taskset", "-c", "0"], &config, &[]);
     eventually(Duration::from_secs(10), "the busy-polling log line", || {
-        let on = gateway
-            .logs()
-            .contains("busy polling while waiting for upstreams");
+        let logs = gateway.logs();
+        let on = logs.lines().any(|line| {
+            line.contains("busy polling while waiting for upstreams")
+                && line.contains("\"window_us\":200")
+        });
         async move { on.then_some(()) }
     })
     .await;

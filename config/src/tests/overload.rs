@@ -96,7 +96,7 @@ fn busy_polling_is_on_by_default_can_be_turned_off_and_is_bounded() {
     assert!(
         loaded
             .summary()
-            .contains("busy polling: waits for upstreams that answer within 200us"),
+            .contains("busy polling: spins while waiting for upstreams that answer within 200us"),
         "{}",
         loaded.summary()
     );
