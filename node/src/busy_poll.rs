@@ -297,26 +297,27 @@ mod tests {
         assert!(time.expected().unwrap() > Duration::from_secs(1000));
     }
 
+    /// Whether the spinner is asleep once it has had a few turns.
+    async fn asleep_after_a_few_turns(busy: &BusyPoll) -> bool {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        busy.sleeping.load(Ordering::SeqCst)
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn the_spinner_sleeps_when_no_hold_is_open_and_spins_while_one_is() {
         start(Duration::from_millis(50));
         let busy = spinner();
-        tokio::task::yield_now().await;
-        assert!(busy.sleeping.load(Ordering::Relaxed), "idle: asleep");
+        assert!(asleep_after_a_few_turns(&busy).await, "idle: asleep");
         let open = busy.hold();
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
         assert!(
-            !busy.sleeping.load(Ordering::Relaxed),
+            !asleep_after_a_few_turns(&busy).await,
             "a hold is open: spinning"
         );
         drop(open);
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
         assert!(
-            busy.sleeping.load(Ordering::Relaxed),
+            asleep_after_a_few_turns(&busy).await,
             "the hold ended: asleep again"
         );
 
@@ -324,19 +325,13 @@ mod tests {
         // the latest has ended.
         let slow = busy.hold();
         let fast = busy.hold();
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
         assert!(
-            !busy.sleeping.load(Ordering::Relaxed),
+            !asleep_after_a_few_turns(&busy).await,
             "spinning for the fast one"
         );
         drop(fast);
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
         assert!(
-            busy.sleeping.load(Ordering::Relaxed),
+            asleep_after_a_few_turns(&busy).await,
             "the latest ended: asleep"
         );
         drop(slow);
