@@ -31,9 +31,9 @@ use tokio::net::TcpStream;
 use super::h1::{self, AnswerHead, PlainRequest};
 use super::http::{CONNECT_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
 use super::resend::{Failed, is_closed_by_peer};
+use crate::busy_poll::AnswerTime;
 
 mod body;
-use crate::busy_poll::AnswerTime;
 pub use body::PooledBody;
 
 /// A connection's read buffer: an answer's head and a short body fit in one read.
