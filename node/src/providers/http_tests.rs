@@ -229,6 +229,105 @@ async fn an_http2_stream_is_resent_only_when_the_upstream_refused_it() {
     }
 }
 
+/// Over HTTP/2, a GOAWAY that names a last stream below the request's says the upstream
+/// never processed it (a front end rotating its connections): it goes once more, on a new
+/// connection. A GOAWAY that names the request's stream as processed, followed by the
+/// connection's close, is a failure: the upstream may have been at work on it.
+#[tokio::test]
+async fn an_http2_stream_shut_out_by_a_goaway_is_resent() {
+    for last_processed in [0, 1] {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (base, accepted, client) = tls_upstream(b"h2", move |tls| {
+            let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    go_away_after_first_request(tls, last_processed).await;
+                } else {
+                    answer_ok_over_h2(tls).await;
+                }
+            }
+        })
+        .await;
+        let (endpoint, resent) = counted_endpoint(base);
+        let answer = get_body(&client, &endpoint).await;
+        if last_processed == 0 {
+            assert_eq!(answer.as_deref(), Ok(&b"ok"[..]));
+            assert_eq!(resent.get(), 1, "the shut-out stream went again");
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "on a new connection");
+        } else {
+            assert!(answer.is_err(), "a processed stream lost: {answer:?}");
+            assert_eq!(resent.get(), 0, "a processed stream is not sent again");
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        }
+    }
+}
+
+/// Raw HTTP/2 frames (h2's server always names every stream it has read as processed): the
+/// settings exchange, then, at the first request's HEADERS, a GOAWAY naming
+/// `last_processed` (`NO_ERROR`, as a graceful shutdown) and the connection closed.
+async fn go_away_after_first_request(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    last_processed: u32,
+) {
+    use tokio::io::AsyncReadExt;
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let length = u32::try_from(payload.len())
+            .unwrap_or_default()
+            .to_be_bytes();
+        let mut frame = length[1..].to_vec();
+        frame.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let mut preface = [0u8; 24];
+    if tls.read_exact(&mut preface).await.is_err()
+        || tls.write_all(&frame(SETTINGS, 0, &[])).await.is_err()
+    {
+        return;
+    }
+    loop {
+        let mut head = [0u8; 9];
+        if tls.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        if tls.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let written = match head[3] {
+            HEADERS => {
+                let mut go_away = last_processed.to_be_bytes().to_vec();
+                go_away.extend_from_slice(&u32::from(h2::Reason::NO_ERROR).to_be_bytes());
+                let _ = tls.write_all(&frame(GOAWAY, 0, &go_away)).await;
+                let _ = tls.shutdown().await;
+                return;
+            }
+            SETTINGS if head[4] & ACK == 0 => tls.write_all(&frame(SETTINGS, ACK, &[])).await,
+            _ => Ok(()),
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers every request on the connection with `ok`.
+async fn answer_ok_over_h2(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    let Ok(mut connection) = h2::server::handshake(tls).await else {
+        return;
+    };
+    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+        if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+            let _ = body.send_data(Bytes::from_static(b"ok"), true);
+        }
+    }
+}
+
 /// A provider's `pool_idle_timeout` gives its TLS client a pool with that limit, one per
 /// value, shared by the providers that ask for it: past the limit, an idle connection the
 /// upstream still keeps is not reused.

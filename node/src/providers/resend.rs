@@ -1,8 +1,8 @@
 //! When a request that failed on its way to an upstream may go again on another connection:
 //! only when the upstream never processed it. The keep-alive race (an upstream closing an idle
-//! connection as a request arrives on it) and a refused HTTP/2 stream are not the upstream
-//! failing, so they must not reach the circuit breaker; a drop while the upstream may have been
-//! at work is, and sending the request again would repeat the work.
+//! connection as a request arrives on it) and an HTTP/2 stream refused or shut out by a GOAWAY
+//! are not the upstream failing, so they must not reach the circuit breaker; a drop while the
+//! upstream may have been at work is, and sending the request again would repeat the work.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -67,7 +67,7 @@ pub fn is_closed_by_peer(error: &io::Error) -> bool {
 /// out. One that went out on a kept HTTP/1.1 connection just as the upstream's keep-alive
 /// timeout (or a graceful restart) dropped it would fail, and count against the provider's
 /// circuit breaker, although the upstream never saw it fail; so would an HTTP/2 stream the
-/// upstream refused. See [`never_processed`].
+/// upstream refused or shut out with a GOAWAY. See [`never_processed`].
 pub(super) async fn request_resending(
     client: &HttpClient,
     request: http::Request<Full<Bytes>>,
@@ -95,8 +95,12 @@ pub(super) async fn request_resending(
 
 /// Whether the client's error, for a request sent at `sent`, says the upstream never processed
 /// it. Connect errors, TLS handshakes included, are failures of the upstream.
-/// - HTTP/2: the stream was refused (`REFUSED_STREAM`, which RFC 9113 §8.7 says is never
-///   processed). A connection lost under its streams is not: they may have been at work.
+/// - HTTP/2: the stream was refused (`REFUSED_STREAM`), or the upstream's GOAWAY named a
+///   last stream below it; RFC 9113 §8.7 and §6.8 say neither was processed. h2 gives a
+///   remote GOAWAY's error only to the streams above that last one (a front end rotating its
+///   connections does this routinely); a stream at or below it that the connection then loses
+///   fails with the connection's I/O error instead, and is not sent again: it may have been at
+///   work.
 /// - HTTP/1.1: the connection was closed or reset before a complete answer head (an error
 ///   after the head comes from the body instead), within [`RACE_WINDOW`] of the request going
 ///   out, as the plain pool's rule. hyper-util does not say whether the connection was a
@@ -112,7 +116,8 @@ fn never_processed(error: &hyper_util::client::legacy::Error, sent: std::time::I
     while let Some(inner) = source {
         if http2 {
             if let Some(stream) = inner.downcast_ref::<h2::Error>() {
-                return stream.reason() == Some(h2::Reason::REFUSED_STREAM);
+                return stream.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (stream.is_go_away() && stream.is_remote());
             }
         } else if inner
             .downcast_ref::<hyper::Error>()
