@@ -82,7 +82,7 @@ pub(super) async fn request_resending(
         Err(error) if never_processed(&error, sent) => {
             tracing::debug!(
                 error = %describe(&error),
-                "the upstream dropped the connection before answering: sending the request again"
+                "the upstream never processed the request (a connection dropped before an answer, a refused stream, a GOAWAY): sending it again"
             );
             if let Some(resent) = resent {
                 resent.inc();
@@ -97,10 +97,14 @@ pub(super) async fn request_resending(
 /// it. Connect errors, TLS handshakes included, are failures of the upstream.
 /// - HTTP/2: the stream was refused (`REFUSED_STREAM`), or the upstream's GOAWAY named a
 ///   last stream below it; RFC 9113 §8.7 and §6.8 say neither was processed. h2 gives a
-///   remote GOAWAY's error only to the streams above that last one (a front end rotating its
-///   connections does this routinely); a stream at or below it that the connection then loses
-///   fails with the connection's I/O error instead, and is not sent again: it may have been at
-///   work.
+///   remote GOAWAY's error to the streams above that last one and to requests handed to the
+///   connection after it (never opened there). A stream at or below it that the connection
+///   then loses fails with another error (I/O, a reset) and is not sent again: it may have
+///   been at work. One race is left, in hyper's client task: it checks the connection for an
+///   error right after handing a request to h2, so a GOAWAY read in that instant that names
+///   the new stream as processed would fail it with the same error. It needs the connection's
+///   task to send the request and read the upstream's answer to it while the client task is
+///   between two calls, which a request to a remote upstream does not leave time for.
 /// - HTTP/1.1: the connection was closed or reset before a complete answer head (an error
 ///   after the head comes from the body instead), within [`RACE_WINDOW`] of the request going
 ///   out, as the plain pool's rule. hyper-util does not say whether the connection was a
