@@ -230,8 +230,8 @@ async fn an_http2_stream_is_resent_only_when_the_upstream_refused_it() {
 }
 
 /// Over HTTP/2, a GOAWAY that names a last stream below the request's says the upstream
-/// never processed it (a front end rotating its connections): it goes once more, on a new
-/// connection. A GOAWAY that names the request's stream as processed, followed by the
+/// never processed it (the request crossed the GOAWAY of a front end closing the connection):
+/// it goes once more, on a new connection. A GOAWAY that names the request's stream as processed, followed by the
 /// connection's close, is a failure: the upstream may have been at work on it.
 #[tokio::test]
 async fn an_http2_stream_shut_out_by_a_goaway_is_resent() {
