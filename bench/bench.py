@@ -1254,10 +1254,35 @@ def absolute_target_rows(rows: list[dict], latencies: list[int], target: str, la
     for lat in latencies:
         a50, a99 = added(lat, 2000, target, "p50"), added(lat, 2000, target, "p99")
         L.append(f"| added latency p50, 2000 rps, {lat} ms mock{layout} | <= 50 µs | {with_spread(us(a50), spread(lat, 2000, target, 'p50'))} | "
-                 f"{added_verdict(a50, 50e-6)} |")
+                 f"{added_verdict(a50, 50e-6)}{floor_note(added(lat, 2000, 'nginx', 'p50'), 50e-6, a50)} |")
         L.append(f"| added latency p99, 2000 rps, {lat} ms mock{layout} | <= 1 ms | {with_spread(us(a99), spread(lat, 2000, target, 'p99'))} | "
-                 f"{added_verdict(a99, 1e-3)} |")
+                 f"{added_verdict(a99, 1e-3)}{floor_note(added(lat, 2000, 'nginx', 'p99'), 1e-3, a99)} |")
     return L
+
+
+def floor_note(nginx_added, target: float, added) -> str:
+    """Beside an absolute miss: what nginx, the cheapest hop, added in the same rounds, when it
+    misses the line too (then the miss is the layout's, not only the gateway's)."""
+    if added is None or nginx_added is None or added <= target or nginx_added <= target:
+        return ""
+    return f" (nginx, the plain hop, adds {us(nginx_added)} in the same rounds)"
+
+
+def hop_cost_line(r: dict) -> str:
+    """What the two-core layout itself costs a proxied request: nginx's added p50 there minus
+    its added p50 on one core (2000 rps, 0 ms mock), when both sections ran."""
+    one = r.get("one_core") or {}
+    if not one.get("available"):
+        return ""
+    two_core = added_fn(r["fixed_rate"])(0, 2000, "nginx", "p50")
+    one_core = added_fn(one["rows"])(0, 2000, "nginx", "p50")
+    if two_core is None or one_core is None or two_core <= one_core:
+        return ""
+    return (f"What the two-core layout costs a hop on this machine: nginx adds {us(two_core)} there and "
+            f"{us(one_core)} on one core (2000 rps, 0 ms mock), so ~{us(two_core - one_core)} of a proxied "
+            "request's added latency in that layout is its four cross-core wake-ups, which any proxy that "
+            "sleeps between requests pays (hapax's busy polling spares one of them: README, busy polling). "
+            "The one-core rows measure what a proxy's own work adds.\n")
 
 
 def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: list[int], layout: str = "") -> list[str]:
@@ -1350,6 +1375,9 @@ def report(r: dict) -> str:
     L.extend(cluster_target_rows(r.get("cluster") or {}))
     L.extend(h3_target_rows(r.get("h3") or {}))
     L.append("")
+    hop = hop_cost_line(r)
+    if hop:
+        L.append(hop)
 
     if r["loader"] == "oha":
         L.append("## Added latency (open loop, oha `-q RATE --latency-correction`)\n")
