@@ -1279,10 +1279,11 @@ def hop_cost_line(r: dict) -> str:
     if two_core is None or one_core is None or two_core <= one_core:
         return ""
     return (f"What the two-core layout costs a hop on this machine: nginx adds {us(two_core)} there and "
-            f"{us(one_core)} on one core (2000 rps, 0 ms mock), so ~{us(two_core - one_core)} of a proxied "
-            "request's added latency in that layout is its four cross-core wake-ups, which any proxy that "
-            "sleeps between requests pays (hapax's busy polling spares one of them: README, busy polling). "
-            "The one-core rows measure what a proxy's own work adds.\n")
+            f"{us(one_core)} on one core (2000 rps, 0 ms mock; {r['loader']} there, h3load's paced loop on one "
+            f"core), so ~{us(two_core - one_core)} of a proxied request's added latency in that layout is the "
+            "layout's: its four cross-core wake-ups, which any proxy that sleeps between requests pays (hapax's "
+            "busy polling spares one of them: README, busy polling). The one-core rows measure what a proxy's "
+            "own work adds.\n")
 
 
 def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: list[int], layout: str = "") -> list[str]:
