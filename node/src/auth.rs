@@ -2,8 +2,8 @@
 //! separate admin keys. Keys are kept only as sha256 digests and compared in constant time.
 //!
 //! A key that matched once is recognised after that by its fingerprint: a keyed SipHash-2-4
-//! (128 bits, a random key per process), ~300 instructions against sha256's ~4,700, which was an eighth of a
-//! request's instructions. A presented key that matches no fingerprint still goes through
+//! (128 bits, a random key per process), ~300 instructions against sha256's ~4,700 (an
+//! eighth of a request's). A presented key that matches no fingerprint still goes through
 //! sha256 against every digest, so a wrong key costs what it did and learns nothing.
 
 use std::hash::Hasher as _;
