@@ -11,6 +11,7 @@ and the CPU per 1000 requests.
     python3 bench/ab.py a=BIN b=BIN --rates 500,2000 --latencies 0,20 --duration 20 --rounds 5
     python3 bench/ab.py a=BIN b=BIN --closed-loop --duration 40 --rounds 8
     python3 bench/ab.py spin=BIN nospin=BIN+busy_poll=0s   (server settings for a binary but the first)
+    python3 bench/ab.py a=BIN --halt-poll 1000000   (the guest's halt polling at 1 ms for the run)
 
 `--closed-loop` measures throughput instead: every other binary against the first, closed loop
 at c=16 (the harness's paired rounds, order flipped every round), 0 ms mock.
@@ -18,6 +19,7 @@ at c=16 (the harness's paired rounds, order flipped every round), 0 ms mock.
 Needs oha and nginx (bench/run.sh installs them). Writes nothing.
 """
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench as b  # noqa: E402
+import idle  # noqa: E402
 
 
 class SideBySide(b.Rig):
@@ -56,6 +59,8 @@ def main() -> None:
                     help="every process on the client's core (no cross-core wake-up on any path)")
     ap.add_argument("--paced", metavar="H3LOAD",
                     help="open loop by bench/h3load (requests released one by one) instead of oha")
+    ap.add_argument("--halt-poll", type=int, metavar="NS",
+                    help="the guest's halt-polling window for the run (cpuidle-haltpoll, root), restored after")
     args = ap.parse_args()
     if args.one_core:
         b.GATEWAY_CORE = b.CLIENT_CORE
@@ -67,6 +72,12 @@ def main() -> None:
     oha = shutil.which("oha")
     if not oha or not shutil.which("nginx"):
         sys.exit("bench/ab.py needs oha and nginx (bash bench/run.sh installs both)")
+    with idle.HaltPolling(args.halt_poll) if args.halt_poll is not None else contextlib.nullcontext():
+        print(idle.describe(idle.policy(), None) or "- guest idle: not known", flush=True)
+        run(args, binaries)
+
+
+def run(args: argparse.Namespace, binaries: dict[str, str]) -> None:
     rig = SideBySide(binaries)
     if args.closed_loop:
         b.PAIRED_CONCURRENCY = args.concurrency

@@ -38,6 +38,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import idle  # noqa: E402
 import stream_client as sc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -999,7 +1000,7 @@ def machine() -> dict:
     load = Path("/proc/loadavg").read_text().split()[:3]
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram": mem, "kernel": os.uname().release,
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
-            "loadavg": " ".join(load)}
+            "loadavg": " ".join(load), "idle": idle.policy()}
 
 
 def cpu_ticks() -> tuple[int, int] | None:
@@ -1331,6 +1332,9 @@ def report(r: dict) -> str:
     L.append(f"- command: `{r['command']}`")
     L.append(f"- machine: {m['nproc']} cores, {m['cpu']}, {m['ram']} RAM, Linux {m['kernel']}")
     L.append(f"- date: {m['date']}; commit {m['commit']}; load average at start {m['loadavg']}")
+    idle_line = idle.describe(m.get("idle") or {}, r.get("halt_poll_ns"))
+    if idle_line:
+        L.append(idle_line)
     steal = m.get("steal_pct")
     if steal is not None:
         L.append(f"- CPU steal during the run: {steal:.1f} % of the vCPUs' time (taken by the hypervisor for "
@@ -1456,6 +1460,8 @@ def main() -> int:
     ap.add_argument("--command", default="bash bench/run.sh")
     ap.add_argument("--noisy", default="")
     ap.add_argument("--rounds", type=int, default=5, help="rounds per fixed-rate cell (medians reported)")
+    ap.add_argument("--halt-poll", type=int, metavar="NS",
+                    help="the guest's halt-polling window for the run (cpuidle-haltpoll, root), restored after")
     a = ap.parse_args()
     global ROUNDS
     ROUNDS = 1 if a.smoke else max(1, a.rounds)
@@ -1477,9 +1483,13 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     res: dict = {"command": a.command, "loader": loader.name, "duration": d, "rates": rates,
-                 "latencies": latencies, "noisy": a.noisy, "machine": machine()}
+                 "latencies": latencies, "noisy": a.noisy, "machine": machine(), "halt_poll_ns": a.halt_poll}
+    halt_polling = idle.HaltPolling(a.halt_poll) if a.halt_poll is not None else None
     ticks_at_start = cpu_ticks()
     try:
+        if halt_polling:
+            halt_polling.__enter__()
+            log(f"guest halt polling {idle.window(a.halt_poll)} for the run (was {halt_polling.old} ns)")
         rig = Rig(a.hapax, workdir, with_nginx=not a.no_nginx and shutil.which("nginx") is not None,
                   more={NO_BUSY_POLL: f"{a.hapax}+busy_poll={NO_BUSY_POLL_SETTING}"})
         if rig.nginx:
@@ -1528,6 +1538,8 @@ def main() -> int:
             raise RuntimeError("hapax exited during the run")
     finally:
         stop_all()
+        if halt_polling:
+            halt_polling.restore()
     res["machine"]["steal_pct"] = steal_share(ticks_at_start)
 
     (workdir / "results.json").write_text(json.dumps(res, indent=2, default=str))

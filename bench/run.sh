@@ -6,7 +6,8 @@
 #   bash bench/run.sh --smoke         seconds: checks the harness works end to end, asserts no speed,
 #                                     installs nothing slow, never rewrites BENCHMARKS.md
 # Other options: --no-build (use $HAPAX_BIN or the existing release binary), --no-nginx, --no-write,
-# --no-cluster (skip the 3-node run), --no-h3 (skip the HTTP/3 run).
+# --no-cluster (skip the 3-node run), --no-h3 (skip the HTTP/3 run), --halt-poll NS (the guest
+# kernel's halt-polling window for the run, restored after; see bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -20,7 +21,9 @@ while [ $# -gt 0 ]; do
     --duration=*) duration="${1#*=}" ;;
     --no-build) build=0 ;;
     --no-nginx|--no-write|--no-cluster|--no-h3) extra+=("$1") ;;
-    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+    --halt-poll) extra+=("$1" "$2"); shift ;;
+    --halt-poll=*) extra+=("--halt-poll" "${1#*=}") ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
