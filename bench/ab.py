@@ -74,10 +74,10 @@ def main() -> None:
         sys.exit("bench/ab.py needs oha and nginx (bash bench/run.sh installs both)")
     with idle.HaltPolling(args.halt_poll) if args.halt_poll is not None else contextlib.nullcontext():
         print(idle.describe(idle.policy(), None) or "- guest idle: not known", flush=True)
-        run(args, binaries)
+        run(args, binaries, oha)
 
 
-def run(args: argparse.Namespace, binaries: dict[str, str]) -> None:
+def run(args: argparse.Namespace, binaries: dict[str, str], oha: str) -> None:
     rig = SideBySide(binaries)
     if args.closed_loop:
         b.PAIRED_CONCURRENCY = args.concurrency
