@@ -1231,17 +1231,20 @@ def h3_section(L: list[str], h: dict) -> None:
         L.append("")
 
 
-def one_core_section(L: list[str], one: dict) -> None:
+def one_core_section(L: list[str], one: dict, halt_polling: bool = False) -> None:
     if not one.get("available"):
         L.append(f"## Added latency on one core: not measured ({one.get('why', 'not run')})\n")
         return
     L.append("## Added latency on one core (paced open loop, bench/h3load over HTTP/1.1)\n")
     L.append("The same cells with every process on core 1 (mock, load generator, and the proxy: a hapax node or "
              "nginx of their own, same configs) and each request released at its due time by h3load's pacing "
-             "thread instead of oha's 1 ms timer ticks. In the layout above a proxied request wakes a halted vCPU "
-             "four times where the direct call wakes none, and on a VM each of those can cost tens of µs (nginx's "
-             "added latency above is mostly that); here "
-             "nothing crosses cores, so a proxy's added latency is its own CPU time on the request's path plus two "
+             "thread instead of oha's 1 ms timer ticks. In the layout above a proxied request wakes the other vCPU "
+             "four times where the direct call wakes none, and on a VM each of those can cost tens of µs when the "
+             "vCPU has halted"
+             + (" (in this run the halt polling keeps the cores polling at 2000 rps, so those wake-ups are cheap, "
+                "while here the processes take turns on one core)" if halt_polling
+                else " (nginx's added latency above is mostly that)")
+             + "; here nothing crosses cores, so a proxy's added latency is its own CPU time on the request's path plus two "
              "context switches. Latency counts from each request's due time (a request held up by a proxy "
              "busy on the shared core is charged for it).\n")
     fixed_rate_table(L, one["rows"])
@@ -1400,7 +1403,7 @@ def report(r: dict) -> str:
                  f"{r.get('busy_poll', 'spins within the default window')}; this node never does, so the two show "
                  "what the spinning buys and costs. The targets are judged on `hapax`.\n")
     fixed_rate_table(L, r["fixed_rate"])
-    one_core_section(L, r.get("one_core") or {})
+    one_core_section(L, r.get("one_core") or {}, halt_polling=bool(r.get("halt_poll_ns")))
 
     L.append("## Throughput (closed loop, 0 ms mock)\n")
     L.append("CPU % is the share of one core the target used during the run (100% = its core saturated; "
