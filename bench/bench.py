@@ -1491,7 +1491,7 @@ def main() -> int:
     ticks_at_start = cpu_ticks()
     try:
         if halt_polling:
-            halt_polling.__enter__()
+            halt_polling.apply()
             log(f"guest halt polling {idle.window(a.halt_poll)} for the run (was {halt_polling.old} ns)")
         rig = Rig(a.hapax, workdir, with_nginx=not a.no_nginx and shutil.which("nginx") is not None,
                   more={NO_BUSY_POLL: f"{a.hapax}+busy_poll={NO_BUSY_POLL_SETTING}"})

@@ -59,18 +59,23 @@ class HaltPolling:
     """Sets `guest_halt_poll_ns` for a run and puts the old value back afterwards (root only)."""
 
     def __init__(self, ns: int):
+        if ns < 0:
+            raise SystemExit(f"--halt-poll: {ns} is not a window: give nanoseconds, 0 or more")
         self.ns, self.old = ns, None
 
     def __enter__(self) -> HaltPolling:
+        self.apply()
+        return self
+
+    def apply(self) -> None:
         old = _read(HALT_POLL_NS)
         if old is None:
             raise SystemExit(f"--halt-poll: {HALT_POLL_NS} is missing (no cpuidle-haltpoll driver on this machine)")
         try:
             HALT_POLL_NS.write_text(str(self.ns))
         except OSError as e:
-            raise SystemExit(f"--halt-poll: cannot write {HALT_POLL_NS}: {e} (root is needed)") from e
+            raise SystemExit(f"--halt-poll: cannot write {HALT_POLL_NS}: {e.strerror} (writing it needs root)") from e
         self.old = old
-        return self
 
     def __exit__(self, *exc) -> None:
         self.restore()

@@ -1,5 +1,6 @@
 //! API-key authentication: client keys (with allowed models, providers and limits) and
-//! separate admin keys. Keys are kept only as sha256 digests and compared in constant time.
+//! separate admin keys. Keys are kept only as sha256 digests (and, once matched, keyed
+//! fingerprints) and compared in constant time.
 //!
 //! A key that matched once is recognised after that by its fingerprint: a keyed SipHash-2-4
 //! (128 bits, a random key per process), ~300 instructions against sha256's ~4,700 (an
