@@ -4,7 +4,7 @@
 use crate::providers::{ProviderError, StreamItem, anthropic, ollama};
 use crate::wire::openai::ChatRequest;
 
-pub use crate::api::body::parse_json;
+pub use crate::api::body::{parse_chat_request, parse_json};
 pub use crate::api::completions::{CompletionBody, parse_completion_body};
 pub use crate::api::validate::validate_chat;
 pub use crate::providers::sse::{NdjsonDecoder, SseDecoder, SseEvent};
@@ -271,4 +271,27 @@ fn has_struct_as_array(answer: &[u8]) -> bool {
         _ => false,
     };
     choice_as_array || members.get("usage").is_some_and(Value::is_array)
+}
+
+/// The chat request's scan (`wire::request_scan`) against serde_json's decoding: whatever the
+/// scan decodes, serde_json decodes too, to the same request (compared by their `Debug` text,
+/// which writes every field, doubles to the bit).
+pub fn check_request_scan(body: &[u8]) -> Result<(), String> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(());
+    };
+    let Some(scanned) = crate::wire::request_scan::chat_request(text) else {
+        return Ok(());
+    };
+    match serde_json::from_str::<ChatRequest>(text) {
+        Ok(derived) => {
+            let (scanned, derived) = (format!("{scanned:?}"), format!("{derived:?}"));
+            if scanned == derived {
+                Ok(())
+            } else {
+                Err(format!("scanned {scanned}, serde_json {derived}"))
+            }
+        }
+        Err(error) => Err(format!("scanned, but serde_json refused: {error}")),
+    }
 }

@@ -10,6 +10,8 @@ use serde::de::DeserializeOwned;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::wire::headers::RequestHeaders;
+use crate::wire::openai::ChatRequest;
+use crate::wire::request_scan;
 
 /// Checks the content type, then reads at most `max_body_bytes` within `read_timeout`. A
 /// body the listener read whole with the head is only measured.
@@ -115,10 +117,27 @@ fn check_content_type(headers: &impl RequestHeaders) -> Result<(), ApiError> {
 /// time with path tracking, which costs an allocation per nested field, to say where. The
 /// body's UTF-8 is checked once, whole, rather than string by string as `from_slice` does.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if let Ok(text) = std::str::from_utf8(bytes)
-        && let Ok(value) = serde_json::from_str(text)
-    {
-        return Ok(value);
+    parse_json_with(bytes, |_| None)
+}
+
+/// A chat request's body: the scan for the usual body (`wire::request_scan`), else
+/// [`parse_json`]'s serde_json decoding, with its errors.
+pub fn parse_chat_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_json_with(bytes, request_scan::chat_request)
+}
+
+/// [`parse_json`], with `fast` tried first on the body as text.
+fn parse_json_with<T: DeserializeOwned>(
+    bytes: &[u8],
+    fast: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, ApiError> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Some(value) = fast(text) {
+            return Ok(value);
+        }
+        if let Ok(value) = serde_json::from_str(text) {
+            return Ok(value);
+        }
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest {
@@ -155,7 +174,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::openai::ChatRequest;
 
     fn refusal(bytes: &[u8]) -> (String, &'static str) {
         match parse_json::<ChatRequest>(bytes) {

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 
-use super::body::{parse_json, read_json_body};
+use super::body::{parse_chat_request, read_json_body};
 use super::exec::{self, Settlement};
 use super::sse::identity;
 use super::validate::validate_chat;
@@ -17,7 +17,6 @@ use crate::auth::Caller;
 use crate::cache::CachedAnswer;
 use crate::error::ApiError;
 use crate::wire::headers::RequestHeaders;
-use crate::wire::openai::ChatRequest;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
 
@@ -40,7 +39,7 @@ pub async fn chat(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_json_body(app, headers, body).await?;
-    let mut request: ChatRequest = parse_json(&bytes)?;
+    let mut request = parse_chat_request(&bytes)?;
     request.source = Some(bytes);
     validate_chat(&request)?;
     caller.check_model(request.model.as_deref())?;
