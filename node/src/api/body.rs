@@ -175,11 +175,18 @@ fn parse_json_with<T: DeserializeOwned>(
 mod tests {
     use super::*;
 
+    /// The chat path's refusal, which must be `parse_json`'s word for word.
     fn refusal(bytes: &[u8]) -> (String, &'static str) {
-        match parse_json::<ChatRequest>(bytes) {
-            Err(ApiError::BadRequest { message, code }) => (message, code),
+        let generic = match parse_json::<ChatRequest>(bytes) {
+            Err(ApiError::BadRequest { message, .. }) => Some(message),
+            _ => None,
+        };
+        match parse_chat_request(bytes) {
+            Err(ApiError::BadRequest { message, code }) if Some(&message) == generic.as_ref() => {
+                (message, code)
+            }
             other => panic!(
-                "{:?}: refused as a bad request, got {:?}",
+                "{:?}: refused as a bad request, as by parse_json ({generic:?}), got {:?}",
                 bytes,
                 other.err()
             ),
@@ -189,7 +196,7 @@ mod tests {
     #[test]
     fn utf8_is_checked_once_and_a_bad_byte_still_gets_its_position() {
         let good = r#"{"model":"m","messages":[{"role":"user","content":"héllo ✓"}]}"#;
-        let parsed = parse_json::<ChatRequest>(good.as_bytes());
+        let parsed = parse_chat_request(good.as_bytes());
         let Ok(parsed) = parsed else {
             panic!("a valid body decodes");
         };

@@ -182,6 +182,10 @@ impl Scan<'_> {
     /// run between escapes starts and ends at ASCII bytes, so slicing it is sound). `None` on
     /// anything serde_json would refuse (a control character, a bad escape, a lone surrogate).
     pub(super) fn text(&mut self, json: &str) -> Option<String> {
+        debug_assert!(
+            std::ptr::eq(json.as_bytes(), self.json),
+            "the scan's own bytes"
+        );
         self.eat(b'"')?;
         let mut run = self.at;
         let mut unescaped: Option<String> = None;
@@ -257,10 +261,10 @@ impl Scan<'_> {
 }
 
 /// The offset of the first `"`, `\` or control character in `bytes`: sixteen bytes at a time
-/// where SSE2 is there (every x86-64), then eight, then one.
+/// where the build enables SSE2 (x86-64's baseline), then eight, then one.
 fn special_byte(bytes: &[u8]) -> Option<usize> {
     let mut offset = 0;
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     while let Some(chunk) = bytes.get(offset..offset + 16) {
         if let Some(at) = sse2_special_in_16(chunk) {
             return Some(offset + at);
@@ -280,17 +284,18 @@ fn special_byte(bytes: &[u8]) -> Option<usize> {
     Some(offset + at)
 }
 
-/// [`special_in_16`], where the whole program is built for SSE2 (every x86-64 target).
-#[cfg(target_arch = "x86_64")]
+/// [`special_in_16`], where the whole program is built for SSE2.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[allow(unsafe_code)]
 fn sse2_special_in_16(chunk: &[u8]) -> Option<usize> {
-    // SAFETY: SSE2 is part of the x86-64 baseline every target of this arch enables, so the
-    // CPU running this has it; the function touches nothing but `chunk`, bounds-checked.
+    // SAFETY: compiled only where the build enables SSE2 for the whole program (x86-64's
+    // baseline), so any CPU that runs this binary has it; the function reads only `chunk`,
+    // bounds-checked.
     unsafe { special_in_16(chunk) }
 }
 
 /// [`special_byte`] within sixteen bytes, by SSE2's byte compares.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[target_feature(enable = "sse2")]
 fn special_in_16(chunk: &[u8]) -> Option<usize> {
     use std::arch::x86_64::{

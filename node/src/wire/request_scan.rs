@@ -4,8 +4,9 @@
 //! serde_json's reading of an 85-byte request cost ~3.8k instructions, most of them in its
 //! visitor machinery (the field names matched twice, each value's `Deserialize` dispatch,
 //! `Option` and `Map` wrappers), not in the bytes. This scan reads the fields SDKs send
-//! (`model`, `messages` with `role` and text `content`, `stream`, `max_tokens`,
-//! `max_completion_tokens`, `temperature`, `top_p`, `n`, `seed`) straight into their places.
+//! (`model`, `messages` with `role` and text `content`, `stream`, `stream_options`,
+//! `max_tokens`, `max_completion_tokens`, `temperature`, `top_p`, `n`, `seed`) straight into
+//! their places.
 //!
 //! Sound, not complete, like the answer's scan: [`chat_request`] answers only when it is sure
 //! serde_json would decode the body to the same request. Anything else (another member, one
@@ -14,10 +15,10 @@
 //! its field path. `crate::fuzzing::check_request_scan` compares the two.
 
 use super::json_cursor::Scan;
-use super::openai::{ChatMessage, ChatRequest, MessageContent, Role};
+use super::openai::{ChatMessage, ChatRequest, MessageContent, Role, StreamOptions};
 
-/// The longest decimal the scan converts itself: with at most 15 significant digits and no
-/// exponent, the digits fit a double exactly and one division by an exact power of ten
+/// The longest decimal the scan converts itself, in digits (leading zeros too): with at most
+/// 15 and no exponent, the digits fit a double exactly and one division by an exact power of ten
 /// rounds correctly, so Rust's parse and serde_json's agree to the bit.
 const MAX_DECIMAL_DIGITS: usize = 15;
 
@@ -39,6 +40,7 @@ pub fn chat_request(json: &str) -> Option<ChatRequest> {
             b"top_p" => 6,
             b"n" => 7,
             b"seed" => 8,
+            b"stream_options" => 9,
             _ => return None,
         };
         if seen & (1 << field) != 0 {
@@ -54,6 +56,7 @@ pub fn chat_request(json: &str) -> Option<ChatRequest> {
             5 => request.temperature = scan.nullable(Scan::decimal)?,
             6 => request.top_p = scan.nullable(Scan::decimal)?,
             7 => request.n = scan.nullable(|scan| u32::try_from(scan.count()?).ok())?,
+            9 => request.stream_options = scan.nullable(Scan::stream_options)?,
             _ => {
                 request.seed = scan.nullable(|scan| i64::try_from(scan.count()?).ok())?;
             }
@@ -125,6 +128,22 @@ impl Scan<'_> {
             .ok()?
             .parse()
             .ok()
+    }
+
+    /// `stream_options`: an object with at most `include_usage`, a boolean (serde's derive
+    /// would skip other members; the scan leaves those to it).
+    fn stream_options(&mut self) -> Option<StreamOptions> {
+        let mut include_usage = None;
+        self.object_members(|scan, name| match name {
+            b"include_usage" if include_usage.is_none() => {
+                include_usage = Some(scan.boolean()?);
+                Some(())
+            }
+            _ => None,
+        })?;
+        Some(StreamOptions {
+            include_usage: include_usage.unwrap_or(false),
+        })
     }
 
     /// `messages`: objects with a `role` and a text or `null` `content`, nothing else.
