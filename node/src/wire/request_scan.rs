@@ -1,18 +1,21 @@
-//! The client's chat request decoded by one scan of its bytes, for the bodies SDKs send on
-//! every request: what [`crate::api::body::parse_chat_request`] tries before serde_json.
+//! The client's chat request decoded by one scan of its bytes: what
+//! [`crate::api::body::parse_chat_request`] tries before serde_json.
 //!
-//! serde_json's reading of an 85-byte request cost ~3.8k instructions, most of them in its
-//! visitor machinery (the field names matched twice, each value's `Deserialize` dispatch,
-//! `Option` and `Map` wrappers), not in the bytes. This scan reads the fields SDKs send
-//! (`model`, `messages` with `role` and text `content`, `stream`, `stream_options`,
-//! `max_tokens`, `max_completion_tokens`, `temperature`, `top_p`, `n`, `seed`) straight into
-//! their places.
+//! serde_json's reading of an 85-byte request cost ~2.9k instructions, most of them in its
+//! visitor machinery (each value's `Deserialize` dispatch, `Option` and `Map` wrappers), not in
+//! the bytes. The scan reads what every request carries (`model`, `messages` with `role` and
+//! text `content`, `stream`, `stream_options`, the token limits, `temperature`, `top_p`, `n`,
+//! `seed`) straight into its place. Any other value (`tools`, `stop`, content parts,
+//! `tool_calls`, unknown members, a number in exponent form) it checks and skips, then hands
+//! its own bytes to serde_json, which decodes it as the whole body's decoding would.
 //!
 //! Sound, not complete, like the answer's scan: [`chat_request`] answers only when it is sure
-//! serde_json would decode the body to the same request. Anything else (another member, one
-//! given twice, content parts, a number it would have to convert, a member name with an
-//! escape, any error) it leaves to serde_json, which then decodes it or gives the error with
-//! its field path. `crate::fuzzing::check_request_scan` compares the two.
+//! serde_json would decode the body to the same request. What it is not sure of (a member name
+//! spelled with an escape, one given twice, nesting past 64 levels, any error) it leaves to
+//! serde_json, which then decodes the whole body or gives the error with its field path.
+//! `crate::fuzzing::check_request_scan` compares the two.
+
+use serde::de::DeserializeOwned;
 
 use super::json_cursor::Scan;
 use super::openai::{ChatMessage, ChatRequest, MessageContent, Role, StreamOptions};
@@ -41,7 +44,14 @@ pub fn chat_request(json: &str) -> Option<ChatRequest> {
             b"n" => 7,
             b"seed" => 8,
             b"stream_options" => 9,
-            _ => return None,
+            b"stop" => 10,
+            b"tools" => 11,
+            _ => {
+                // Kept as serde_json keeps it (a name given twice: the last value).
+                let value = scan.decoded(json, 1)?;
+                request.extra.insert(member_name(name)?, value);
+                return Some(());
+            }
         };
         if seen & (1 << field) != 0 {
             return None; // serde_json refuses a field given twice
@@ -53,18 +63,27 @@ pub fn chat_request(json: &str) -> Option<ChatRequest> {
             2 => request.stream = scan.nullable(Scan::boolean)?,
             3 => request.max_tokens = scan.nullable(Scan::count)?,
             4 => request.max_completion_tokens = scan.nullable(Scan::count)?,
-            5 => request.temperature = scan.nullable(Scan::decimal)?,
-            6 => request.top_p = scan.nullable(Scan::decimal)?,
+            5 => request.temperature = scan.either(json, |scan| scan.nullable(Scan::decimal))?,
+            6 => request.top_p = scan.either(json, |scan| scan.nullable(Scan::decimal))?,
             7 => request.n = scan.nullable(|scan| u32::try_from(scan.count()?).ok())?,
-            9 => request.stream_options = scan.nullable(Scan::stream_options)?,
-            _ => {
-                request.seed = scan.nullable(|scan| i64::try_from(scan.count()?).ok())?;
+            8 => {
+                let seed = |scan: &mut Scan| i64::try_from(scan.count()?).ok();
+                request.seed = scan.either(json, |scan| scan.nullable(seed))?;
             }
+            9 => request.stream_options = scan.either(json, |scan| scan.nullable(Scan::options))?,
+            10 => request.stop = scan.decoded(json, 1)?,
+            _ => request.tools = scan.decoded(json, 1)?,
         }
         Some(())
     })?;
     request.messages = messages?;
     scan.at_end().then_some(request)
+}
+
+/// A member's name as text (the body is UTF-8, and the scan hands over only names without
+/// escapes).
+fn member_name(name: &[u8]) -> Option<String> {
+    std::str::from_utf8(name).ok().map(str::to_owned)
 }
 
 impl Scan<'_> {
@@ -131,8 +150,8 @@ impl Scan<'_> {
     }
 
     /// `stream_options`: an object with at most `include_usage`, a boolean (serde's derive
-    /// would skip other members; the scan leaves those to it).
-    fn stream_options(&mut self) -> Option<StreamOptions> {
+    /// skips other members: [`Scan::either`] leaves those to it).
+    fn options(&mut self) -> Option<StreamOptions> {
         let mut include_usage = None;
         self.object_members(|scan, name| match name {
             b"include_usage" if include_usage.is_none() => {
@@ -146,36 +165,87 @@ impl Scan<'_> {
         })
     }
 
-    /// `messages`: objects with a `role` and a text or `null` `content`, nothing else.
+    /// `messages`: objects with a `role` and text or `null` `content` read by the scan, and
+    /// content parts, an escaped role and any other member (`tool_calls`, `name`, ...) decoded
+    /// by serde_json from their own bytes.
     fn messages(&mut self, json: &str) -> Option<Vec<ChatMessage>> {
         let mut messages = Vec::new();
         self.array_elements(|scan| {
             let (mut role, mut content) = (None, None);
+            let mut extra = serde_json::Map::new();
             scan.object_members(|scan, name| match name {
                 b"role" if role.is_none() => {
-                    scan.eat(b'"')?;
-                    let start = scan.at;
-                    if scan.string_rest()? {
-                        return None;
-                    }
-                    role = Some(role_named(&scan.json[start..scan.at - 1])?);
+                    role = Some(scan.either_at(json, 3, Scan::role)?);
                     Some(())
                 }
                 b"content" if content.is_none() => {
-                    let text = scan.nullable(|scan| scan.text(json))?;
-                    content = Some(text.map_or(MessageContent::Null, MessageContent::Text));
+                    let text = |scan: &mut Scan| {
+                        let text = scan.nullable(|scan| scan.text(json))?;
+                        Some(text.map_or(MessageContent::Null, MessageContent::Text))
+                    };
+                    content = Some(scan.either_at(json, 3, text)?);
                     Some(())
                 }
-                _ => None,
+                b"role" | b"content" => None, // serde_json refuses a field given twice
+                _ => {
+                    let value = scan.decoded(json, 3)?;
+                    extra.insert(member_name(name)?, value);
+                    Some(())
+                }
             })?;
             messages.push(ChatMessage {
                 role: role?,
                 content: content.unwrap_or(MessageContent::Null),
-                extra: serde_json::Map::new(),
+                extra,
             });
             Some(())
         })?;
         Some(messages)
+    }
+
+    /// A role spelled without escapes.
+    fn role(&mut self) -> Option<Role> {
+        self.eat(b'"')?;
+        let start = self.at;
+        if self.string_rest()? {
+            return None;
+        }
+        role_named(&self.json[start..self.at - 1])
+    }
+
+    /// What `fast` reads, or when it cannot, serde_json's decoding of the value (a top-level
+    /// member's) from its own bytes.
+    fn either<T: DeserializeOwned>(
+        &mut self,
+        json: &str,
+        fast: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        self.either_at(json, 1, fast)
+    }
+
+    /// [`Scan::either`] for a value at nesting level `depth`.
+    fn either_at<T: DeserializeOwned>(
+        &mut self,
+        json: &str,
+        depth: usize,
+        fast: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        let at = self.at;
+        if let Some(value) = fast(self) {
+            return Some(value);
+        }
+        self.at = at;
+        self.decoded(json, depth)
+    }
+
+    /// A value decoded by serde_json from its own bytes, as the whole body's decoding would
+    /// decode it: the scan checks its grammar and finds its end first, and bounds its nesting
+    /// (at `depth`) well inside serde_json's limit.
+    fn decoded<T: DeserializeOwned>(&mut self, json: &str, depth: usize) -> Option<T> {
+        self.skip_space();
+        let start = self.at;
+        self.value(depth)?;
+        serde_json::from_str(json.get(start..self.at)?).ok()
     }
 }
 

@@ -20,6 +20,18 @@ fn bodies_sdks_send_decode_to_what_serde_json_decodes() {
         r#"{"messages":[{"role":"user","content":"x"}],"temperature":2.000000000000}"#,
         r#"{"messages":[],"model":"m\u0000\u00E9\uD83D\uDE00\b\f\r"}"#,
         "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\n\r\t ",
+        // members and shapes decoded by serde_json from their own bytes
+        r#"{"messages":[{"role":"user","content":"x"}],"temperature":1,"temperature_unused":1,"user":"u-1","user":"u-2"}"#,
+        r#"{"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true,"other":[1,{"a":null}]}}"#,
+        r#"{"messages":[{"role":"user","content":[{"type":"text","text":"x"},{"type":"image_url","image_url":{"url":"data:x"}}]}]}"#,
+        r#"{"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"42","name":"f"}]}"#,
+        r#"{"messages":[{"role":"user","content":"x"}],"stop":"\n","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"response_format":{"type":"json_object"}}"#,
+        r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b"],"tools":null}"#,
+        // serde's derive takes a struct written as an array, too
+        r#"{"messages":[],"stream_options":[]}"#,
+        r#"{"messages":[{"role":"us\u0065r","content":"x"}]}"#,
+        r#"{"messages":[],"temperature":1e2,"top_p":0.1234567890123456,"seed":-3}"#,
+        r#"{"messages":[],"temperature":1.7976931348623157e308,"top_p":5e-324}"#,
     ];
     for body in bodies {
         let reference = derived(body).map(|r| format!("{r:?}"));
@@ -32,16 +44,8 @@ fn bodies_sdks_send_decode_to_what_serde_json_decodes() {
 #[test]
 fn what_it_is_not_sure_of_is_left_to_serde_json() {
     let unsure = [
-        // members and shapes the scan does not read (serde_json keeps `user` in `extra`, and
-        // skips an unknown member of `stream_options`)
-        r#"{"messages":[{"role":"user","content":"x"}],"temperature":1,"temperature_unused":1}"#,
-        r#"{"messages":[],"stream_options":{"include_usage":true,"other":1}}"#,
-        r#"{"messages":[{"role":"user","content":"x"}],"user":"u-1"}"#,
-        r#"{"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
-        r#"{"messages":[{"role":"assistant","content":null,"tool_calls":[]}]}"#,
-        r#"{"messages":[{"role":"user","content":"x"}],"stop":"\n"}"#,
+        // a member name spelled with an escape
         r#"{"m\u006fdel":"m","messages":[]}"#,
-        r#"{"messages":[{"role":"us\u0065r","content":"x"}]}"#,
         // what serde_json refuses
         r#"{"model":"m"}"#,
         r#"{"messages":[{"content":"x"}]}"#,
@@ -56,7 +60,6 @@ fn what_it_is_not_sure_of_is_left_to_serde_json() {
         r#"{"messages":[],"stream":truex}"#,
         r#"{"messages":[],"stream_options":{"include_usage":null}}"#,
         r#"{"messages":[],"stream_options":{"include_usage":true,"include_usage":false}}"#,
-        r#"{"messages":[],"stream_options":[]}"#,
         r#"{"messages":[],"model":nul}"#,
         r#"{"messages":[],"temperature":01}"#,
         r#"{"messages":[],"temperature":1.}"#,
@@ -78,10 +81,11 @@ fn what_it_is_not_sure_of_is_left_to_serde_json() {
         "{\"messages\":[]}\x0c",
         "[]",
         "",
-        // numbers it would have to convert: serde_json's own rounding decides
-        r#"{"messages":[],"temperature":1e2}"#,
-        r#"{"messages":[],"temperature":0.1234567890123456}"#,
-        r#"{"messages":[],"seed":-3}"#,
+        // what serde_json refuses, behind a value the scan hands to it
+        r#"{"messages":[],"tools":[1,]}"#,
+        r#"{"messages":[],"stop":5}"#,
+        r#"{"messages":[{"role":"user","content":[{"type":"text"}],"content":"x"}]}"#,
+        r#"{"messages":[{"role":"user","content":[{"type":"text","text":"x"}],"name":}]}"#,
         r#"{"messages":[],"seed":9223372036854775808}"#,
     ];
     for body in unsure {
@@ -107,6 +111,7 @@ fn every_one_byte_change_of_a_body_is_decoded_as_serde_json_decodes_it_or_left_t
         r#"{"model":"m-1","messages":[{"role":"user","content":"hi \"you\"\n"},{"role":"assistant","content":null}],"stream":false,"max_tokens":12,"temperature":0.75,"top_p":1,"n":2,"seed":7}"#,
         r#" { "messages" : [ { "content" : "x" , "role" : "tool" } ] , "model" : null , "stream" : true } "#,
         r#"{"messages":[{"role":"system","content":"\u00e9\uD83D\uDE00 \/"}],"temperature":1.5,"stream_options":{"include_usage":false},"seed":0}"#,
+        r#"{"messages":[{"role":"assistant","content":[{"type":"text","text":"a"}],"tool_calls":[{"id":"c"}]}],"tools":[{"type":"function"}],"stop":["x"],"user":"u","seed":-2,"temperature":1e-1}"#,
     ];
     let replacements = b" \t\n\"\\{}[],:.-+0159eEtfnul\x00\x7f";
     let (mut checked, mut scanned) = (0, 0);
