@@ -6,13 +6,15 @@
 //! the bytes. The scan reads what every request carries (`model`, `messages` with `role` and
 //! text `content`, `stream`, `stream_options`, the token limits, `temperature`, `top_p`, `n`,
 //! `seed`) straight into its place. Any other value (`tools`, `stop`, content parts,
-//! `tool_calls`, unknown members, a number in exponent form) it checks and skips, then hands
-//! its own bytes to serde_json, which decodes it as the whole body's decoding would.
+//! `tool_calls` and other members, a role spelled with an escape, a number in exponent form or
+//! of more than 15 digits, a negative seed, `stream_options` with other members) it checks and
+//! skips, then hands its own bytes to serde_json, which decodes it as the whole body's
+//! decoding would (an unknown member given twice: the last value, as serde_json keeps it).
 //!
 //! Sound, not complete, like the answer's scan: [`chat_request`] answers only when it is sure
 //! serde_json would decode the body to the same request. What it is not sure of (a member name
-//! spelled with an escape, one given twice, nesting past 64 levels, any error) it leaves to
-//! serde_json, which then decodes the whole body or gives the error with its field path.
+//! spelled with an escape, a known field given twice, nesting past 64 levels, any error) it
+//! leaves to serde_json, which then decodes the whole body or gives the error with its path.
 //! `crate::fuzzing::check_request_scan` compares the two.
 
 use serde::de::DeserializeOwned;

@@ -27,6 +27,7 @@ fn bodies_sdks_send_decode_to_what_serde_json_decodes() {
         r#"{"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"42","name":"f"}]}"#,
         r#"{"messages":[{"role":"user","content":"x"}],"stop":"\n","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"response_format":{"type":"json_object"}}"#,
         r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b"],"tools":null}"#,
+        r#"{"messages":[{"role":{"user":null},"content":"x","name":"a","name":"b"}],"stop":null}"#,
         // serde's derive takes a struct written as an array, too
         r#"{"messages":[],"stream_options":[]}"#,
         r#"{"messages":[{"role":"us\u0065r","content":"x"}]}"#,
@@ -43,10 +44,26 @@ fn bodies_sdks_send_decode_to_what_serde_json_decodes() {
 
 #[test]
 fn what_it_is_not_sure_of_is_left_to_serde_json() {
+    // What serde_json decodes but the scan leaves to it whole.
+    let deep = |levels: usize| {
+        format!(
+            r#"{{"messages":[],"tools":{}{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
     let unsure = [
-        // a member name spelled with an escape
-        r#"{"m\u006fdel":"m","messages":[]}"#,
-        // what serde_json refuses
+        r#"{"m\u006fdel":"m","messages":[]}"#.to_owned(),
+        r#"{"messages":[],"stream_options":{"include\u005fusage":true}}"#.to_owned(),
+        deep(64),
+    ];
+    for body in &unsure {
+        assert!(derived(body).is_some(), "serde_json decodes {body}");
+        assert!(chat_request(body).is_none(), "{body}");
+    }
+    // Within the scan's nesting bound, the same value is decoded.
+    assert!(chat_request(&deep(63)).is_some());
+    let refused = [
         r#"{"model":"m"}"#,
         r#"{"messages":[{"content":"x"}]}"#,
         r#"{"messages":[{"role":"robot","content":"x"}]}"#,
@@ -87,8 +104,12 @@ fn what_it_is_not_sure_of_is_left_to_serde_json() {
         r#"{"messages":[{"role":"user","content":[{"type":"text"}],"content":"x"}]}"#,
         r#"{"messages":[{"role":"user","content":[{"type":"text","text":"x"}],"name":}]}"#,
         r#"{"messages":[],"seed":9223372036854775808}"#,
+        r#"{"messages":[],"seed":1e0}"#,
+        r#"{"messages":[],"seed":-0}"#,
+        r#"{"messages":[{"role":"us\u0065r","role":"user","content":"x"}]}"#,
     ];
-    for body in unsure {
+    for body in refused {
+        assert!(derived(body).is_none(), "serde_json refuses {body}");
         assert!(chat_request(body).is_none(), "{body}");
     }
 }
