@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 
 use super::json_cursor::Scan;
 use super::openai::{ChatMessage, ChatRequest, MessageContent, Role, StreamOptions};
+use super::raw_json::scalar_end;
 
 /// The longest decimal the scan converts itself, in digits (leading zeros too): with at most
 /// 15 and no exponent, the digits fit a double exactly and one division by an exact power of ten
@@ -65,14 +66,17 @@ pub fn chat_request(json: &str) -> Option<ChatRequest> {
             2 => request.stream = scan.nullable(Scan::boolean)?,
             3 => request.max_tokens = scan.nullable(Scan::count)?,
             4 => request.max_completion_tokens = scan.nullable(Scan::count)?,
-            5 => request.temperature = scan.either(json, |scan| scan.nullable(Scan::decimal))?,
-            6 => request.top_p = scan.either(json, |scan| scan.nullable(Scan::decimal))?,
+            5 => request.temperature = scan.either(json, 1, |scan| scan.nullable(Scan::decimal))?,
+            6 => request.top_p = scan.either(json, 1, |scan| scan.nullable(Scan::decimal))?,
             7 => request.n = scan.nullable(|scan| u32::try_from(scan.count()?).ok())?,
             8 => {
                 let seed = |scan: &mut Scan| i64::try_from(scan.count()?).ok();
-                request.seed = scan.either(json, |scan| scan.nullable(seed))?;
+                request.seed = scan.either(json, 1, |scan| scan.nullable(seed))?;
             }
-            9 => request.stream_options = scan.either(json, |scan| scan.nullable(Scan::options))?,
+            9 => {
+                request.stream_options =
+                    scan.either(json, 1, |scan| scan.nullable(Scan::options))?
+            }
             10 => request.stop = scan.decoded(json, 1)?,
             _ => request.tools = scan.decoded(json, 1)?,
         }
@@ -114,41 +118,18 @@ impl Scan<'_> {
     }
 
     /// A number as a double: an integer or a decimal fraction (no exponent) of at most
-    /// [`MAX_DECIMAL_DIGITS`] digits.
+    /// [`MAX_DECIMAL_DIGITS`] digits, its grammar read by [`scalar_end`] (serde_json's).
     fn decimal(&mut self) -> Option<f64> {
         self.skip_space();
-        let start = self.at;
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
-        let digits = |scan: &mut Self| {
-            let count = scan.json[scan.at..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            scan.at += count;
-            count
-        };
-        let whole_start = self.at;
-        let whole = digits(self);
-        if whole == 0 || (whole > 1 && self.json[whole_start] == b'0') {
+        let number = &self.json[self.at..scalar_end(self.json, self.at)?];
+        let digits = number.iter().filter(|b| b.is_ascii_digit()).count();
+        if digits > MAX_DECIMAL_DIGITS || number.iter().any(|&b| b == b'e' || b == b'E') {
             return None;
         }
-        let mut fraction = 0;
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            fraction = digits(self);
-            if fraction == 0 {
-                return None;
-            }
-        }
-        if whole + fraction > MAX_DECIMAL_DIGITS || matches!(self.peek(), Some(b'e' | b'E')) {
-            return None;
-        }
-        std::str::from_utf8(&self.json[start..self.at])
-            .ok()?
-            .parse()
-            .ok()
+        // A literal (`true`) is no number: the parse refuses it.
+        let value = std::str::from_utf8(number).ok()?.parse().ok()?;
+        self.at += number.len();
+        Some(value)
     }
 
     /// `stream_options`: an object with at most `include_usage`, a boolean (serde's derive
@@ -177,7 +158,7 @@ impl Scan<'_> {
             let mut extra = serde_json::Map::new();
             scan.object_members(|scan, name| match name {
                 b"role" if role.is_none() => {
-                    role = Some(scan.either_at(json, 3, Scan::role)?);
+                    role = Some(scan.either(json, 3, Scan::role)?);
                     Some(())
                 }
                 b"content" if content.is_none() => {
@@ -185,7 +166,7 @@ impl Scan<'_> {
                         let text = scan.nullable(|scan| scan.text(json))?;
                         Some(text.map_or(MessageContent::Null, MessageContent::Text))
                     };
-                    content = Some(scan.either_at(json, 3, text)?);
+                    content = Some(scan.either(json, 3, text)?);
                     Some(())
                 }
                 b"role" | b"content" => None, // serde_json refuses a field given twice
@@ -215,18 +196,9 @@ impl Scan<'_> {
         role_named(&self.json[start..self.at - 1])
     }
 
-    /// What `fast` reads, or when it cannot, serde_json's decoding of the value (a top-level
-    /// member's) from its own bytes.
+    /// What `fast` reads, or when it cannot, serde_json's decoding of the value (at nesting
+    /// level `depth`) from its own bytes.
     fn either<T: DeserializeOwned>(
-        &mut self,
-        json: &str,
-        fast: impl FnOnce(&mut Self) -> Option<T>,
-    ) -> Option<T> {
-        self.either_at(json, 1, fast)
-    }
-
-    /// [`Scan::either`] for a value at nesting level `depth`.
-    fn either_at<T: DeserializeOwned>(
         &mut self,
         json: &str,
         depth: usize,
