@@ -158,17 +158,12 @@ impl<'a> Scan<'a> {
                 }
                 b'\\' => {
                     escaped = true;
-                    self.at += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
-                        b'u' => {
-                            let hex = self.json.get(self.at + 1..self.at + 5)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
-                            }
-                            self.at += 5;
-                        }
-                        _ => return None,
+                    let escape = *self.json.get(self.at + 1)?;
+                    self.at += 2;
+                    if escape == b'u' {
+                        self.hex4()?;
+                    } else {
+                        short_escape(escape)?;
                     }
                 }
                 _ => return None, // a control character
@@ -209,16 +204,8 @@ impl Scan<'_> {
                     let escape = *self.json.get(self.at + 1)?;
                     self.at += 2;
                     text.push(match escape {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
                         b'u' => self.escaped_char()?,
-                        _ => return None,
+                        other => short_escape(other)?,
                     });
                     run = self.at;
                 }
@@ -258,6 +245,22 @@ impl Scan<'_> {
         self.at += 4;
         Some(value)
     }
+}
+
+/// The character a one-letter escape (`\\n`, `\\"`, ...) stands for; `None` for a letter
+/// JSON has no escape for.
+fn short_escape(letter: u8) -> Option<char> {
+    Some(match letter {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        _ => return None,
+    })
 }
 
 /// The offset of the first `"`, `\` or control character in `bytes`: sixteen bytes at a time
