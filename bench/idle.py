@@ -5,7 +5,9 @@ interrupt) the next time another core hands it work, and a proxied request cross
 times in the harness's two-core layout. Linux's `cpuidle-haltpoll` driver can instead poll for
 up to `guest_halt_poll_ns` before it halts: a wake-up within that window is a store the polling
 vCPU sees, with no exit and no interrupt. Some VMs boot with it off (`guest_halt_poll_ns=0`),
-which is why the report names the policy, and `--halt-poll NS` sets it for one run.
+which is why the report names the policy, and `--halt-poll NS` sets it for one run. Others
+boot with no cpuidle driver at all (`none`): the window's parameter may still be there, but
+nothing reads it, and every idle vCPU halts at once.
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ def describe(booted: dict, run_ns: int | None) -> str | None:
     line = f"- guest idle: cpuidle driver `{booted['driver']}`"
     if booted.get("governor"):
         line += f", governor `{booted['governor']}`"
+    if booted["driver"] != "haltpoll":
+        return (line + "; no halt polling (the `haltpoll` driver is not in use, so `guest_halt_poll_ns` has "
+                "no effect): an idle vCPU halts at once, and each cross-core wake-up goes through the hypervisor")
     ns = booted.get("halt_poll_ns")
     if run_ns is not None:
         return (line + f"; **halt polling {window(run_ns)} for this run** (`--halt-poll {run_ns}`; before the run: "
@@ -68,6 +73,10 @@ class HaltPolling:
         return self
 
     def apply(self) -> None:
+        driver = _read(CPUIDLE / "current_driver")
+        if driver != "haltpoll":
+            raise SystemExit(f"--halt-poll: the cpuidle driver is `{driver}`, not `haltpoll`: nothing on this "
+                             "machine reads the window (the driver is chosen at boot)")
         old = _read(HALT_POLL_NS)
         if old is None:
             raise SystemExit(f"--halt-poll: {HALT_POLL_NS} is missing (no cpuidle-haltpoll driver on this machine)")
