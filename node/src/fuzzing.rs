@@ -235,7 +235,11 @@ pub fn check_answer_shape(answer: &[u8]) -> Result<(), String> {
     use crate::wire::openai::Usage;
     let ours = ChatAnswer::passthrough(answer.to_vec());
     let derived = serde_json::from_slice::<DerivedShape>(answer);
-    let stricter = std::str::from_utf8(answer).is_err() || has_struct_as_array(answer);
+    let utf8 = std::str::from_utf8(answer).is_ok();
+    let stricter = !utf8 || has_struct_as_array(answer);
+    if ours.is_ok() && !utf8 {
+        return Err("taken, but the answer is not UTF-8".into());
+    }
     match (ours, derived) {
         (Ok(ours), Ok(derived)) => {
             let derived = derived.usage.map(|u| Usage {

@@ -343,7 +343,7 @@ mod tests {
             assert_eq!(agreed, Ok(()), "cut at {end}");
         }
         for at in 0..full.len() {
-            for &byte in b"\"\\{}[],:0-eu\x1f t" {
+            for &byte in b"\"\\{}[],:0-eu\x1f t\x80\xc3\xff" {
                 let mut changed = full.to_vec();
                 changed[at] = byte;
                 let agreed = crate::fuzzing::check_answer_shape(&changed);
