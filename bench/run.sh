@@ -7,7 +7,9 @@
 #                                     installs nothing slow, never rewrites BENCHMARKS.md
 # Other options: --no-build (use $HAPAX_BIN or the existing release binary), --no-nginx, --no-write,
 # --no-cluster (skip the 3-node run), --no-h3 (skip the HTTP/3 run), --halt-poll NS (the guest
-# kernel's halt-polling window for the run, restored after; see bench/README.md).
+# kernel's halt-polling window for the run, restored after; see bench/README.md), --rounds N
+# (rounds per fixed-rate cell, the duration split over them; default 5), --out FILE (write the
+# report there instead of BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -23,7 +25,9 @@ while [ $# -gt 0 ]; do
     --no-nginx|--no-write|--no-cluster|--no-h3) extra+=("$1") ;;
     --halt-poll) extra+=("$1" "$2"); shift ;;
     --halt-poll=*) extra+=("--halt-poll" "${1#*=}") ;;
-    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    --rounds|--out) extra+=("$1" "$2"); shift ;;
+    --rounds=*|--out=*) extra+=("${1%%=*}" "${1#*=}") ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
