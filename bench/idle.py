@@ -73,7 +73,7 @@ class HaltPolling:
         return self
 
     def apply(self) -> None:
-        driver = _read(CPUIDLE / "current_driver")
+        driver = policy()["driver"]
         if driver != "haltpoll":
             raise SystemExit(f"--halt-poll: the cpuidle driver is `{driver}`, not `haltpoll`: nothing on this "
                              "machine reads the window (the driver is chosen at boot)")

@@ -16,17 +16,16 @@ root=$(pwd)
 
 smoke=0; build=1; duration=10; extra=()
 args_seen="$*"
+missing() { echo "$1 needs a value (e.g. $1 5)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
-    --duration) duration="$2"; shift ;;
+    --duration) [ $# -ge 2 ] || missing "$1"; duration="$2"; shift ;;
     --duration=*) duration="${1#*=}" ;;
     --no-build) build=0 ;;
     --no-nginx|--no-write|--no-cluster|--no-h3) extra+=("$1") ;;
-    --halt-poll) extra+=("$1" "$2"); shift ;;
-    --halt-poll=*) extra+=("--halt-poll" "${1#*=}") ;;
-    --rounds|--out) extra+=("$1" "$2"); shift ;;
-    --rounds=*|--out=*) extra+=("${1%%=*}" "${1#*=}") ;;
+    --halt-poll|--rounds|--out) [ $# -ge 2 ] || missing "$1"; extra+=("$1" "$2"); shift ;;
+    --halt-poll=*|--rounds=*|--out=*) extra+=("${1%%=*}" "${1#*=}") ;;
     -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
