@@ -9,6 +9,9 @@
 #     compare with C=1, the same load with the opt-out)
 #   BUSY_POLL=200us bash bench/callgrind.sh   (busy polling on, as by default; off here unless
 #     asked: how long it spins depends on timing, so the count would move from run to run)
+#   PROTO=h3 bash bench/callgrind.sh   (the same requests over HTTP/3, from bench/h3load at
+#     200 requests a second on 4 QUIC connections for N/200 seconds, so that acknowledgements
+#     and timers count as they would at a low rate; H3LOAD=path if not built at the default)
 # Runs the gateway under callgrind twice (N1 and N2 requests, realistic config: auth, rate
 # limits, metrics, JSON logs at info) and reports (I(N2) - I(N1)) / (N2 - N1).
 set -euo pipefail
@@ -19,13 +22,24 @@ body='{"model":"mock-1","messages":[{"role":"user","content":"hello there, how a
 [ -n "${BODY:-}" ] && body=$(cat "$BODY")
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)"; exit 1; }
-command -v oha >/dev/null || { echo "oha is needed (cargo install oha --locked)"; exit 1; }
+proto=${PROTO:-h1}
+h3load=${H3LOAD:-/var/cache/hapax/h3load-target/release/h3load}
+if [ "$proto" = h3 ]; then
+  [ -x "$h3load" ] || { echo "h3load is needed: build bench/h3load (bench/README.md) or set H3LOAD"; exit 1; }
+else
+  command -v oha >/dev/null || { echo "oha is needed (cargo install oha --locked)"; exit 1; }
+fi
 
 "$bin" mock-provider --listen 127.0.0.1:0 > "$work/mock.out" 2>/dev/null &
 for _ in $(seq 50); do grep -q 'http=' "$work/mock.out" 2>/dev/null && break; sleep 0.1; done
 mock=$(grep -o 'http=[^ ]*' "$work/mock.out" | cut -d= -f2)
+http3=""
+if [ "$proto" = h3 ]; then
+  "$bin" gen-cert --out "$work/certs" > /dev/null
+  http3=", http3: {enabled: true, port: 0, tls_cert_file: \"$work/certs/cert.pem\", tls_key_file: \"$work/certs/key.pem\"}"
+fi
 cat > "$work/gw.yaml" <<YAML
-server: {host: 127.0.0.1, port: 0, busy_poll: ${BUSY_POLL:-0s}}
+server: {host: 127.0.0.1, port: 0, busy_poll: ${BUSY_POLL:-0s}$http3}
 logging: {level: info}
 providers:
   primary: {type: openai_compatible, base_url: "http://$mock/v1", model: mock-1}
@@ -40,16 +54,26 @@ instructions() {
   local pid=$!
   for _ in $(seq 300); do grep -q 'http=' "$work/gw.out" 2>/dev/null && break; sleep 0.1; done
   local gw; gw=$(grep -o 'http=[^ ]*' "$work/gw.out" | cut -d= -f2)
-  local opt_out=(-c "${C:-4}" -H 'x-hapax-dedup: off')
-  [ "${DEDUP:-off}" = on ] && opt_out=(-c 1)
-  oha -n "$n" "${opt_out[@]}" --no-tui -m POST -H 'Authorization: Bearer bench-key-123' \
-    -H 'content-type: application/json' -d "$body" \
-    "http://$gw/v1/chat/completions" > "$work/oha.$n" 2>&1
-  grep -q '\[200\] '"$n"' responses' "$work/oha.$n" || { echo "load failed:"; cat "$work/oha.$n"; exit 1; }
+  local served=$n
+  if [ "$proto" = h3 ]; then
+    local h3; h3=$(grep -o 'h3=[^ ]*' "$work/gw.out" | cut -d= -f2)
+    "$h3load" --proto h3 --url "https://$h3/v1/chat/completions" --cacert "$work/certs/cert.pem" \
+      --connections 4 --concurrency 16 --rate 200 --duration "$(( n / 200 ))" \
+      -H 'authorization: Bearer bench-key-123' -H 'x-hapax-dedup: off' --body "$body" \
+      > "$work/load.$n" 2>&1 || { echo "load failed:"; cat "$work/load.$n"; exit 1; }
+    served=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["requests"] - j["errors"])' "$work/load.$n")
+  else
+    local opt_out=(-c "${C:-4}" -H 'x-hapax-dedup: off')
+    [ "${DEDUP:-off}" = on ] && opt_out=(-c 1)
+    oha -n "$n" "${opt_out[@]}" --no-tui -m POST -H 'Authorization: Bearer bench-key-123' \
+      -H 'content-type: application/json' -d "$body" \
+      "http://$gw/v1/chat/completions" > "$work/oha.$n" 2>&1
+    grep -q '\[200\] '"$n"' responses' "$work/oha.$n" || { echo "load failed:"; cat "$work/oha.$n"; exit 1; }
+  fi
   kill -INT "$pid"; wait "$pid" || true
-  grep -m1 '^summary:' "$out" | awk '{print $2}'
+  echo "$served $(grep -m1 '^summary:' "$out" | awk '{print $2}')"
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$out" "$KEEP/"; fi
 }
-i1=$(instructions "$n1"); i2=$(instructions "$n2")
-echo "instructions: ${n1} requests: $i1, ${n2} requests: $i2"
-echo "instructions per request: $(( (i2 - i1) / (n2 - n1) ))"
+read -r s1 i1 <<< "$(instructions "$n1")"; read -r s2 i2 <<< "$(instructions "$n2")"
+echo "instructions: ${s1} requests: $i1, ${s2} requests: $i2"
+echo "instructions per request: $(( (i2 - i1) / (s2 - s1) ))"
