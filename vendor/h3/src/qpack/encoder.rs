@@ -12,7 +12,9 @@ use super::{
         Error as DynamicTableError,
     },
     parse_error::ParseError,
+    prefix_int,
     prefix_int::Error as IntError,
+    prefix_string,
     prefix_string::Error as StringError,
     static_::StaticTable,
     stream::{
@@ -201,12 +203,17 @@ where
     for field in fields {
         let field = field.as_ref();
 
+        // hapax patch: the literals are written from the field's own bytes, as
+        // `LiteralWithNameRef::encode` and `Literal::encode` write them, instead of from copies
+        // (two allocations a field); `stateless_literals_read_as_the_instructions_write_them`.
         if let Some(index) = StaticTable::find(field) {
             Indexed::Static(index).encode(block);
         } else if let Some(index) = StaticTable::find_name(&field.name) {
-            LiteralWithNameRef::new_static(index, field.value.clone()).encode(block)?;
+            prefix_int::encode(4, 0b0101, index as u64, block);
+            prefix_string::encode(8, 0, &field.value, block)?;
         } else {
-            Literal::new(field.name.clone(), field.value.clone()).encode(block)?;
+            prefix_string::encode(4, 0b0010, &field.name, block)?;
+            prefix_string::encode(8, 0, &field.value, block)?;
         }
 
         size += field.mem_size() as u64;
@@ -296,6 +303,35 @@ impl From<ParseError> for EncoderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stateless_literals_read_as_the_instructions_write_them() {
+        let fields = [
+            HeaderField::new(":status", "200"),        // static, whole field
+            HeaderField::new("content-length", "350"), // static name
+            HeaderField::new("x-request-id", "req-f474189f0001"), // literal
+            HeaderField::new("x-empty", ""),
+            HeaderField::new("alt-svc", "h3=\":4433\"; ma=86400"),
+        ];
+        let mut patched = Vec::new();
+        encode_stateless(&mut patched, fields.iter()).unwrap();
+        let mut reference = Vec::new();
+        HeaderPrefix::new(0, 0, 0, 0).encode(&mut reference);
+        for field in &fields {
+            if let Some(index) = StaticTable::find(field) {
+                Indexed::Static(index).encode(&mut reference);
+            } else if let Some(index) = StaticTable::find_name(&field.name) {
+                LiteralWithNameRef::new_static(index, field.value.clone())
+                    .encode(&mut reference)
+                    .unwrap();
+            } else {
+                Literal::new(field.name.clone(), field.value.clone())
+                    .encode(&mut reference)
+                    .unwrap();
+            }
+        }
+        assert_eq!(patched, reference);
+    }
 
     use crate::qpack::tests::helpers::{build_table, TABLE_SIZE};
 

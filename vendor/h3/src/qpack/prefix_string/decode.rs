@@ -318,7 +318,9 @@ pub fn huffman_decode(input: &[u8]) -> Result<Vec<u8>, Error> {
             if left < want {
                 let rest_is_padding = || {
                     let mask = (1u32 << left) - 1;
-                    input.last().is_some_and(|&last| u32::from(last) & mask == mask)
+                    input
+                        .last()
+                        .is_some_and(|&last| u32::from(last) & mask == mask)
                 };
                 return if left == 0 || (left <= 8 && rest_is_padding()) {
                     Ok(out)
@@ -327,8 +329,8 @@ pub fn huffman_decode(input: &[u8]) -> Result<Vec<u8>, Error> {
                 };
             }
             let byte = (at / 8) as usize;
-            let pair = u32::from(input[byte]) << 8
-                | u32::from(input.get(byte + 1).copied().unwrap_or(0));
+            let pair =
+                u32::from(input[byte]) << 8 | u32::from(input.get(byte + 1).copied().unwrap_or(0));
             let value = ((pair << (at % 8)) & 0xffff) >> (16 - want);
             match node.table.get(value as usize) {
                 Some(DecodeValue::Sym(symbol)) => {

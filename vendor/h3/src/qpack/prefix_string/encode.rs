@@ -502,7 +502,11 @@ mod tests {
                     state ^= state >> 7;
                     state ^= state << 17;
                     // mostly printable, sometimes any byte (the long codes)
-                    if state % 5 == 0 { state as u8 } else { b' ' + (state >> 8) as u8 % 95 }
+                    if state % 5 == 0 {
+                        state as u8
+                    } else {
+                        b' ' + (state >> 8) as u8 % 95
+                    }
                 })
                 .collect::<Vec<u8>>();
             inputs.push(input);

@@ -10,10 +10,7 @@ use bytes::{Buf, BufMut};
 
 pub use self::bitwin::BitWindow;
 
-pub use self::{
-    decode::Error as HuffmanDecodingError,
-    encode::Error as HuffmanEncodingError,
-};
+pub use self::{decode::Error as HuffmanDecodingError, encode::Error as HuffmanEncodingError};
 
 #[cfg(test)]
 pub use self::decode::HpackStringDecode;
