@@ -12,9 +12,15 @@ and the CPU per 1000 requests.
     python3 bench/ab.py a=BIN b=BIN --closed-loop --duration 40 --rounds 8
     python3 bench/ab.py spin=BIN nospin=BIN+busy_poll=0s   (server settings for a binary but the first)
     python3 bench/ab.py a=BIN --halt-poll 1000000   (the guest's halt polling at 1 ms for the run)
+    python3 bench/ab.py a=BIN b=BIN --h3 H3LOAD   (over HTTP/3: the harness's HTTP/3 node config)
 
 `--closed-loop` measures throughput instead: every other binary against the first, closed loop
 at c=16 (the harness's paired rounds, order flipped every round), 0 ms mock.
+
+`--h3 H3LOAD` runs every binary with `server.http3` on (the harness's HTTP/3 run's config) and
+drives each over HTTP/3 by bench/h3load, beside `direct` (h3load over HTTP/1.1 to the mock)
+and the first binary over HTTP/1.1; no nginx (its config here has no HTTP/3). The first
+binary's targets are `hapax-h1` and `hapax-h3`, every other's `NAME-h3`.
 
 Needs oha and nginx (bench/run.sh installs them). Writes nothing.
 """
@@ -59,6 +65,8 @@ def main() -> None:
                     help="every process on the client's core (no cross-core wake-up on any path)")
     ap.add_argument("--paced", metavar="H3LOAD",
                     help="open loop by bench/h3load (requests released one by one) instead of oha")
+    ap.add_argument("--h3", metavar="H3LOAD",
+                    help="every binary with server.http3 on, each driven over HTTP/3 by bench/h3load")
     ap.add_argument("--halt-poll", type=int, metavar="NS",
                     help="the guest's halt-polling window for the run (cpuidle-haltpoll, root), restored after")
     args = ap.parse_args()
@@ -70,14 +78,34 @@ def main() -> None:
     if {"direct", "nginx"} & binaries.keys():
         sys.exit("bench/ab.py: 'direct' and 'nginx' name the harness's own targets; pick other names")
     oha = shutil.which("oha")
-    if not oha or not shutil.which("nginx"):
+    if args.h3:
+        if args.closed_loop or args.paced or any("+" in path for path in binaries.values()):
+            sys.exit("bench/ab.py: --h3 takes neither --closed-loop, --paced nor settings (BIN+key=value)")
+    elif not oha or not shutil.which("nginx"):
         sys.exit("bench/ab.py needs oha and nginx (bash bench/run.sh installs both)")
     with idle.HaltPolling(args.halt_poll) if args.halt_poll is not None else contextlib.nullcontext():
         print(idle.describe(idle.policy(), None) or "- guest idle: not known", flush=True)
         run(args, binaries, oha)
 
 
-def run(args: argparse.Namespace, binaries: dict[str, str], oha: str) -> None:
+def run(args: argparse.Namespace, binaries: dict[str, str], oha: str | None) -> None:
+    if args.h3:
+        names = list(binaries)
+        rig: b.Rig | b.H3Rig = b.H3Rig(b.Rig(binaries[names[0]], Path(tempfile.mkdtemp(prefix="hapax-ab-")),
+                                             with_nginx=False), binaries[names[0]], args.h3,
+                                       Path(tempfile.mkdtemp(prefix="hapax-ab-h3-")),
+                                       more={name: binaries[name] for name in names[1:]})
+        print(f"{names[0]}: targets hapax-h1 and hapax-h3", flush=True)
+        for target in rig.urls():  # connections, pools and QUIC handshakes before the rounds
+            rig.load(target, 1, 16)
+        loader = b.Loader(None, None, Path(tempfile.mkdtemp(prefix="hapax-ab-")))
+        try:
+            report(b.fixed_rate(rig, loader, [int(x) for x in args.rates.split(",")],
+                                [int(x) for x in args.latencies.split(",")], args.duration, args.rounds))
+        finally:
+            rig.stop()
+            b.stop_all()
+        return
     rig = SideBySide(binaries)
     if args.closed_loop:
         b.PAIRED_CONCURRENCY = args.concurrency
@@ -91,6 +119,10 @@ def run(args: argparse.Namespace, binaries: dict[str, str], oha: str) -> None:
                             [int(x) for x in args.latencies.split(",")], args.duration, args.rounds)
     finally:
         b.stop_all()
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
     for row in rows:
         results = row["results"]
         for target, r in results.items():

@@ -864,11 +864,13 @@ H3_CONFIG_EXTRA = """\
 class H3Rig:
     """One node with `server.http3` on (same config as the single node otherwise), measured
     by bench/h3load over HTTP/1.1 (TCP) and HTTP/3 (QUIC), beside direct (h3load HTTP/1.1 ->
-    the mock). The same tool for all three, so the difference is the protocol's."""
+    the mock). The same tool for all three, so the difference is the protocol's. `more`:
+    further binaries with the same config on the same core, by name, each a target `NAME-h3`
+    over HTTP/3 (`bench/ab.py --h3`)."""
 
     H3_MAX_CONNS = 16  # QUIC connections per run: min(concurrency, 16), requests multiplexed on them
 
-    def __init__(self, rig: Rig, hapax: str, h3load: str, workdir: Path):
+    def __init__(self, rig: Rig, hapax: str, h3load: str, workdir: Path, more: dict[str, str] | None = None):
         self.rig, self.h3load = rig, h3load
         self.dir = Path(tempfile.mkdtemp(prefix="h3-", dir=workdir))
         certs = self.dir / "certs"
@@ -883,18 +885,26 @@ class H3Rig:
         assert "http3" in base
         cfg = self.dir / "hapax-h3.yaml"
         cfg.write_text(base)
-        self.gw = Proc("hapax-h3", taskset(GATEWAY_CORE) + [hapax, "serve", "--config", str(cfg)], self.dir,
-                       r"hapax listening http=(\S+) h3=(\S+)")
+        self.nodes: dict[str, Proc] = {}
+        for name, path in {"hapax": hapax, **(more or {})}.items():
+            node = Proc(f"{name}-h3", taskset(GATEWAY_CORE) + [path, "serve", "--config", str(cfg)], self.dir,
+                        r"hapax listening http=(\S+) h3=(\S+)")
+            self.nodes[name] = node
+            log(f"{name} with HTTP/3: http={node.match.group(1)} h3={node.match.group(2)} (pid {node.pid})")  # type: ignore[union-attr]
+        self.gw = self.nodes["hapax"]
         self.http_addr, self.h3_addr = self.gw.match.group(1), self.gw.match.group(2)  # type: ignore[union-attr]
-        log(f"hapax with HTTP/3: http={self.http_addr} h3={self.h3_addr} (pid {self.gw.pid})")
         self.body = json.dumps(sc.chat_body(5, False))
 
     def urls(self) -> dict[str, str]:
-        return {"direct": f"http://{self.rig.mock_addr}", "hapax-h1": f"http://{self.http_addr}",
-                "hapax-h3": f"https://{self.h3_addr}"}
+        u = {"direct": f"http://{self.rig.mock_addr}", "hapax-h1": f"http://{self.http_addr}",
+             "hapax-h3": f"https://{self.h3_addr}"}
+        u.update({f"{name}-h3": f"https://{node.match.group(2)}"  # type: ignore[union-attr]
+                  for name, node in self.nodes.items() if name != "hapax"})
+        return u
 
     def pid(self, target: str):
-        return self.gw.pid if target.startswith("hapax") else None
+        node = self.nodes.get(target.rsplit("-", 1)[0])
+        return node.pid if node else None
 
     def fault(self, **fields) -> None:
         self.rig.fault(**fields)
@@ -915,7 +925,8 @@ class H3Rig:
         return j
 
     def stop(self) -> None:
-        self.gw.stop()
+        for node in self.nodes.values():
+            node.stop()
 
 
 def run_h3(rig: Rig | None = None, loader: Loader | None = None, hapax: str = "", h3load: str | None = None,
