@@ -58,7 +58,7 @@ instructions() {
   if [ "$proto" = h3 ]; then
     local h3; h3=$(grep -o 'h3=[^ ]*' "$work/gw.out" | cut -d= -f2)
     "$h3load" --proto h3 --url "https://$h3/v1/chat/completions" --cacert "$work/certs/cert.pem" \
-      --connections 4 --concurrency 16 --rate 200 --duration "$(( n / 200 ))" \
+      --connections 4 --concurrency 16 --rate 200 --duration "$(( n < 200 ? 1 : n / 200 ))" \
       -H 'authorization: Bearer bench-key-123' -H 'x-hapax-dedup: off' --body "$body" \
       > "$work/load.$n" 2>&1 || { echo "load failed:"; cat "$work/load.$n"; exit 1; }
     served=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["requests"] - j["errors"])' "$work/load.$n")
@@ -76,4 +76,5 @@ instructions() {
 }
 read -r s1 i1 <<< "$(instructions "$n1")"; read -r s2 i2 <<< "$(instructions "$n2")"
 echo "instructions: ${s1} requests: $i1, ${s2} requests: $i2"
+[ "$s2" -gt "$s1" ] || { echo "the second run served no more requests than the first ($s1, $s2): raise N2"; exit 1; }
 echo "instructions per request: $(( (i2 - i1) / (s2 - s1) ))"
