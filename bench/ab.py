@@ -77,6 +77,8 @@ def main() -> None:
         sys.exit("bench/ab.py: the first binary runs the harness's config as is; give settings to the others")
     if {"direct", "nginx"} & binaries.keys():
         sys.exit("bench/ab.py: 'direct' and 'nginx' name the harness's own targets; pick other names")
+    if "hapax" in list(binaries)[1:]:
+        sys.exit("bench/ab.py: 'hapax' names the first binary's targets; pick another name")
     oha = shutil.which("oha")
     if args.h3:
         if args.closed_loop or args.paced or any("+" in path for path in binaries.values()):
@@ -91,19 +93,17 @@ def main() -> None:
 def run(args: argparse.Namespace, binaries: dict[str, str], oha: str | None) -> None:
     if args.h3:
         names = list(binaries)
-        rig: b.Rig | b.H3Rig = b.H3Rig(b.Rig(binaries[names[0]], Path(tempfile.mkdtemp(prefix="hapax-ab-")),
-                                             with_nginx=False), binaries[names[0]], args.h3,
-                                       Path(tempfile.mkdtemp(prefix="hapax-ab-h3-")),
-                                       more={name: binaries[name] for name in names[1:]})
-        print(f"{names[0]}: targets hapax-h1 and hapax-h3", flush=True)
-        for target in rig.urls():  # connections, pools and QUIC handshakes before the rounds
-            rig.load(target, 1, 16)
-        loader = b.Loader(None, None, Path(tempfile.mkdtemp(prefix="hapax-ab-")))
-        try:
-            report(b.fixed_rate(rig, loader, [int(x) for x in args.rates.split(",")],
+        try:  # every process the rig starts is stopped, whatever fails
+            h3 = b.H3Rig(b.Rig(binaries[names[0]], Path(tempfile.mkdtemp(prefix="hapax-ab-")), with_nginx=False),
+                         binaries[names[0]], args.h3, Path(tempfile.mkdtemp(prefix="hapax-ab-h3-")),
+                         more={name: binaries[name] for name in names[1:]})
+            print(f"{names[0]}: targets hapax-h1 and hapax-h3", flush=True)
+            for target in h3.urls():  # connections, pools and QUIC handshakes before the rounds
+                h3.load(target, 1, 16)
+            loader = b.Loader(None, None, Path(tempfile.mkdtemp(prefix="hapax-ab-")))
+            report(b.fixed_rate(h3, loader, [int(x) for x in args.rates.split(",")],
                                 [int(x) for x in args.latencies.split(",")], args.duration, args.rounds))
         finally:
-            rig.stop()
             b.stop_all()
         return
     rig = SideBySide(binaries)

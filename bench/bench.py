@@ -885,6 +885,8 @@ class H3Rig:
         assert "http3" in base
         cfg = self.dir / "hapax-h3.yaml"
         cfg.write_text(base)
+        if "hapax" in (more or {}):
+            raise ValueError("H3Rig: 'hapax' names the first node; give the others other names")
         self.nodes: dict[str, Proc] = {}
         for name, path in {"hapax": hapax, **(more or {})}.items():
             node = Proc(f"{name}-h3", taskset(GATEWAY_CORE) + [path, "serve", "--config", str(cfg)], self.dir,

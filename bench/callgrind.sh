@@ -11,7 +11,8 @@
 #     asked: how long it spins depends on timing, so the count would move from run to run)
 #   PROTO=h3 bash bench/callgrind.sh   (the same requests over HTTP/3, from bench/h3load at
 #     200 requests a second on 4 QUIC connections for N/200 seconds, so that acknowledgements
-#     and timers count as they would at a low rate; H3LOAD=path if not built at the default)
+#     and timers count as they would at a low rate; H3LOAD=path if not built at the default;
+#     DEDUP and C do not apply)
 # Runs the gateway under callgrind twice (N1 and N2 requests, realistic config: auth, rate
 # limits, metrics, JSON logs at info) and reports (I(N2) - I(N1)) / (N2 - N1).
 set -euo pipefail
@@ -54,27 +55,32 @@ instructions() {
   local pid=$!
   for _ in $(seq 300); do grep -q 'http=' "$work/gw.out" 2>/dev/null && break; sleep 0.1; done
   local gw; gw=$(grep -o 'http=[^ ]*' "$work/gw.out" | cut -d= -f2)
+  # Runs in a command substitution: a failure stops the gateway itself and says why on stderr.
+  failed() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo "load failed:" >&2; cat "$1" >&2; exit 1; }
   local served=$n
   if [ "$proto" = h3 ]; then
     local h3; h3=$(grep -o 'h3=[^ ]*' "$work/gw.out" | cut -d= -f2)
     "$h3load" --proto h3 --url "https://$h3/v1/chat/completions" --cacert "$work/certs/cert.pem" \
-      --connections 4 --concurrency 16 --rate 200 --duration "$(( n < 200 ? 1 : n / 200 ))" \
+      --connections 4 --concurrency 16 --rate 200 --duration "$(awk -v n="$n" 'BEGIN { print n / 200 }')" \
       -H 'authorization: Bearer bench-key-123' -H 'x-hapax-dedup: off' --body "$body" \
-      > "$work/load.$n" 2>&1 || { echo "load failed:"; cat "$work/load.$n"; exit 1; }
-    served=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(j["requests"] - j["errors"])' "$work/load.$n")
+      > "$work/load.$n" 2>&1 || failed "$work/load.$n"
+    # every request answered, or the count would be of something else
+    served=$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["errors"] == 0; print(j["requests"])' \
+      "$work/load.$n" 2>/dev/null) || failed "$work/load.$n"
   else
     local opt_out=(-c "${C:-4}" -H 'x-hapax-dedup: off')
     [ "${DEDUP:-off}" = on ] && opt_out=(-c 1)
     oha -n "$n" "${opt_out[@]}" --no-tui -m POST -H 'Authorization: Bearer bench-key-123' \
       -H 'content-type: application/json' -d "$body" \
       "http://$gw/v1/chat/completions" > "$work/oha.$n" 2>&1
-    grep -q '\[200\] '"$n"' responses' "$work/oha.$n" || { echo "load failed:"; cat "$work/oha.$n"; exit 1; }
+    grep -q '\[200\] '"$n"' responses' "$work/oha.$n" || failed "$work/oha.$n"
   fi
   kill -INT "$pid"; wait "$pid" || true
   echo "$served $(grep -m1 '^summary:' "$out" | awk '{print $2}')"
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$out" "$KEEP/"; fi
 }
-read -r s1 i1 <<< "$(instructions "$n1")"; read -r s2 i2 <<< "$(instructions "$n2")"
+first=$(instructions "$n1"); second=$(instructions "$n2")
+read -r s1 i1 <<< "$first"; read -r s2 i2 <<< "$second"
 echo "instructions: ${s1} requests: $i1, ${s2} requests: $i2"
 [ "$s2" -gt "$s1" ] || { echo "the second run served no more requests than the first ($s1, $s2): raise N2"; exit 1; }
 echo "instructions per request: $(( (i2 - i1) / (s2 - s1) ))"
