@@ -22,7 +22,7 @@ drives each over HTTP/3 by bench/h3load, beside `direct` (h3load over HTTP/1.1 t
 and the first binary over HTTP/1.1; no nginx (its config here has no HTTP/3). The first
 binary's targets are `hapax-h1` and `hapax-h3`, every other's `NAME-h3`.
 
-Needs oha and nginx (bench/run.sh installs them). Writes nothing.
+Needs oha and nginx (bench/run.sh installs them), except with `--h3`. Writes nothing.
 """
 import argparse
 import contextlib
