@@ -1057,8 +1057,8 @@ where
         //# converted to lowercase prior to their encoding.
         let mut block = BytesMut::new();
 
-        let mem_size =
-            qpack::encode_stateless(&mut block, Header::trailer(trailers)).map_err(|_e| {
+        let mem_size = qpack::encode_header_stateless(&mut block, &Header::trailer(trailers))
+            .map_err(|_e| {
                 self.handle_connection_error_on_stream(InternalConnectionError {
                     code: Code::H3_INTERNAL_ERROR,
                     message: "Failed to encode trailers".to_string(),

@@ -11,6 +11,7 @@ use super::{
         DynamicInsertionResult, DynamicLookupResult, DynamicTable, DynamicTableEncoder,
         Error as DynamicTableError,
     },
+    field::ESTIMATED_OVERHEAD_BYTES,
     parse_error::ParseError,
     prefix_int,
     prefix_int::Error as IntError,
@@ -23,6 +24,7 @@ use super::{
     },
     HeaderField,
 };
+use crate::proto::headers::Header;
 
 #[derive(Debug, PartialEq)]
 pub enum EncoderError {
@@ -202,23 +204,46 @@ where
     HeaderPrefix::new(0, 0, 0, 0).encode(block);
     for field in fields {
         let field = field.as_ref();
-
-        // hapax patch: the literals are written from the field's own bytes, as
-        // `LiteralWithNameRef::encode` and `Literal::encode` write them, instead of from copies
-        // (two allocations a field); `stateless_literals_read_as_the_instructions_write_them`.
-        if let Some(index) = StaticTable::find(field) {
-            Indexed::Static(index).encode(block);
-        } else if let Some(index) = StaticTable::find_name(&field.name) {
-            prefix_int::encode(4, 0b0101, index as u64, block);
-            prefix_string::encode(8, 0, &field.value, block)?;
-        } else {
-            prefix_string::encode(4, 0b0010, &field.name, block)?;
-            prefix_string::encode(8, 0, &field.value, block)?;
-        }
-
-        size += field.mem_size() as u64;
+        size += encode_stateless_field(block, &field.name, &field.value)?;
     }
     Ok(size)
+}
+
+// hapax patch: `encode_stateless` of a `Header`'s fields read in place
+// (`Header::fields_by_ref`), not copied into a `HeaderField` each; the same bytes and size,
+// `header_sections_encode_as_their_copied_fields_do`.
+pub fn encode_header_stateless<W: BufMut>(
+    block: &mut W,
+    header: &Header,
+) -> Result<u64, EncoderError> {
+    let mut size = 0;
+
+    HeaderPrefix::new(0, 0, 0, 0).encode(block);
+    for (name, value) in header.fields_by_ref() {
+        size += encode_stateless_field(block, name, value)?;
+    }
+    Ok(size)
+}
+
+// hapax patch: the literals are written from the field's own bytes, as
+// `LiteralWithNameRef::encode` and `Literal::encode` write them, instead of from copies (two
+// allocations a field); `stateless_literals_read_as_the_instructions_write_them`. Returns the
+// field's size in the table's terms (`HeaderField::mem_size`).
+fn encode_stateless_field<W: BufMut>(
+    block: &mut W,
+    name: &[u8],
+    value: &[u8],
+) -> Result<u64, EncoderError> {
+    if let Some(index) = StaticTable::find_pair(name, value) {
+        Indexed::Static(index).encode(block);
+    } else if let Some(index) = StaticTable::find_name(name) {
+        prefix_int::encode(4, 0b0101, index as u64, block);
+        prefix_string::encode(8, 0, value, block)?;
+    } else {
+        prefix_string::encode(4, 0b0010, name, block)?;
+        prefix_string::encode(8, 0, value, block)?;
+    }
+    Ok((name.len() + value.len() + ESTIMATED_OVERHEAD_BYTES) as u64)
 }
 
 #[cfg(test)]
@@ -331,6 +356,70 @@ mod tests {
             }
         }
         assert_eq!(patched, reference);
+    }
+
+    #[test]
+    fn header_sections_encode_as_their_copied_fields_do() {
+        use crate::ext::Protocol;
+        use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+
+        let mut fields = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"), // static name
+            ("set-cookie", "a=1"),
+            ("x-request-id", "req-f474189f0001"), // literal
+            ("set-cookie", "b=2"),                // a second value, after another name
+            ("content-length", "0"),              // static, whole field
+            ("x-empty", ""),
+            ("alt-svc", "h3=\":4433\"; ma=86400"),
+        ] {
+            fields.append(name, HeaderValue::from_static(value));
+        }
+        let mut with_host = fields.clone();
+        with_host.insert("host", HeaderValue::from_static("example.com"));
+        let mut connect = Extensions::new();
+        connect.insert(Protocol::WEB_TRANSPORT);
+        let uri = Uri::from_static("https://example.com/v1/completions?stream=1");
+        let headers = [
+            Header::response(StatusCode::OK, fields.clone()),
+            Header::response(StatusCode::from_u16(599).unwrap(), HeaderMap::new()),
+            Header::request(Method::POST, uri, fields.clone(), Extensions::new()).unwrap(),
+            Header::request(
+                Method::GET,
+                Uri::from_static("/"),
+                with_host,
+                Extensions::new(),
+            )
+            .unwrap(),
+            Header::request(
+                Method::CONNECT,
+                Uri::from_static("https://example.com"),
+                HeaderMap::new(),
+                connect,
+            )
+            .unwrap(),
+            Header::trailer(fields),
+            Header::trailer(HeaderMap::new()),
+        ];
+        for header in headers {
+            let by_ref: Vec<(Vec<u8>, Vec<u8>)> = header
+                .fields_by_ref()
+                .map(|(name, value)| (name.to_vec(), value.to_vec()))
+                .collect();
+            let copied: Vec<(Vec<u8>, Vec<u8>)> = header
+                .clone()
+                .into_iter()
+                .map(|field| (field.name.into_owned(), field.value.into_owned()))
+                .collect();
+            assert_eq!(by_ref, copied);
+            assert!(!copied.is_empty() || header.len() == 0);
+
+            let mut in_place = Vec::new();
+            let in_place_size = encode_header_stateless(&mut in_place, &header).unwrap();
+            let mut reference = Vec::new();
+            let reference_size = encode_stateless(&mut reference, header).unwrap();
+            assert_eq!((in_place, in_place_size), (reference, reference_size));
+        }
     }
 
     use crate::qpack::tests::helpers::{build_table, TABLE_SIZE};
