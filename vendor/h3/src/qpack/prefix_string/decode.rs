@@ -297,7 +297,38 @@ bits_decode![
 // hapax patch: `huffman_decode` walks the same tree as `DecodeIter` (kept as the reference the
 // tests compare it with) with the input's bits read straight from the slice, and returns the
 // same bytes and the same errors: where `DecodeIter` cost ~3k instructions a short header
-// value (a `Result` per symbol, a copy of the input first), this costs a few per bit.
+// value (a `Result` per symbol, a copy of the input first), this costs a few per bit. A symbol
+// whose code is at most `FAST_BITS` long and lies wholly in the input is read from the flat
+// table `FAST` instead, in one step: the table holds, for each such code, the symbol the tree
+// reaches by those bits, so the output is the tree's, and every end and every error is still
+// the tree walk's own.
+
+/// Longest code `FAST` holds: every lowercase letter, digit and common punctuation mark is 5
+/// to 8 bits, the uppercase letters 7 or 8, a few marks 10.
+const FAST_BITS: u32 = 10;
+
+/// For each `FAST_BITS`-bit pattern: the code's length in bits (high byte) and its symbol (low
+/// byte), for the symbol whose code starts the pattern; 0 where that code is longer.
+static FAST: [u16; 1 << FAST_BITS] = fast_table();
+
+const fn fast_table() -> [u16; 1 << FAST_BITS] {
+    let mut table = [0u16; 1 << FAST_BITS];
+    let mut symbol = 0;
+    while symbol < 256 {
+        let (code, len) = super::encode::CODES[symbol];
+        if len <= FAST_BITS {
+            let spread = 1usize << (FAST_BITS - len);
+            let first = (code as usize) << (FAST_BITS - len);
+            let mut pattern = first;
+            while pattern < first + spread {
+                table[pattern] = (len as u16) << 8 | symbol as u16;
+                pattern += 1;
+            }
+        }
+        symbol += 1;
+    }
+    table
+}
 
 /// Decodes a Huffman-coded string. Ends, as `DecodeIter` does, where the tree needs more bits
 /// than are left: cleanly if none are left or the rest of the last byte is all ones.
@@ -306,6 +337,25 @@ pub fn huffman_decode(input: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(input.len() * 8 / 5 + 1);
     let mut at = 0u64; // bits consumed
     loop {
+        let byte = (at / 8) as usize;
+        let word = match input.get(byte..byte + 4) {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+            _ => {
+                // the last bytes, followed by zeros: a code read from them must fit before
+                // the end (checked below), so the zeros are never part of one
+                let rest = input.get(byte..).unwrap_or_default();
+                let mut word = [0u8; 4];
+                word[..rest.len()].copy_from_slice(rest);
+                u32::from_be_bytes(word)
+            }
+        };
+        let entry = FAST[((word << (at % 8)) >> (32 - FAST_BITS)) as usize];
+        let len = u64::from(entry >> 8);
+        if len != 0 && len <= total - at {
+            out.push(entry as u8);
+            at += len;
+            continue;
+        }
         let mut node = &HPACK_STRING;
         loop {
             let want = u64::from(node.lookup);
@@ -435,6 +485,51 @@ mod tests {
             assert_eq!(huffman_decode(&input), reference, "{input:?}");
         }
         assert!(accepted > 300, "only {accepted} inputs decoded");
+    }
+
+    #[test]
+    fn the_flat_table_reads_what_the_tree_reads() {
+        let mut held = 0;
+        for pattern in 0..1u32 << FAST_BITS {
+            let entry = FAST[pattern as usize];
+            // the pattern, then ones (EOS's start): the tree's first symbol is the pattern's
+            let bits = (pattern << (32 - FAST_BITS)) | ((1 << (32 - FAST_BITS)) - 1);
+            let input = bits.to_be_bytes().to_vec();
+            let first = input.hpack_decode().next();
+            if entry == 0 {
+                continue;
+            }
+            held += 1;
+            let len = u32::from(entry >> 8);
+            assert!(len <= FAST_BITS, "{pattern:#b}");
+            assert_eq!(first, Some(Ok(entry as u8)), "{pattern:#b}");
+            // and the code the encoder writes for that symbol is the pattern's first bits
+            let (code, code_len) = super::super::encode::CODES[usize::from(entry as u8)];
+            assert_eq!((code, code_len), (pattern >> (FAST_BITS - len), len));
+        }
+        // every code of at most FAST_BITS bits is in the table: 2^FAST_BITS patterns minus
+        // those that start a longer code
+        let short = (0..256)
+            .filter(|&s| super::super::encode::CODES[s].1 <= FAST_BITS)
+            .count();
+        assert!(
+            short >= 74 && held >= 1000,
+            "{short} codes, {held} patterns"
+        );
+        // where the table and the tree meet: every two-byte input, and each with a third byte
+        // of a few kinds after it (codes cut by the end, padding, EOS)
+        for pair in 0..=u16::MAX {
+            let [a, b] = pair.to_be_bytes();
+            for input in [
+                vec![a, b],
+                vec![a, b, 0xff],
+                vec![a, b, 0x00],
+                vec![a, b, 0xfe],
+            ] {
+                let reference: Result<Vec<u8>, Error> = input.hpack_decode().collect();
+                assert_eq!(huffman_decode(&input), reference, "{input:?}");
+            }
+        }
     }
 
     #[test]

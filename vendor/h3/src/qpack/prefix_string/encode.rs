@@ -408,7 +408,7 @@ impl HpackStringEncode for Vec<u8> {
 // a response's headers). Same output, byte for byte (see the tests).
 
 /// Each symbol's code, right-aligned, and its length in bits, read from `HPACK_STRING`.
-const CODES: [(u32, u32); 256] = codes();
+pub(super) const CODES: [(u32, u32); 256] = codes();
 
 const fn codes() -> [(u32, u32); 256] {
     let mut out = [(0u32, 0u32); 256];
