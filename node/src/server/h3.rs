@@ -3,9 +3,10 @@
 //!
 //! One task per connection accepts request streams; one task per request turns the h3
 //! request into an `http::Request<Body>` whose body streams from `recv_data` (so the
-//! handlers' own size limit and read timeout apply unchanged), calls the router with
-//! `oneshot`, then sends the head and one DATA frame per body frame (an SSE chunk leaves as
-//! soon as the handler yields it) and finishes the stream.
+//! handlers' own size limit and read timeout apply unchanged), calls the router
+//! ([`ObservedRouter::answer`]), then sends the head with the gateway's headers written into
+//! its header section, and one DATA frame per body frame (an SSE chunk leaves as soon as the
+//! handler yields it), and finishes the stream.
 //!
 //! **0-RTT** (`enable_0rtt`, off by default). Early data can be replayed by an attacker, but a
 //! replayed handshake never completes. A request whose headers are read before the
@@ -31,7 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::Method;
+use axum::http::{HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use h3::error::{Code, StreamError};
@@ -42,8 +43,8 @@ use http_body_util::BodyExt;
 use quinn::VarInt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::ServiceExt;
 
+use super::gateway_headers::GatewayHeaders;
 use super::observe::ObservedRouter;
 use crate::error::ApiError;
 
@@ -354,11 +355,8 @@ async fn request(
     if early {
         request.extensions_mut().insert(EarlyData);
     }
-    let response = match router.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    if let Err(error) = respond(&mut send, response).await {
+    let (response, gateway) = router.answer(request).await;
+    if let Err(error) = respond(&mut send, response, &gateway).await {
         tracing::debug!(%error, "HTTP/3 response not delivered");
     }
 }
@@ -372,13 +370,27 @@ const CONNECTION_SPECIFIC: [&str; 5] = [
     "upgrade",
 ];
 
-/// Sends the head, one DATA frame per body frame as it comes, trailers if any, and the end.
-async fn respond(send: &mut SendHalf, response: Response) -> Result<(), StreamError> {
+/// Sends the head (the answer's map, then the gateway's headers, which replace any of the
+/// same name in the map, as on the other listeners), one DATA frame per body frame as it
+/// comes, trailers if any, and the end.
+async fn respond(
+    send: &mut SendHalf,
+    response: Response,
+    gateway: &GatewayHeaders,
+) -> Result<(), StreamError> {
     let (mut parts, mut body) = response.into_parts();
     for name in CONNECTION_SPECIFIC {
         parts.headers.remove(name);
     }
-    send.send_response(http::Response::from_parts(parts, ()))
+    let replaced: Vec<HeaderName> = (parts.headers.keys())
+        .filter(|name| gateway.overrides(name))
+        .cloned()
+        .collect();
+    for name in replaced {
+        parts.headers.remove(name);
+    }
+    let head = http::Response::from_parts(parts, ());
+    send.send_response_with_fields(head, |field| gateway.for_each_field(field))
         .await?;
     while let Some(frame) = body.frame().await {
         let frame = match frame {

@@ -127,7 +127,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// The answer with the gateway's headers in its map (the TLS and HTTP/3 listeners).
+    /// The answer with the gateway's headers in its map (the TLS listener, through hyper).
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let app = Arc::clone(&self.app);
         let router = self.router.clone();
@@ -141,7 +141,7 @@ where
 
 impl ObservedRouter {
     /// The answer, and the gateway's headers apart, for a listener that writes them into the
-    /// answer's head itself (the plain HTTP/1.1 one).
+    /// answer's head itself (the plain HTTP/1.1 one, and HTTP/3).
     pub fn answer(&self, request: Request) -> BoxFuture<'static, (Response, GatewayHeaders)> {
         Box::pin(observe(Arc::clone(&self.app), request, self.router.clone()))
     }

@@ -216,13 +216,32 @@ pub fn encode_header_stateless<W: BufMut>(
     block: &mut W,
     header: &Header,
 ) -> Result<u64, EncoderError> {
+    encode_header_stateless_with(block, header, |_| {})
+}
+
+// hapax patch: `encode_header_stateless`, then the fields `more` gives to `emit`, in the
+// same block (`RequestStream::send_response_with_fields`).
+pub fn encode_header_stateless_with<W: BufMut>(
+    block: &mut W,
+    header: &Header,
+    more: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])),
+) -> Result<u64, EncoderError> {
     let mut size = 0;
 
     HeaderPrefix::new(0, 0, 0, 0).encode(block);
     for (name, value) in header.fields_by_ref() {
         size += encode_stateless_field(block, name, value)?;
     }
-    Ok(size)
+    let mut failed = None;
+    more(&mut |name, value| {
+        if failed.is_none() {
+            match encode_stateless_field(block, name, value) {
+                Ok(field_size) => size += field_size,
+                Err(error) => failed = Some(error),
+            }
+        }
+    });
+    failed.map_or(Ok(size), Err)
 }
 
 // hapax patch: the literals are written from the field's own bytes, as
@@ -420,6 +439,42 @@ mod tests {
             let reference_size = encode_stateless(&mut reference, header).unwrap();
             assert_eq!((in_place, in_place_size), (reference, reference_size));
         }
+    }
+
+    #[test]
+    fn further_fields_encode_as_if_they_were_in_the_section() {
+        use http::{HeaderMap, HeaderValue, StatusCode};
+
+        let mut fields = HeaderMap::new();
+        fields.insert("content-type", HeaderValue::from_static("application/json"));
+        let more: [(&[u8], &[u8]); 4] = [
+            (b"x-hapax-provider", b"primary"),
+            (b"x-ratelimit-remaining", b"99"),
+            (b"content-length", b"0"), // static, whole field
+            (b"x-empty", b""),
+        ];
+        let header = Header::response(StatusCode::OK, fields);
+        let mut with = Vec::new();
+        let size = encode_header_stateless_with(&mut with, &header, |emit| {
+            for (name, value) in more {
+                emit(name, value);
+            }
+        })
+        .unwrap();
+        let mut copied: Vec<HeaderField> = header.clone().into_iter().collect();
+        copied.extend(
+            more.iter()
+                .map(|&(name, value)| HeaderField::new(name, value)),
+        );
+        let mut reference = Vec::new();
+        let reference_size = encode_stateless(&mut reference, copied.iter()).unwrap();
+        assert_eq!((with, size), (reference, reference_size));
+
+        let mut none = Vec::new();
+        let none_size = encode_header_stateless_with(&mut none, &header, |_| {}).unwrap();
+        let mut plain = Vec::new();
+        let plain_size = encode_header_stateless(&mut plain, &header).unwrap();
+        assert_eq!((none, none_size), (plain, plain_size));
     }
 
     use crate::qpack::tests::helpers::{build_table, TABLE_SIZE};

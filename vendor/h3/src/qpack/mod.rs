@@ -1,6 +1,8 @@
 pub use self::{
     decoder::{decode_stateless, Decoded, DecoderError},
-    encoder::{encode_header_stateless, encode_stateless, EncoderError},
+    encoder::{
+        encode_header_stateless, encode_header_stateless_with, encode_stateless, EncoderError,
+    },
     field::HeaderField,
 };
 

@@ -117,6 +117,20 @@ where
     /// This should be called before trying to send any data with
     /// [`RequestStream::send_data`].
     pub async fn send_response(&mut self, resp: Response<()>) -> Result<(), StreamError> {
+        self.send_response_with_fields(resp, |_| {}).await
+    }
+
+    // hapax patch: `send_response`, with further fields after the map's, given to `emit` by
+    // `more` and encoded as they are given: a caller that has fields apart from the map (the
+    // gateway's own answer headers) need not insert them into it first, which cost more than
+    // encoding them. The caller vouches for them: lowercase names, values a `HeaderValue`
+    // would accept, no name the map also has.
+    /// Send the HTTP/3 response, with the fields `more` gives after the response's own.
+    pub async fn send_response_with_fields(
+        &mut self,
+        resp: Response<()>,
+        more: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])),
+    ) -> Result<(), StreamError> {
         let (parts, _) = resp.into_parts();
         let response::Parts {
             status, headers, ..
@@ -124,7 +138,8 @@ where
         let headers = Header::response(status, headers);
 
         let mut block = BytesMut::new();
-        let mem_size = qpack::encode_header_stateless(&mut block, &headers).map_err(|_e| {
+        let encoded = qpack::encode_header_stateless_with(&mut block, &headers, more);
+        let mem_size = encoded.map_err(|_e| {
             self.handle_connection_error_on_stream(InternalConnectionError {
                 code: Code::H3_INTERNAL_ERROR,
                 message: "Failed to encode headers".to_string(),
