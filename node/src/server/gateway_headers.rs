@@ -6,8 +6,8 @@
 //! answer's map: the plain HTTP/1.1 listener writes them straight into the answer's head and
 //! the HTTP/3 listener into the answer's header section (digits formatted in place, no value
 //! allocated, no name hashed); the TLS listener, through hyper, receives them in the header
-//! map. Inserting eight headers into a map cost ~3.5k instructions a request, most of it
-//! hashing and probing.
+//! map. Inserting eight headers into a map cost ~3.5k instructions a request over HTTP/1.1
+//! (~3.2k over HTTP/3), most of it hashing and probing.
 
 use std::sync::Arc;
 

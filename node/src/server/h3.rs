@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderName, Method};
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes};
 use h3::error::{Code, StreamError};
@@ -379,16 +379,7 @@ async fn respond(
     gateway: &GatewayHeaders,
 ) -> Result<(), StreamError> {
     let (mut parts, mut body) = response.into_parts();
-    for name in CONNECTION_SPECIFIC {
-        parts.headers.remove(name);
-    }
-    let replaced: Vec<HeaderName> = (parts.headers.keys())
-        .filter(|name| gateway.overrides(name))
-        .cloned()
-        .collect();
-    for name in replaced {
-        parts.headers.remove(name);
-    }
+    strip_head(&mut parts.headers, gateway);
     let head = http::Response::from_parts(parts, ());
     send.send_response_with_fields(head, |field| gateway.for_each_field(field))
         .await?;
@@ -412,6 +403,22 @@ async fn respond(
         }
     }
     send.finish().await
+}
+
+/// Removes from the answer's map what it must not carry over HTTP/3: the connection-specific
+/// fields, and every header the gateway writes itself, so that the gateway's value replaces
+/// the map's (as on the other listeners) and no name is sent twice.
+fn strip_head(headers: &mut HeaderMap, gateway: &GatewayHeaders) {
+    for name in CONNECTION_SPECIFIC {
+        headers.remove(name);
+    }
+    let replaced: Vec<HeaderName> = (headers.keys())
+        .filter(|name| gateway.overrides(name))
+        .cloned()
+        .collect();
+    for name in replaced {
+        headers.remove(name);
+    }
 }
 
 /// The request body, read from the stream's DATA frames as the handler asks for it.
@@ -458,5 +465,59 @@ impl Drop for RequestBody {
         if !self.ended {
             self.stream.stop_sending(Code::H3_NO_ERROR);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+    use crate::ratelimit::RateLimitHeaders;
+    use crate::server::scope::ServedBy;
+
+    #[test]
+    fn the_head_keeps_no_header_the_gateway_writes_nor_a_connection_specific_one() {
+        let gateway = GatewayHeaders {
+            served: Some(ServedBy {
+                provider: Arc::from("primary"),
+                attempts: 1,
+            }),
+            limits: Some(RateLimitHeaders {
+                limit: 10,
+                remaining: 0,
+                reset_secs: 1,
+                token_limit: None,
+                token_remaining: None,
+            }),
+            request_id: Some(Arc::from("req-1")),
+            ..GatewayHeaders::default()
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-type", "application/json"),
+            ("x-ratelimit-limit", "10"), // a 429's own, written by the gateway too
+            ("x-ratelimit-remaining", "0"),
+            ("retry-after", "1"),
+            ("x-request-id", "req-0"),
+            ("x-request-id", "req-00"),
+            ("x-ratelimit-limit-tokens", "5"), // the gateway writes no token figures here
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_head(&mut headers, &gateway);
+        let mut kept: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            ["content-type", "retry-after", "x-ratelimit-limit-tokens"]
+        );
+        let mut written = Vec::new();
+        gateway.for_each_field(|name, _| written.push(String::from_utf8_lossy(name).into_owned()));
+        assert_eq!(written.len(), 6, "{written:?}");
+        assert!(written.iter().all(|name| !kept.contains(&name.as_str())));
     }
 }

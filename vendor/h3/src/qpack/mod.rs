@@ -1,3 +1,4 @@
+// hapax patch: `encode_header_stateless` and `encode_header_stateless_with` added.
 pub use self::{
     decoder::{decode_stateless, Decoded, DecoderError},
     encoder::{

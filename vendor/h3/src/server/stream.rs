@@ -120,11 +120,13 @@ where
         self.send_response_with_fields(resp, |_| {}).await
     }
 
-    // hapax patch: `send_response`, with further fields after the map's, given to `emit` by
-    // `more` and encoded as they are given: a caller that has fields apart from the map (the
-    // gateway's own answer headers) need not insert them into it first, which cost more than
-    // encoding them. The caller vouches for them: lowercase names, values a `HeaderValue`
-    // would accept, no name the map also has.
+    // hapax patch: `send_response`, with further fields after the map's: `more` is handed a
+    // function to call with each field's name and value, and they are encoded as given. A
+    // caller that has fields apart from the map (the gateway's own answer headers) need not
+    // insert them into it first, which cost more than encoding them. Nothing checks them: the
+    // caller vouches for lowercase names that are neither pseudo-header (`:`) nor
+    // connection-specific fields, values a `HeaderValue` would accept, and no name the map
+    // also has.
     /// Send the HTTP/3 response, with the fields `more` gives after the response's own.
     pub async fn send_response_with_fields(
         &mut self,
@@ -139,6 +141,8 @@ where
 
         let mut block = BytesMut::new();
         let encoded = qpack::encode_header_stateless_with(&mut block, &headers, more);
+        // hapax patch: not kept across the write below (the future would carry it)
+        drop(headers);
         let mem_size = encoded.map_err(|_e| {
             self.handle_connection_error_on_stream(InternalConnectionError {
                 code: Code::H3_INTERNAL_ERROR,

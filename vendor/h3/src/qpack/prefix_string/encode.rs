@@ -408,6 +408,7 @@ impl HpackStringEncode for Vec<u8> {
 // a response's headers). Same output, byte for byte (see the tests).
 
 /// Each symbol's code, right-aligned, and its length in bits, read from `HPACK_STRING`.
+// hapax patch: also read by the decoder's flat table (`decode::FAST`).
 pub(super) const CODES: [(u32, u32); 256] = codes();
 
 const fn codes() -> [(u32, u32); 256] {
