@@ -10,9 +10,9 @@ and, in the fixed-rate section only, hapax-no-busy-poll: a second node of the sa
 with busy polling off (`server.busy_poll: 0s`), so what the default's adaptive spinning buys is shown.
 "Added latency" is a target's percentile minus direct's percentile in the same round; each cell
 runs ROUNDS rounds (rotating order) and reports the median over them.
-run_one_core measures the fixed rates again with every process on one core and requests paced
-one by one (bench/h3load): there a proxy's added latency is its own work, not the VM's
-cross-core wake-ups. Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
+run_paced measures the same cells again with requests paced one by one (bench/h3load) instead
+of oha's two per 1 ms timer tick at 2000 req/s; run_one_core measures them paced with every process
+on one core: there a proxy's added latency is its own work, not the VM's cross-core wake-ups. Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
 beside the single node) and run_h3 (one node with HTTP/3 on, bench/h3load over HTTP/1.1 and
 HTTP/3); all three skipped by --smoke.
 """
@@ -540,12 +540,40 @@ def run_h3load(h3load: str, url: str, duration: float, conns: int, body: str, ke
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def no_h3load(h3load: str | None) -> str:
+    """Why a run that needs bench/h3load cannot have it, or "" when it can."""
+    if h3load and os.access(h3load, os.X_OK):
+        return ""
+    return "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
+
+
+def run_paced(rig: Rig, h3load: str | None, workdir: Path, rates: list[int], latencies: list[int],
+              duration: float, skip: str = "") -> dict:
+    """The fixed rates again in the same layout and rig, each request released alone at its
+    due time by h3load's pacing thread (wrk2's constant-rate model) instead of by oha, whose
+    `-q` wakes on tokio's 1 ms timer ticks and so releases two requests at once at 2000 rps:
+    the second of each pair then waits at every hop for the proxy's work on the first."""
+    skip = skip or no_h3load(h3load)
+    if skip:
+        print(f"run_paced: skipped ({skip})", flush=True)
+        return {"available": False, "why": skip}
+    log("fixed rates again, paced open loop (h3load over HTTP/1.1)")
+    try:
+        loader = Loader(None, None, workdir, paced=h3load)
+        for url in rig.urls().values():  # h3load's connections, before the rounds
+            loader.run(url, 2, 16, rate=1000)
+        rows = fixed_rate(rig, loader, rates, latencies, duration)
+    except Exception as e:  # noqa: BLE001 - the rest of the run still reports
+        log(f"paced run failed: {e}")
+        return {"available": False, "why": f"failed: {e}"}
+    return {"available": True, "rows": rows}
+
+
 def run_one_core(rig: Rig, hapax: str, h3load: str | None, workdir: Path, rates: list[int],
                  latencies: list[int], duration: float, skip: str = "") -> dict:
     """The fixed rates again with every process on the client's core and requests paced one
     by one (bench/h3load); why, in `one_core_section`'s text."""
-    if not skip and not (h3load and os.access(h3load, os.X_OK)):
-        skip = "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
+    skip = skip or no_h3load(h3load)
     if skip:
         print(f"run_one_core: skipped ({skip})", flush=True)
         return {"available": False, "why": skip}
@@ -936,8 +964,7 @@ def run_h3(rig: Rig | None = None, loader: Loader | None = None, hapax: str = ""
            levels: list[int] | None = None, duration: float = 10, stream_conc: int = 20, skip: str = "") -> dict:
     """HTTP/3 beside HTTP/1.1 through one node with `server.http3` on: added latency at fixed
     rates, closed-loop throughput, CPU per 1000 requests, and stream TTFT."""
-    if not skip and not (h3load and os.access(h3load, os.X_OK)):
-        skip = "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
+    skip = skip or no_h3load(h3load)
     if skip or rig is None or workdir is None:
         print(f"run_h3: skipped ({skip or 'no rig'})", flush=True)
         return {"available": False, "why": skip or "no rig"}
@@ -1287,20 +1314,62 @@ def floor_note(nginx_added, target: float, added) -> str:
 
 def hop_cost_line(r: dict) -> str:
     """What the two-core layout itself costs a proxied request: nginx's added p50 there minus
-    its added p50 on one core (2000 rps, 0 ms mock), when both sections ran."""
+    its added p50 on one core (2000 rps, 0 ms mock), when both sections ran; paced in both
+    when the paced run did, so that only the layout differs."""
     one = r.get("one_core") or {}
     if not one.get("available"):
         return ""
-    two_core = added_fn(r["fixed_rate"])(0, 2000, "nginx", "p50")
+    paced = r.get("paced") or {}
+    two_rows, loaders = ((paced["rows"], "paced in both") if paced.get("available")
+                         else (r["fixed_rate"], f"{r['loader']} there, h3load's paced loop on one core"))
+    two_core = added_fn(two_rows)(0, 2000, "nginx", "p50")
     one_core = added_fn(one["rows"])(0, 2000, "nginx", "p50")
     if two_core is None or one_core is None or two_core <= one_core:
         return ""
     return (f"What the two-core layout costs a hop on this machine: nginx adds {us(two_core)} there and "
-            f"{us(one_core)} on one core (2000 rps, 0 ms mock; {r['loader']} there, h3load's paced loop on one "
-            f"core), so ~{us(two_core - one_core)} of a proxied request's added latency in that layout is the "
+            f"{us(one_core)} on one core (2000 rps, 0 ms mock; {loaders}), so "
+            f"~{us(two_core - one_core)} of a proxied request's added latency in that layout is the "
             "layout's: its four cross-core wake-ups, which any proxy that sleeps between requests pays (hapax's "
             "busy polling spares one of them: README, busy polling). The one-core rows measure what a proxy's "
             "own work adds.\n")
+
+
+def pairs_cost_line(r: dict) -> str:
+    """What oha's paired releases do to a proxied request: the added p50 with oha beside
+    paced, in the same layout and rig (2000 rps), when the paced run did."""
+    paced = r.get("paced") or {}
+    if not paced.get("available") or r["loader"] != "oha":
+        return ""
+    with_oha, alone = added_fn(r["fixed_rate"]), added_fn(paced["rows"])
+    parts = []
+    for lat in r["latencies"]:
+        figures = [f(lat, 2000, t, "p50") for t in ("nginx", "hapax") for f in (with_oha, alone)]
+        if None in figures:
+            continue
+        parts.append(f"{lat} ms mock: nginx {us(figures[0])} with oha and {us(figures[1])} paced, "
+                     f"hapax {us(figures[2])} and {us(figures[3])}")
+    if not parts:
+        return ""
+    return ("What oha's two-at-a-time releases do to a proxied request's added p50 (2000 rps, the same layout "
+            "and rig): " + "; ".join(parts) + ". A pair works both ways: its second request waits at each hop for "
+            "the proxy's work on the first (a cost in proportion to the proxy's time a request), and finds the "
+            "cores the first one woke still awake (a saving where waking a halted vCPU is dear). The paced rows "
+            "measure the proxy at the rate the cell names, one request at a time.\n")
+
+
+def paced_section(L: list[str], paced: dict) -> None:
+    if not paced.get("available"):
+        L.append(f"## Added latency, paced: not measured ({paced.get('why', 'not run')})\n")
+        return
+    L.append("## Added latency, paced (open loop, bench/h3load over HTTP/1.1)\n")
+    L.append("The cells above again, in the same layout with the same processes, each request released alone "
+             "at its due time by h3load's pacing thread (the kernel's high-resolution timer, 1 µs slack; latency "
+             "counted from the due time, as oha's `--latency-correction` counts it) instead of by oha. oha's `-q` "
+             "sleeps on tokio's timer, which fires once a millisecond, so at 2000 rps it sends its requests two at "
+             "a time: the second of each pair waits at every hop of a proxied path for the proxy's work on the "
+             "first, where the direct path's mock answers both at once. Paced, 2000 rps is one request every "
+             "500 µs (wrk2's constant-rate model).\n")
+    fixed_rate_table(L, paced["rows"])
 
 
 def added_latency_target_rows(rows: list[dict], rates: list[int], latencies: list[int], layout: str = "") -> list[str]:
@@ -1373,6 +1442,9 @@ def report(r: dict) -> str:
     L.append("| figure | target | measured | where we stand |")
     L.append("|---|---|---|---|")
     L.extend(added_latency_target_rows(r["fixed_rate"], r["rates"], r["latencies"]))
+    paced = r.get("paced") or {}
+    if paced.get("available"):
+        L.extend(added_latency_target_rows(paced["rows"], r["rates"], r["latencies"], ", paced"))
     one = r.get("one_core") or {}
     if one.get("available"):
         L.extend(added_latency_target_rows(one["rows"], r["rates"], r["latencies"], ", one core, paced"))
@@ -1396,9 +1468,9 @@ def report(r: dict) -> str:
     L.extend(cluster_target_rows(r.get("cluster") or {}))
     L.extend(h3_target_rows(r.get("h3") or {}))
     L.append("")
-    hop = hop_cost_line(r)
-    if hop:
-        L.append(hop)
+    for line in (pairs_cost_line(r), hop_cost_line(r)):
+        if line:
+            L.append(line)
 
     if r["loader"] == "oha":
         L.append("## Added latency (open loop, oha `-q RATE --latency-correction`)\n")
@@ -1416,6 +1488,7 @@ def report(r: dict) -> str:
                  f"{r.get('busy_poll', 'spins within the default window')}; this node never does, so the two show "
                  "what the spinning buys and costs. The targets are judged on `hapax`.\n")
     fixed_rate_table(L, r["fixed_rate"])
+    paced_section(L, r.get("paced") or {})
     one_core_section(L, r.get("one_core") or {}, halt_polling=bool(r.get("halt_poll_ns")))
 
     L.append("## Throughput (closed loop, 0 ms mock)\n")
@@ -1522,6 +1595,8 @@ def main() -> int:
 
         log("fixed rates (open loop)")
         res["fixed_rate"] = fixed_rate(rig, loader, rates, latencies, d)
+        res["paced"] = run_paced(rig, a.h3load, workdir, rates, latencies, d,
+                                 skip="skipped in --smoke" if smoke else "")
         rig.stop_more()
 
         res["one_core"] = run_one_core(rig, a.hapax, a.h3load, workdir, rates, latencies, d,
@@ -1569,7 +1644,7 @@ def main() -> int:
         problems.append("a target completed no stream")
     if res["hold"]["ok"] == 0:
         problems.append("no held stream completed")
-    for part in ("one_core", "cluster", "h3"):
+    for part in ("paced", "one_core", "cluster", "h3"):
         why = res[part].get("why", "")
         if not res[part].get("available") and why.startswith("failed"):
             problems.append(f"{part} run {why}")
