@@ -11,9 +11,10 @@ with busy polling off (`server.busy_poll: 0s`), so what the default's adaptive s
 "Added latency" is a target's percentile minus direct's percentile in the same round; each cell
 runs ROUNDS rounds (rotating order) and reports the median over them.
 run_paced measures the same cells again with requests paced one by one (bench/h3load) instead
-of oha's two per 1 ms timer tick at 2000 req/s; run_one_core measures them paced with every process
-on one core: there a proxy's added latency is its own work, not the VM's cross-core wake-ups. Then run_cluster (3 nodes: through one node, and through nginx round robin over all three,
-beside the single node) and run_h3 (one node with HTTP/3 on, bench/h3load over HTTP/1.1 and
+of oha's two per 1 ms timer tick at 2000 req/s; run_one_core measures them paced with every
+process on one core: there a proxy's added latency is its own work, not the VM's cross-core
+wake-ups. Then run_cluster (3 nodes: through one node, and through nginx round robin over all
+three, beside the single node) and run_h3 (one node with HTTP/3 on, bench/h3load over HTTP/1.1 and
 HTTP/3); all three skipped by --smoke.
 """
 from __future__ import annotations
@@ -1367,7 +1368,7 @@ def paced_section(L: list[str], paced: dict) -> None:
              "counted from the due time, as oha's `--latency-correction` counts it) instead of by oha. oha's `-q` "
              "sleeps on tokio's timer, which fires once a millisecond, so at 2000 rps it sends its requests two at "
              "a time: the second of each pair waits at every hop of a proxied path for the proxy's work on the "
-             "first, where the direct path's mock answers both at once. Paced, 2000 rps is one request every "
+             "first, where on the direct path both go to the mock on the client's own core. Paced, 2000 rps is one request every "
              "500 µs (wrk2's constant-rate model).\n")
     fixed_rate_table(L, paced["rows"])
 

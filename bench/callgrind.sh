@@ -9,6 +9,8 @@
 #     compare with C=1, the same load with the opt-out)
 #   BUSY_POLL=200us bash bench/callgrind.sh   (busy polling on, as by default; off here unless
 #     asked: how long it spins depends on timing, so the count would move from run to run)
+#   MOCK_LATENCY_MS=20 C=40 bash bench/callgrind.sh   (the mock answers after 20 ms, so that
+#     C requests are in flight at once, as at 2000 req/s against a 20 ms upstream)
 #   PROTO=h3 bash bench/callgrind.sh   (the same requests over HTTP/3, from bench/h3load at
 #     200 requests a second on 4 QUIC connections for N/200 seconds, so that acknowledgements
 #     and timers count as they would at a low rate; H3LOAD=path if not built at the default;
@@ -34,6 +36,11 @@ fi
 "$bin" mock-provider --listen 127.0.0.1:0 > "$work/mock.out" 2>/dev/null &
 for _ in $(seq 50); do grep -q 'http=' "$work/mock.out" 2>/dev/null && break; sleep 0.1; done
 mock=$(grep -o 'http=[^ ]*' "$work/mock.out" | cut -d= -f2)
+if [ -n "${MOCK_LATENCY_MS:-}" ]; then
+  python3 -c 'import json, sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method="POST",
+    data=json.dumps({"route": "/v1/chat/completions", "latency_ms": int(sys.argv[2])}).encode(),
+    headers={"content-type": "application/json"}), timeout=5)' "http://$mock/_mock/faults" "$MOCK_LATENCY_MS"
+fi
 http3=""
 if [ "$proto" = h3 ]; then
   "$bin" gen-cert --out "$work/certs" > /dev/null
