@@ -1272,11 +1272,18 @@ def h3_section(L: list[str], h: dict) -> None:
         L.append("")
 
 
+def section_heading(L: list[str], part: dict, title: str, how: str) -> bool:
+    """A measured section's heading, or why the section was not measured; whether it was."""
+    if not part.get("available"):
+        L.append(f"## {title}: not measured ({part.get('why', 'not run')})\n")
+        return False
+    L.append(f"## {title} ({how})\n")
+    return True
+
+
 def one_core_section(L: list[str], one: dict, halt_polling: bool = False) -> None:
-    if not one.get("available"):
-        L.append(f"## Added latency on one core: not measured ({one.get('why', 'not run')})\n")
+    if not section_heading(L, one, "Added latency on one core", "paced open loop, bench/h3load over HTTP/1.1"):
         return
-    L.append("## Added latency on one core (paced open loop, bench/h3load over HTTP/1.1)\n")
     L.append("The same cells with every process on core 1 (mock, load generator, and the proxy: a hapax node or "
              "nginx of their own, same configs) and each request released at its due time by h3load's pacing "
              "thread instead of oha's 1 ms timer ticks. In the layout above a proxied request wakes the other vCPU "
@@ -1359,10 +1366,8 @@ def pairs_cost_line(r: dict) -> str:
 
 
 def paced_section(L: list[str], paced: dict) -> None:
-    if not paced.get("available"):
-        L.append(f"## Added latency, paced: not measured ({paced.get('why', 'not run')})\n")
+    if not section_heading(L, paced, "Added latency, paced", "open loop, bench/h3load over HTTP/1.1"):
         return
-    L.append("## Added latency, paced (open loop, bench/h3load over HTTP/1.1)\n")
     L.append("The cells above again, in the same layout with the same processes, each request released alone "
              "at its due time by h3load's pacing thread (the kernel's high-resolution timer, 1 µs slack; latency "
              "counted from the due time, as oha's `--latency-correction` counts it) instead of by oha. oha's `-q` "
