@@ -1332,8 +1332,12 @@ def hop_cost_line(r: dict) -> str:
                          else (r["fixed_rate"], f"{r['loader']} there, h3load's paced loop on one core"))
     two_core = added_fn(two_rows)(0, 2000, "nginx", "p50")
     one_core = added_fn(one["rows"])(0, 2000, "nginx", "p50")
-    if two_core is None or one_core is None or two_core <= one_core:
+    if two_core is None or one_core is None:
         return ""
+    if two_core <= one_core:
+        return (f"What the two-core layout costs a hop on this machine: nothing measurable. nginx adds "
+                f"{us(two_core)} there and {us(one_core)} on one core (2000 rps, 0 ms mock; {loaders}): its "
+                "four cross-core wake-ups cost no more here than the context switches they replace.\n")
     return (f"What the two-core layout costs a hop on this machine: nginx adds {us(two_core)} there and "
             f"{us(one_core)} on one core (2000 rps, 0 ms mock; {loaders}), so "
             f"~{us(two_core - one_core)} of a proxied request's added latency in that layout is the "
@@ -1370,11 +1374,11 @@ def paced_section(L: list[str], paced: dict) -> None:
         return
     L.append("The cells above again, in the same layout with the same processes, each request released alone "
              "at its due time by h3load's pacing thread (the kernel's high-resolution timer, 1 µs slack; latency "
-             "counted from the due time, as oha's `--latency-correction` counts it) instead of by oha. oha's `-q` "
-             "sleeps on tokio's timer, which fires once a millisecond, so at 2000 rps it sends its requests two at "
-             "a time: the second of each pair waits at every hop of a proxied path for the proxy's work on the "
-             "first, where on the direct path both go to the mock on the client's own core. Paced, 2000 rps is one request every "
-             "500 µs (wrk2's constant-rate model).\n")
+             "counted from the due time) instead of by oha. oha's `-q` sleeps on tokio's timer, which fires once "
+             "a millisecond, so at 2000 rps it sends its requests two at a time (and counts both from the tick "
+             "that released them): the second of each pair waits at every hop of a proxied path for the proxy's "
+             "work on the first, where on the direct path both go to the mock on the client's own core. Paced, "
+             "2000 rps is one request every 500 µs (wrk2's constant-rate model).\n")
     fixed_rate_table(L, paced["rows"])
 
 
