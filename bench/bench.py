@@ -548,6 +548,16 @@ def no_h3load(h3load: str | None) -> str:
     return "no h3load binary (bench/h3load not built: run without --no-build, or it failed to build)"
 
 
+def paced_fixed_rate(rig: Rig, h3load: str, workdir: Path, rates: list[int], latencies: list[int],
+                     duration: float) -> list[dict]:
+    """The fixed-rate cells on `rig`, driven by h3load's paced open loop, after a warm-up that
+    opens the proxies' upstream connections (as the main rig's warm-up does)."""
+    loader = Loader(None, None, workdir, paced=h3load)
+    for url in rig.urls().values():
+        loader.run(url, 2, 16, rate=1000)
+    return fixed_rate(rig, loader, rates, latencies, duration)
+
+
 def run_paced(rig: Rig, h3load: str | None, workdir: Path, rates: list[int], latencies: list[int],
               duration: float, skip: str = "") -> dict:
     """The fixed rates again in the same layout and rig, each request released alone at its
@@ -560,10 +570,7 @@ def run_paced(rig: Rig, h3load: str | None, workdir: Path, rates: list[int], lat
         return {"available": False, "why": skip}
     log("fixed rates again, paced open loop (h3load over HTTP/1.1)")
     try:
-        loader = Loader(None, None, workdir, paced=h3load)
-        for url in rig.urls().values():  # h3load's connections, before the rounds
-            loader.run(url, 2, 16, rate=1000)
-        rows = fixed_rate(rig, loader, rates, latencies, duration)
+        rows = paced_fixed_rate(rig, h3load, workdir, rates, latencies, duration)
     except Exception as e:  # noqa: BLE001 - the rest of the run still reports
         log(f"paced run failed: {e}")
         return {"available": False, "why": f"failed: {e}"}
@@ -582,10 +589,7 @@ def run_one_core(rig: Rig, hapax: str, h3load: str | None, workdir: Path, rates:
     one = None
     try:
         one = Rig(hapax, workdir / "one-core", with_nginx=rig.nginx is not None, core=CLIENT_CORE, mock=rig.mock)
-        loader = Loader(None, None, workdir, paced=h3load)
-        for url in one.urls().values():  # warm-up, as the main rig gets
-            loader.run(url, 2, 16, rate=1000)
-        rows = fixed_rate(one, loader, rates, latencies, duration)
+        rows = paced_fixed_rate(one, h3load, workdir, rates, latencies, duration)
     except Exception as e:  # noqa: BLE001 - the rest of the run still reports
         log(f"one-core run failed: {e}")
         return {"available": False, "why": f"failed: {e}"}
